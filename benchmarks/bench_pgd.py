@@ -1,0 +1,193 @@
+"""PGD-10 wall time: medsec vs torchattacks vs the floor (issue 2).
+
+On one model and one batch, in one process, times (median of ``--repeats`` after one
+warm-up round; the methods take turns inside each round so load changes hit all alike):
+
+* ``medsec``: ``medsec.attacks.create("pgd", steps, step_size, random_start=False)``;
+* ``torchattacks``: ``torchattacks.PGD(model, eps, alpha, steps, random_start=False)``;
+* ``floor``: ``steps`` bare forward+backward passes w.r.t. the input (model in eval
+  mode, parameters with ``requires_grad=False``, ``torch.autograd.grad(loss, x)``) plus
+  the elementwise sign step and projection, i.e. the least any PGD can do;
+* ``1 forward``: one no-grad forward pass, to put the non-gradient work in units.
+
+It prints a table, the ratios medsec/floor and medsec/torchattacks, and checks that the
+three give the same adversarial images (max abs difference < 1e-6).
+
+Images: the first ``--batch`` BloodMNIST test images from
+``/work/shared/data/bloodmnist/bloodmnist.npz`` when present, seeded random ones
+otherwise. Weights are random (seeded): timing does not depend on them.
+
+Example:
+    python benchmarks/bench_pgd.py --batch 256 --steps 10 --repeats 5 --model small_cnn --device cpu --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchattacks
+
+import medsec
+
+DATA = "/work/shared/data/bloodmnist/bloodmnist.npz"
+NUM_CLASSES = 8
+
+
+def load_batch(batch: int, device: str) -> tuple[torch.Tensor, torch.Tensor, str]:
+    if os.path.exists(DATA):
+        with np.load(DATA, allow_pickle=False) as d:
+            images = d["test_images"][:batch]
+            labels = d["test_labels"][:batch, 0]
+        x = torch.from_numpy(images).float().div(255).permute(0, 3, 1, 2).contiguous()
+        y = torch.from_numpy(labels.astype(np.int64))
+        source = f"BloodMNIST test[:{len(x)}]"
+    else:
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(batch, 3, 28, 28, generator=g)
+        y = torch.randint(0, NUM_CLASSES, (batch,), generator=g)
+        source = "random (BloodMNIST not found)"
+    return x.to(device), y.to(device), source
+
+
+def build_model(name: str, device: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if name == "small_cnn":
+        model = medsec.models.create("small_cnn", num_classes=NUM_CLASSES)
+    elif name == "resnet18":
+        import torchvision
+
+        net = torchvision.models.resnet18(num_classes=NUM_CLASSES)
+        spec = medsec.InputSpec(channels=3, mean=(0.5,) * 3, std=(0.5,) * 3)
+        model = medsec.models.Classifier(net, spec, num_classes=NUM_CLASSES)
+    else:
+        raise SystemExit(f"unknown model {name!r}")
+    return model.to(device).eval()
+
+
+def floor_pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int) -> torch.Tensor:
+    """The least work a PGD can do: ``steps`` input-gradient passes and the update."""
+    x_adv = x.clone()
+    for _ in range(steps):
+        xa = x_adv.requires_grad_(True)
+        loss = F.cross_entropy(model(xa), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, xa)
+        x_adv = xa.detach() + alpha * grad.sign()
+        x_adv = (x + (x_adv - x).clamp(-eps, eps)).clamp(0.0, 1.0)
+    return x_adv
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--model", choices=["small_cnn", "resnet18"], default="small_cnn")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    ap.add_argument("--eps", type=float, default=8 / 255)
+    ap.add_argument("--alpha", type=float, default=2 / 255)
+    ap.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    args = ap.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but CUDA is not available")
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    x, y, source = load_batch(args.batch, device)
+    model = build_model(args.model, device)
+    eps, alpha, steps = args.eps, args.alpha, args.steps
+
+    pgd = medsec.attacks.create("pgd", steps=steps, step_size=alpha, random_start=False)
+    threat = medsec.ThreatModel("linf", eps)
+    ta = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=False)
+
+    def run_medsec() -> torch.Tensor:
+        return pgd(model, x, y, threat=threat).x_adv
+
+    def run_ta() -> torch.Tensor:
+        return ta(x, y)
+
+    def run_floor() -> torch.Tensor:
+        flags = [p.requires_grad for p in model.parameters()]
+        for p in model.parameters():
+            p.requires_grad_(False)
+        try:
+            return floor_pgd(model, x, y, eps, alpha, steps)
+        finally:
+            for p, f in zip(model.parameters(), flags):
+                p.requires_grad_(f)
+
+    def run_forward() -> torch.Tensor:
+        with torch.no_grad():
+            return model(x)
+
+    methods: dict[str, Callable[[], torch.Tensor]] = {
+        "medsec": run_medsec,
+        "torchattacks": run_ta,
+        "floor": run_floor,
+        "1 forward": run_forward,
+    }
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    outputs: dict[str, torch.Tensor] = {}
+    for rnd in range(args.repeats + 1):  # round 0 is the warm-up
+        for name, fn in methods.items():
+            sync()
+            t0 = time.perf_counter()
+            out = fn()
+            sync()
+            dt = time.perf_counter() - t0
+            if rnd == 0:
+                outputs[name] = out.detach()
+            else:
+                times[name].append(dt)
+    med = {k: statistics.median(v) for k, v in times.items()}
+
+    diff_ta = (outputs["medsec"] - outputs["torchattacks"]).abs().max().item()
+    diff_floor = (outputs["medsec"] - outputs["floor"]).abs().max().item()
+    same = diff_ta < 1e-6 and diff_floor < 1e-6
+
+    r_floor = med["medsec"] / med["floor"]
+    r_ta = med["medsec"] / med["torchattacks"]
+    print(f"PGD-{steps} linf eps={eps:.5g} alpha={alpha:.5g} random_start=False | model={args.model} "
+          f"batch={len(x)} ({source}) device={device} threads={torch.get_num_threads()} "
+          f"torch={torch.__version__} python={platform.python_version()}")
+    print(f"{'method':<14}{'median s':>10}{'min s':>10}{'max s':>10}{'x floor':>9}")
+    for name in methods:
+        v = times[name]
+        print(f"{name:<14}{med[name]:>10.4f}{min(v):>10.4f}{max(v):>10.4f}{med[name] / med['floor']:>9.3f}")
+    print(f"medsec/floor        = {r_floor:.3f}  (target <= 1.05: {'met' if r_floor <= 1.05 else 'MISSED'})")
+    print(f"medsec/torchattacks = {r_ta:.3f}  (target <= 1.00: {'met' if r_ta <= 1.0 else 'MISSED'})")
+    print(f"same adversarial images: {'yes' if same else 'NO'} "
+          f"(max |medsec-torchattacks| = {diff_ta:.2g}, max |medsec-floor| = {diff_floor:.2g})")
+
+    if args.json:
+        record = {
+            "args": vars(args), "source": source, "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "times": times, "median": med, "medsec_over_floor": r_floor, "medsec_over_torchattacks": r_ta,
+            "max_diff_torchattacks": diff_ta, "max_diff_floor": diff_floor,
+        }
+        with open(args.json, "w") as f:
+            json.dump(record, f, indent=2)
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

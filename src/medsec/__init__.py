@@ -1,0 +1,20 @@
+"""medsec: security testing of medical-imaging AI.
+
+Example:
+    >>> import medsec
+    >>> attack = medsec.attacks.create("pgd", steps=10)
+    >>> threat = medsec.ThreatModel("linf", 8 / 255)
+"""
+
+from __future__ import annotations
+
+from medsec import attacks, data, metrics, models, objectives
+from medsec.errors import ConfigError, DataError, InputError, MedsecError, RegistryError
+from medsec.types import AttackResult, InputSpec, ThreatModel
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "attacks", "data", "metrics", "models", "objectives", "ThreatModel", "InputSpec", "AttackResult",
+    "MedsecError", "InputError", "ConfigError", "DataError", "RegistryError", "__version__",
+]

@@ -1,0 +1,32 @@
+"""Evasion attacks, registered by name.
+
+Example:
+    >>> import medsec
+    >>> medsec.attacks.list()[:2]
+    ['fgsm', 'pgd']
+    >>> pgd = medsec.attacks.create("pgd", steps=10)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from medsec.attacks import fgsm, pgd  # noqa: F401  (registration)
+from medsec.attacks.base import Attack, Problem, attack_mode
+from medsec.registries import ATTACKS
+
+
+def create(name: str, **params: Any) -> Attack:
+    """Build a registered attack, e.g. ``create("pgd", steps=20, random_start=False)``."""
+    return ATTACKS.create(name, **params)
+
+
+def list() -> list[str]:  # noqa: A001
+    return ATTACKS.list()
+
+
+def get(name: str) -> type[Attack]:
+    return ATTACKS.get(name)  # type: ignore[return-value]
+
+
+__all__ = ["Attack", "Problem", "attack_mode", "create", "list", "get"]

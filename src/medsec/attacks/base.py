@@ -1,0 +1,214 @@
+"""The attack contract and the machinery every attack shares.
+
+An attack is called as ``attack(model, x, y, threat=ThreatModel(...), target=None,
+generator=None)`` and returns an :class:`~medsec.types.AttackResult`. The base class
+enforces the call contract that the registry contract test checks for every attack:
+
+* the input is never mutated; shape, dtype and device are kept;
+* the model's train/eval mode and ``requires_grad`` flags are restored (the attack runs
+  the model in eval mode, so BatchNorm statistics are untouched) and only input
+  gradients are computed;
+* the result lies inside the bounds and the eps-ball; eps = 0 returns the input;
+* the same ``torch.Generator`` state gives the same result.
+
+Subclasses implement :meth:`Attack._run` on a :class:`Problem`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from medsec.errors import InputError
+from medsec.metrics.perturbation import perturbation_norms
+from medsec.objectives import Objective, resolve
+from medsec.types import AttackResult, InputSpec, ThreatModel
+from medsec.validation import check_images, check_labels
+
+
+@contextlib.contextmanager
+def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode with frozen parameters; restore both on exit."""
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def model_task(model: nn.Module, x: torch.Tensor) -> tuple[str, int, InputSpec]:
+    """The head type, class count and input spec of a model (plain modules: multiclass,
+    classes inferred from one forward pass, bounds [0, 1])."""
+    spec = getattr(model, "spec", None)
+    if not isinstance(spec, InputSpec):
+        spec = InputSpec(channels=x.shape[1])
+    task = getattr(model, "task", None)
+    num_classes = getattr(model, "num_classes", None)
+    if task is None or num_classes is None:
+        with torch.no_grad():
+            out = model(x[:1])
+        task = "multiclass"
+        num_classes = int(out.shape[1])
+    return str(task), int(num_classes), spec
+
+
+@dataclass
+class Problem:
+    """One attack problem: the model, the objective and the labels it is judged on.
+
+    ``labels`` holds the true labels (untargeted) or the targets (targeted); all
+    methods take ``idx`` to work on a subset of the batch (early stop, restarts).
+    """
+
+    model: nn.Module
+    objective: Objective
+    labels: torch.Tensor
+    targeted: bool
+    threat: ThreatModel
+    bounds: tuple[float, float]
+    queries: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        self.queries = torch.zeros(self.labels.shape[0], dtype=torch.long)
+
+    def _count(self, idx: torch.Tensor | None) -> None:
+        assert self.queries is not None
+        if idx is None:
+            self.queries += 1
+        else:
+            self.queries[idx.cpu()] += 1
+
+    def logits(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Model output at ``x`` without gradients (counts one query per sample)."""
+        self._count(idx)
+        with torch.no_grad():
+            return self.model(x)
+
+    def loss_and_grad(
+        self, x: torch.Tensor, idx: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-sample loss, its input gradient and the logits at ``x``."""
+        labels = self.labels if idx is None else self.labels[idx]
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = self.model(x)
+            loss = self.objective.loss(logits, labels, self.targeted)
+            (grad,) = torch.autograd.grad(loss.sum(), x)
+        self._count(idx)
+        return loss.detach(), grad.detach(), logits.detach()
+
+    def loss(self, logits: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        labels = self.labels if idx is None else self.labels[idx]
+        return self.objective.loss(logits, labels, self.targeted).detach()
+
+    def success(self, logits: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        labels = self.labels if idx is None else self.labels[idx]
+        return self.objective.success(logits, labels, self.targeted)
+
+    def clamp(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(*self.bounds)
+
+
+class Attack:
+    """Base class of all evasion attacks.
+
+    Class attributes state the capabilities: ``norms`` (supported threat norms),
+    ``supports_targeted``, ``needs_gradients``, ``stochastic`` (uses randomness) and
+    ``iterative`` (honours ``early_stop``).
+
+    Args:
+        loss: objective name (``"ce"``, ``"margin"``, ``"bce"``), an
+            :class:`~medsec.objectives.Objective`, or ``"auto"`` (CE for multiclass
+            heads, BCE for binary and multi-label heads).
+        early_stop: evaluation mode: stop updating samples as soon as they are broken
+            (off by default; the runner switches it on to measure robust accuracy).
+    """
+
+    name: ClassVar[str] = "attack"
+    norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
+    supports_targeted: ClassVar[bool] = True
+    needs_gradients: ClassVar[bool] = True
+    stochastic: ClassVar[bool] = False
+    iterative: ClassVar[bool] = False
+
+    def __init__(self, loss: str | Objective = "auto", early_stop: bool = False) -> None:
+        self.loss = loss
+        self.early_stop = bool(early_stop)
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({params})"
+
+    def __call__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        threat: ThreatModel | None = None,
+        target: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> AttackResult:
+        threat = threat if threat is not None else ThreatModel()
+        if not isinstance(threat, ThreatModel):
+            raise InputError(f"threat must be a medsec.ThreatModel, got {type(threat).__name__}")
+        if threat.norm not in self.norms:
+            raise InputError(
+                f"attack {self.name!r} supports norms {', '.join(self.norms)}, not {threat.norm!r}"
+            )
+        if not isinstance(model, nn.Module):
+            raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_images(x)
+        task, num_classes, spec = model_task(model, x)
+        check_images(x, spec)
+        y = check_labels(y, x.shape[0], task, num_classes)
+        if threat.targeted:
+            if not self.supports_targeted:
+                raise InputError(f"attack {self.name!r} has no targeted variant")
+            if target is None:
+                raise InputError("a targeted threat model needs target=... (the target labels)")
+            target = check_labels(target, x.shape[0], task, num_classes, name="target")
+            labels = target.to(x.device)
+        else:
+            if target is not None:
+                raise InputError("target was given but the threat model is untargeted; set targeted=True")
+            labels = y.to(x.device)
+        objective = resolve(self.loss, task)
+        problem = Problem(model, objective, labels, threat.targeted, threat, spec.bounds)
+        x_in = x.detach()
+        with attack_mode(model):
+            if threat.eps == 0:
+                x_adv, steps = x_in.clone(), 0
+            else:
+                x_adv, steps = self._run(problem, x_in, generator)
+                x_adv = problem.clamp(x_adv.detach()).to(dtype=x.dtype)
+            logits = problem.logits(x_adv)
+            success = problem.success(logits)
+            loss = problem.loss(logits)
+        return AttackResult(
+            x_adv=x_adv,
+            success=success,
+            loss=loss,
+            norms=perturbation_norms(x_in, x_adv),
+            queries=problem.queries,
+            steps=steps,
+            logits=logits,
+        )
+
+    def _run(self, problem: Problem, x: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, int]:
+        """Return (x_adv, steps run). ``x`` is detached; do not modify it in place."""
+        raise NotImplementedError
+
+    def params(self) -> dict[str, Any]:
+        """The constructor parameters (for results.json)."""
+        return {k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)) for k, v in vars(self).items()}

@@ -1,0 +1,134 @@
+"""The experiment config schema (pydantic), as read by ``medsec run`` and ``medsec validate``.
+
+Every component is ``{name, params}`` resolved through a registry; unknown keys are
+errors; eps may be written as ``8/255``. See ``configs/`` for examples and
+``docs/config.md`` for the reference.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_FRACTION = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(?:/\s*((?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?))?\s*$")
+
+
+def parse_number(value: Any) -> float:
+    """A float from a number or a string such as ``"8/255"`` or ``"0.03"`` (never eval)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number, got a boolean")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        m = _FRACTION.match(value)
+        if m:
+            num = float(m.group(1))
+            if m.group(2) is not None:
+                den = float(m.group(2))
+                if den == 0:
+                    raise ValueError(f"division by zero in {value!r}")
+                return num / den
+            return num
+    raise ValueError(f"expected a number or a fraction like 8/255, got {value!r}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Component(_Strict):
+    """A registry entry: ``{name: ..., params: {...}}``."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class DataConfig(Component):
+    """Dataset; ``train_split``/``eval_split``/``val_split`` are passed as ``split`` when
+    the dataset takes one; otherwise the data are split at random by ``eval_fraction``."""
+
+    train_split: str = "train"
+    eval_split: str = "test"
+    val_split: str | None = None
+    eval_fraction: float = Field(0.2, gt=0, lt=1)
+
+
+class ModelConfig(Component):
+    """Model from the registry (``small_cnn``, ``timm``, ``timm:resnet18``, ...) or a
+    checkpoint written by medsec (``checkpoint: path/model.safetensors``)."""
+
+    name: str = "small_cnn"
+    checkpoint: str | None = None
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(5, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    batch_size: int = Field(128, ge=2)
+    weight_decay: float = Field(5e-4, ge=0)
+    augment: bool = True
+    limit: int | None = Field(None, ge=1, description="use at most this many training images")
+
+
+class ThreatConfig(_Strict):
+    norm: Literal["linf", "l2", "patch"] = "linf"
+    eps: list[float] = Field(default_factory=lambda: [8 / 255])
+    targeted: bool = False
+    target: int | Literal["next"] | None = Field(
+        None, description="targeted attacks: a class index (all-to-one) or 'next' ((y + 1) mod C)"
+    )
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _eps(cls, value: Any) -> list[float]:
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if not values:
+            raise ValueError("eps needs at least one value")
+        out = [parse_number(v) for v in values]
+        for v in out:
+            if v < 0:
+                raise ValueError(f"eps must be >= 0, got {v}")
+        return out
+
+    @model_validator(mode="after")
+    def _target(self) -> ThreatConfig:
+        if self.targeted and self.target is None:
+            raise ValueError("targeted: true needs `target` (a class index or 'next')")
+        if self.norm == "patch" and any(e > 1 for e in self.eps):
+            raise ValueError("patch eps is a pixel fraction and must be <= 1")
+        return self
+
+
+class AttackConfig(Component):
+    """One attack; ``threat`` overrides the experiment's default threat model."""
+
+    label: str | None = None
+    threat: ThreatConfig | None = None
+
+
+class EvalConfig(_Strict):
+    sample_limit: int | None = Field(1000, ge=1)
+    batch_size: int = Field(256, ge=1)
+    early_stop: bool = Field(True, description="stop attacking points already broken (robust-accuracy mode)")
+    examples: int = Field(8, ge=0, le=64)
+
+
+class ExperimentConfig(_Strict):
+    name: str = "experiment"
+    seed: int = 0
+    device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig | None = None
+    threat: ThreatConfig = Field(default_factory=ThreatConfig)
+    attacks: list[AttackConfig] = Field(min_length=1)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    executor: Literal["sequential"] = "sequential"
+
+    @model_validator(mode="after")
+    def _model_source(self) -> ExperimentConfig:
+        if self.model.checkpoint is not None and self.train is not None:
+            raise ValueError("give either model.checkpoint or a train section, not both")
+        return self

@@ -1,0 +1,31 @@
+"""Metrics: accuracy, robust accuracy, attack success, perturbation norms, PSNR/SSIM.
+
+Example:
+    >>> from medsec import metrics
+    >>> "ssim" in metrics.list()
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from medsec.metrics.accuracy import accuracy, attack_success_rate, correct, robust_accuracy
+from medsec.metrics.image_quality import psnr, psnr_per_sample, ssim
+from medsec.metrics.perturbation import perturbation_norms
+from medsec.registries import METRICS
+
+
+def get(name: str) -> Any:
+    """The metric function registered under ``name``."""
+    return METRICS.get(name)
+
+
+def list() -> list[str]:  # noqa: A001
+    return METRICS.list()
+
+
+__all__ = [
+    "accuracy", "attack_success_rate", "correct", "robust_accuracy", "psnr", "psnr_per_sample",
+    "ssim", "perturbation_norms", "get", "list",
+]

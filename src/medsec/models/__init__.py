@@ -1,0 +1,32 @@
+"""Models: task wrappers, architecture builders and checkpoint loading.
+
+Example:
+    >>> import medsec
+    >>> clf = medsec.models.create("small_cnn", num_classes=8)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from medsec.models import hub, small_cnn  # noqa: F401  (registration)
+from medsec.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from medsec.models.classifier import Classifier, predict_from_logits
+from medsec.registries import MODELS
+
+
+def create(name: str, **params: Any) -> Any:
+    """Build a registered model; ``"timm:resnet18"`` is short for
+    ``create("timm", arch="resnet18")`` (same for ``torchvision:``)."""
+    if ":" in name:
+        prefix, arch = name.split(":", 1)
+        if prefix in ("timm", "torchvision"):
+            return MODELS.create(prefix, arch=arch, **params)
+    return MODELS.create(name, **params)
+
+
+def list() -> list[str]:  # noqa: A001
+    return MODELS.list()
+
+
+__all__ = ["Classifier", "predict_from_logits", "create", "list", "load_checkpoint", "save_checkpoint", "read_metadata"]

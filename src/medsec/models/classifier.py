@@ -1,0 +1,89 @@
+"""The :class:`Classifier` task wrapper: normalisation inside, logits out.
+
+Attacks always work on images in the bounds of the model's :class:`InputSpec`; the
+wrapper applies mean/std normalisation itself, which makes the classic "attacked the
+normalised tensor" mistake impossible.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from medsec.errors import InputError
+from medsec.types import InputSpec
+
+TASKS = ("multiclass", "binary", "multilabel")
+
+
+class Classifier(nn.Module):
+    """Wraps a network that maps normalised images to logits.
+
+    Args:
+        net: module taking normalised (B, C, H, W) images.
+        spec: the input contract (channels, bounds, mean, std).
+        num_classes: classes (multiclass), labels (multilabel) or 2 for a binary
+            single-logit head.
+        task: ``"multiclass"`` (softmax over C logits), ``"binary"`` (one logit,
+            sigmoid) or ``"multilabel"`` (C independent sigmoid logits).
+        classes: optional class names for reports.
+        arch: optional ``{"name": ..., "params": ...}`` that rebuilds ``net`` from the
+            model registry (stored in checkpoints).
+
+    Example:
+        >>> from medsec.models import create
+        >>> clf = create("small_cnn", num_classes=8, in_channels=3)
+        >>> clf(torch.rand(2, 3, 28, 28)).shape
+        torch.Size([2, 8])
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        spec: InputSpec,
+        num_classes: int,
+        task: str = "multiclass",
+        classes: list[str] | None = None,
+        arch: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if task not in TASKS:
+            raise InputError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+        if task == "binary" and num_classes != 2:
+            raise InputError("a binary single-logit head has num_classes=2")
+        self.net = net
+        self.spec = spec
+        self.num_classes = int(num_classes)
+        self.task = task
+        self.classes = list(classes) if classes is not None else [str(i) for i in range(num_classes)]
+        self.arch = arch or {}
+        c = spec.channels
+        mean = torch.tensor(spec.mean if spec.mean is not None else (0.0,) * c).float()
+        std = torch.tensor(spec.std if spec.std is not None else (1.0,) * c).float()
+        self.register_buffer("_mean", mean.expand(c).reshape(1, c, 1, 1).clone(), persistent=False)
+        self.register_buffer("_std", std.expand(c).reshape(1, c, 1, 1).clone(), persistent=False)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self._mean.to(x.dtype)) / self._std.to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(self.normalize(x))
+        if self.task == "binary" and out.dim() == 2 and out.shape[1] == 1:
+            out = out[:, 0]
+        return out
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Predicted labels: class index (multiclass), 0/1 (binary), 0/1 vector (multilabel)."""
+        return predict_from_logits(self(x), self.task)
+
+
+def predict_from_logits(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """Turn logits into labels for the given head type."""
+    if task == "multiclass":
+        return logits.argmax(dim=1)
+    if task == "binary":
+        return (logits.reshape(logits.shape[0]) > 0).long()
+    return (logits > 0).long()

@@ -1,0 +1,37 @@
+"""Objectives: what an attack maximises and when it has succeeded.
+
+Example:
+    >>> from medsec import objectives
+    >>> objectives.list()
+    ['bce', 'ce', 'margin']
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from medsec.objectives import bce, cross_entropy, margin  # noqa: F401  (registration)
+from medsec.objectives.base import Objective, signed_margins
+from medsec.registries import OBJECTIVES
+
+DEFAULT_FOR_TASK = {"multiclass": "ce", "binary": "bce", "multilabel": "bce"}
+
+
+def create(name: str, **params: Any) -> Objective:
+    """Build a registered objective, e.g. ``create("margin", task="binary")``."""
+    return OBJECTIVES.create(name, **params)
+
+
+def list() -> list[str]:  # noqa: A001  (mirrors torchattacks/timm naming)
+    return OBJECTIVES.list()
+
+
+def resolve(spec: str | Objective | None, task: str) -> Objective:
+    """An objective from a name (``"auto"`` picks CE or BCE by head type) or an instance."""
+    if isinstance(spec, Objective):
+        return spec
+    name = DEFAULT_FOR_TASK[task] if spec in (None, "auto") else spec
+    return OBJECTIVES.create(name, task=task)
+
+
+__all__ = ["Objective", "create", "list", "resolve", "signed_margins", "DEFAULT_FOR_TASK"]

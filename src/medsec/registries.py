@@ -1,0 +1,17 @@
+"""The registries of medsec's pluggable units (one per kind).
+
+Units register themselves on import of their package; ``medsec.attacks.create``,
+``medsec.models.create`` and friends are thin views of these.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from medsec.registry import Registry
+
+ATTACKS: Registry[Any] = Registry("attack")
+OBJECTIVES: Registry[Any] = Registry("objective")
+MODELS: Registry[Any] = Registry("model")
+DATASETS: Registry[Any] = Registry("dataset")
+METRICS: Registry[Any] = Registry("metric")

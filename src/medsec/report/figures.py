@@ -1,0 +1,260 @@
+"""Report figures as PNG bytes, drawn on :class:`matplotlib.figure.Figure` objects.
+
+No pyplot: every figure is a fresh ``Figure`` with its own Agg canvas, so rendering is
+thread-safe, needs no display and leaves no global state behind. New figures (segmentation
+overlays, patch masks, ...) should follow the same pattern: build with :func:`new_figure`,
+draw images with :func:`show_image`, return :func:`png_bytes`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from medsec.report.formatting import dig, eps_axis_value
+
+MAX_EXAMPLES = 8
+CHANGED_COLOR = "#c62828"
+KEPT_COLOR = "#1b5e20"
+DPI = 110
+
+
+# --------------------------------------------------------------------------- helpers
+def new_figure(width: float, height: float) -> Figure:
+    """A fresh figure of ``width`` x ``height`` inches with an Agg canvas attached."""
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def png_bytes(fig: Figure, dpi: int = DPI) -> bytes:
+    """Render ``fig`` to PNG and return the bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
+    return buf.getvalue()
+
+
+def data_uri(png: bytes, mime: str = "image/png") -> str:
+    """A ``data:`` URI embedding ``png`` (base64), for ``<img src=...>``."""
+    return f"data:{mime};base64,{base64.b64encode(png).decode('ascii')}"
+
+
+def mpl_text(text: Any, limit: int = 60) -> str:
+    """``text`` made safe for matplotlib: no mathtext (``$`` escaped), control characters and length capped."""
+    lines = []
+    for line in str(text).split("\n"):
+        line = "".join(ch if ch.isprintable() else " " for ch in line)
+        line = " ".join(line.split())
+        lines.append(line if len(line) <= limit else line[: limit - 1] + "…")
+    return "\n".join(lines).replace("$", r"\$")
+
+
+def to_display(img: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """A (C, H, W) or (H, W) image as an array ``imshow`` can draw, plus the colormap to use.
+
+    1 channel (or anything but 3/4 channels) -> (H, W) gray; 3 channels -> (H, W, 3) RGB;
+    4 channels -> the first three as RGB. Values are expected in [0, 1] (see :func:`display_range`).
+    """
+    img = np.asarray(img, dtype=np.float32)
+    if img.ndim == 2:
+        return img, "gray"
+    if img.ndim != 3:
+        img = img.reshape(-1, *img.shape[-2:])
+    if img.shape[0] in (3, 4):
+        return np.ascontiguousarray(np.transpose(img[:3], (1, 2, 0))), None
+    return img[0], "gray"
+
+
+def display_range(*arrays: np.ndarray) -> tuple[float, float]:
+    """A common (low, high) display range: [0, 1] unless the data leaves it (other model bounds)."""
+    finite = [a[np.isfinite(a)] for a in arrays if a.size]
+    finite = [a for a in finite if a.size]
+    if not finite:
+        return 0.0, 1.0
+    lo = min(0.0, min(float(a.min()) for a in finite))
+    hi = max(1.0, max(float(a.max()) for a in finite))
+    return lo, hi
+
+
+def show_image(ax: Axes, img: np.ndarray, vrange: tuple[float, float] = (0.0, 1.0), cmap: str | None = None) -> None:
+    """Draw a (C, H, W) or (H, W) image on ``ax`` without ticks, scaled from ``vrange`` to [0, 1]."""
+    lo, hi = vrange
+    scaled = np.clip((np.nan_to_num(np.asarray(img, dtype=np.float32)) - lo) / (hi - lo), 0.0, 1.0)
+    arr, default_cmap = to_display(scaled)
+    ax.imshow(arr, cmap=cmap or default_cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def message_figure(message: str, width: float = 6.0, height: float = 1.2) -> Figure:
+    """A small figure that only states ``message`` (for empty inputs)."""
+    fig = new_figure(width, height)
+    fig.text(0.5, 0.5, mpl_text(message, 100), ha="center", va="center", fontsize=10, color="#555555")
+    return fig
+
+
+# --------------------------------------------------------------------------- robust accuracy curve
+def _curve_groups(evaluations: Sequence[Mapping[str, Any]]) -> dict[str, dict[tuple[str, bool], list[tuple[float, float]]]]:
+    """{norm: {(label, targeted): [(eps, robust accuracy %), ...] sorted by eps}}."""
+    groups: dict[str, dict[tuple[str, bool], list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    for ev in evaluations:
+        threat = ev.get("threat") or {}
+        x = eps_axis_value(threat)
+        ra = dig(ev, "metrics.robust_accuracy")
+        if x is None or not isinstance(ra, (int, float)) or isinstance(ra, bool) or not np.isfinite(ra):
+            continue
+        key = (str(ev.get("label") or ev.get("attack") or "?"), bool(threat.get("targeted")))
+        groups[str(threat.get("norm") or "?")][key].append((x, 100.0 * float(ra)))
+    return {n: {k: sorted(v) for k, v in g.items()} for n, g in groups.items()}
+
+
+def robust_accuracy_vs_eps(results: Mapping[str, Any]) -> bytes:
+    """Robust accuracy (%) against eps, one line per (attack label, norm, targeted), one subplot per norm.
+
+    Args:
+        results: a results.json dict.
+
+    Returns:
+        PNG bytes. The clean accuracy is drawn as a dashed horizontal line.
+    """
+    groups = _curve_groups(results.get("evaluations") or [])
+    if not groups:
+        return png_bytes(message_figure("no finished evaluations to plot"))
+    clean = dig(results, "clean.accuracy")
+    norms = sorted(groups, key=lambda n: (n == "patch", n))
+    fig = new_figure(5.2 * len(norms) + 0.6, 3.9)
+    axes = fig.subplots(1, len(norms), squeeze=False, sharey=True)[0]
+    labels = sorted({label for g in groups.values() for label, _ in g})
+    cycle = [f"C{i % 10}" for i in range(len(labels))]
+    colors = dict(zip(labels, cycle))
+    for ax, norm in zip(axes, norms):
+        xs: set[float] = set()
+        for (label, targeted), points in sorted(groups[norm].items()):
+            x, y = zip(*points)
+            xs.update(x)
+            name = f"{label} (targeted)" if targeted else label
+            ax.plot(x, y, marker="o" if not targeted else "s", linestyle=":" if targeted else "-",
+                    color=colors[label], label=mpl_text(name, 40), linewidth=1.8, markersize=5)
+        if isinstance(clean, (int, float)) and not isinstance(clean, bool):
+            ax.axhline(100.0 * clean, color="#555555", linestyle="--", linewidth=1.2,
+                       label=f"clean ({100.0 * clean:.1f}%)")
+        if norm == "patch":
+            ax.set_xlabel("patch size (fraction of pixels)")
+        else:
+            ax.set_xlabel("eps × 255")
+            ticks = sorted(xs)
+            if len(ticks) <= 10:
+                ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.set_title(mpl_text(f"{norm} threat model"), fontsize=11)
+        ax.set_ylim(-3, 103)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="best", framealpha=0.85)
+    axes[0].set_ylabel("robust accuracy (%)")
+    return png_bytes(fig)
+
+
+# --------------------------------------------------------------------------- example grid
+def label_text(value: Any, classes: Sequence[str] | None, limit: int = 28) -> str:
+    """A class index (or multi-label 0/1 vector) as a short readable string.
+
+    Multi-label vectors become the positive class names joined by ``+`` (``"none"`` when
+    empty), falling back to indices when the names would not fit in ``limit`` characters.
+    """
+    arr = np.asarray(value)
+    names = list(classes or [])
+
+    def name(i: int) -> str:
+        return str(names[i]) if 0 <= i < len(names) else str(i)
+
+    if arr.ndim == 0:
+        return mpl_text(name(int(arr)), limit)
+    on = [int(i) for i in np.flatnonzero(arr.astype(np.float64).reshape(-1) > 0.5)]
+    if not on:
+        return "none"
+    text = "+".join(name(i) for i in on)
+    if len(text) > limit:
+        text = "{" + ",".join(map(str, on)) + "}"
+    return mpl_text(text, limit)
+
+
+def perturbation_image(clean: np.ndarray, adv: np.ndarray, mode: str = "signed") -> tuple[np.ndarray, str | None, float]:
+    """The amplified perturbation of one example for display.
+
+    Args:
+        clean, adv: (C, H, W) images.
+        mode: ``"abs"``: per-pixel max |adv - clean| over channels scaled to fill [0, 1]
+            (drawn with a heat colormap); ``"signed"``: ``0.5 + d / (2 max|d|)`` per channel
+            (mid-gray = unchanged).
+
+    Returns:
+        (image in [0, 1], colormap or None for the default, max |adv - clean|).
+    """
+    d = np.nan_to_num(np.asarray(adv, np.float32) - np.asarray(clean, np.float32))
+    m = float(np.abs(d).max()) if d.size else 0.0
+    if mode == "signed":
+        return (0.5 + d / (2 * m) if m > 0 else np.full_like(d, 0.5)), None, m
+    if mode != "abs":
+        raise ValueError(f"unknown perturbation mode {mode!r}; use 'abs' or 'signed'")
+    a = np.abs(d)
+    mag = a.max(axis=0) if a.ndim == 3 else a
+    return (mag / m if m > 0 else np.zeros_like(mag)), "magma", m
+
+
+def _changed(a: Any, b: Any) -> bool:
+    return bool(np.any(np.asarray(a) != np.asarray(b)))
+
+
+def example_grid(
+    examples: Mapping[str, np.ndarray],
+    classes: Sequence[str] | None,
+    title: str,
+    perturbation: str = "signed",
+    max_rows: int = MAX_EXAMPLES,
+) -> bytes:
+    """A grid of clean / adversarial / amplified-perturbation images, one row per example.
+
+    Args:
+        examples: arrays ``clean``, ``adv`` ((k, C, H, W) or (k, H, W)), ``label``,
+            ``pred_clean``, ``pred_adv`` ((k,) class indices or (k, L) multi-label vectors),
+            e.g. an opened examples ``.npz``.
+        classes: class names (indices are shown where missing).
+        title: the figure title.
+        perturbation: ``"abs"`` or ``"signed"`` (see :func:`perturbation_image`).
+        max_rows: at most this many examples are drawn.
+
+    Returns:
+        PNG bytes. The adversarial prediction is red when it differs from the clean one.
+    """
+    clean = np.asarray(examples["clean"], dtype=np.float32)
+    adv = np.asarray(examples["adv"], dtype=np.float32)
+    k = min(len(clean), len(adv), max_rows)
+    if k == 0:
+        return png_bytes(message_figure(f"{title}: no examples"))
+    label, pred_clean, pred_adv = (np.asarray(examples[key]) for key in ("label", "pred_clean", "pred_adv"))
+    vrange = display_range(clean[:k], adv[:k])
+    fig = new_figure(3 * 2.25, k * 2.15 + 0.5)
+    fig.suptitle(mpl_text(title, 80), fontsize=11)
+    axes = fig.subplots(k, 3, squeeze=False)
+    for i in range(k):
+        ax_c, ax_a, ax_p = axes[i]
+        show_image(ax_c, clean[i], vrange)
+        ax_c.set_title(f"true: {label_text(label[i], classes)}\nclean: {label_text(pred_clean[i], classes)}",
+                       fontsize=8)
+        show_image(ax_a, adv[i], vrange)
+        changed = _changed(pred_adv[i], pred_clean[i])
+        ax_a.set_title(f"adversarial:\n{label_text(pred_adv[i], classes)}", fontsize=8,
+                       color=CHANGED_COLOR if changed else KEPT_COLOR, fontweight="bold" if changed else "normal")
+        pert, cmap, m = perturbation_image(clean[i], adv[i], perturbation)
+        show_image(ax_p, pert, (0.0, 1.0), cmap)
+        what = "|adv − clean|" if perturbation == "abs" else "adv − clean"
+        detail = f"max {255 * m / (vrange[1] - vrange[0]):.3g}/255, amplified" if m > 0 else "unchanged"
+        ax_p.set_title(f"{what}\n({detail})", fontsize=8)
+    return png_bytes(fig)

@@ -1,0 +1,89 @@
+"""The Markdown report: the summary tables and warnings as plain GitHub Markdown."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from medsec.report.formatting import dig, fmt_list, fmt_pct, provenance_line
+from medsec.report.tables import Column, cell_texts, summary_columns
+
+_MD_SPECIAL = str.maketrans({"\\": "\\\\", "|": "\\|", "<": "\\<", ">": "\\>", "`": "\\`"})
+_ALIGN_RULE = {"right": "---:", "center": ":---:"}
+
+
+def md_escape(text: Any) -> str:
+    """``text`` safe inside a Markdown table cell or line: one line, pipes and HTML brackets escaped."""
+    return " ".join(str(text).split()).translate(_MD_SPECIAL)
+
+
+def md_table(columns: Sequence[Column], rows: Iterable[Any]) -> str:
+    """A GitHub Markdown table of ``rows`` from column specs (cells escaped)."""
+    lines = [
+        "| " + " | ".join(md_escape(c.header) for c in columns) + " |",
+        "|" + "|".join(_ALIGN_RULE.get(c.align, "---") for c in columns) + "|",
+    ]
+    lines += ["| " + " | ".join(md_escape(t) for t in texts) + " |" for texts in cell_texts(list(columns), rows)]
+    return "\n".join(lines)
+
+
+def _data_model_line(results: Mapping[str, Any]) -> str:
+    data = results.get("data") or {}
+    model = results.get("model") or {}
+    parts = [f"data: {data.get('name', '?')} ({data.get('split', '?')}, {data.get('n_eval', '?')} images, "
+             f"{len(data.get('classes') or [])} classes)",
+             f"model: {model.get('name', '?')} ({model.get('task', '?')})"]
+    train = model.get("train")
+    if isinstance(train, Mapping):
+        parts.append(f"trained {train.get('epochs', '?')} epochs, test accuracy {fmt_pct(train.get('test_accuracy'))}")
+    return " · ".join(parts)
+
+
+def _checks(results: Mapping[str, Any]) -> str:
+    checks = [c for c in results.get("checks") or [] if isinstance(c, Mapping)]
+    if not checks:
+        return "No warnings."
+    return "\n".join(
+        f"- **{md_escape(c.get('level') or 'warning')}** ({md_escape(c.get('code') or 'unnamed check')}): "
+        f"{md_escape(c.get('message') or '')}"
+        for c in checks
+    )
+
+
+def render_markdown(results: Mapping[str, Any]) -> str:
+    """Render the summary of a results dict as GitHub Markdown.
+
+    Args:
+        results: a results.json dict (schema version 1).
+
+    Returns:
+        Markdown text: title, provenance line, data/model line, clean accuracy, the summary
+        table (one row per cell) and the sanity-check warnings.
+    """
+    evaluations = [ev for ev in results.get("evaluations") or [] if isinstance(ev, Mapping)]
+    clean = results.get("clean") or {}
+    lines = [
+        f"# medsec report: {md_escape(results.get('name') or 'unnamed run')}",
+        "",
+        f"Status: **{md_escape(results.get('status') or 'unknown')}** · {md_escape(provenance_line(results.get('provenance') or {}))}",
+        "",
+        md_escape(_data_model_line(results)),
+        "",
+        f"Classes: {md_escape(fmt_list(dig(results, 'data.classes') or []))}",
+        "",
+        f"**Clean accuracy: {md_escape(fmt_pct(clean.get('accuracy')))}**"
+        + (f" on {md_escape(clean.get('n'))} images" if clean.get("n") is not None else ""),
+        "",
+        "## Summary",
+        "",
+        md_table(summary_columns(), evaluations) if evaluations else "No evaluation has finished yet.",
+        "",
+        "Robust accuracy counts over all evaluated images; ASR over the attacked (clean-correct) ones; "
+        "norms, PSNR and SSIM are means over attacked images. Figures and examples: see report.html.",
+        "",
+        "## Sanity checks",
+        "",
+        _checks(results),
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,137 @@
+"""Format-independent table specs shared by the HTML and Markdown reports.
+
+A table is a list of :class:`Column` specs applied to a list of rows (usually dicts). The
+renderers (:func:`medsec.report.html.html_table`, :func:`medsec.report.markdown.md_table`)
+only see plain text cells, so a new table (a defence x attack matrix, segmentation Dice,
+...) is a new list of columns, not new rendering code.
+
+Example:
+    >>> cols = [Column("Attack", "label"), Column("Robust acc.", "metrics.robust_accuracy", fmt_pct, "right")]
+    >>> cell_texts(cols, [{"label": "pgd", "metrics": {"robust_accuracy": 0.02}}])
+    [['pgd', '2.0%']]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from medsec.report.formatting import (
+    dig,
+    eps_255,
+    fmt_float,
+    fmt_list,
+    fmt_pct,
+    fmt_text,
+    mode_text,
+)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One table column.
+
+    Args:
+        header: the column heading (plain text).
+        value: a dotted key path into the row (``"metrics.psnr"``) or a function row -> raw value.
+        fmt: raw value -> plain text.
+        align: ``"left"``, ``"right"`` or ``"center"``.
+        tooltip: optional longer explanation of the header (HTML ``title``).
+    """
+
+    header: str
+    value: str | Callable[[Any], Any]
+    fmt: Callable[[Any], str] = fmt_text
+    align: str = "left"
+    tooltip: str | None = None
+
+    def raw(self, row: Any) -> Any:
+        """The raw value of this column for ``row`` (None when missing)."""
+        if callable(self.value):
+            return self.value(row)
+        return dig(row, self.value)
+
+    def text(self, row: Any) -> str:
+        """The formatted text of this column for ``row``."""
+        return self.fmt(self.raw(row))
+
+
+def cell_texts(columns: list[Column], rows: Iterable[Any]) -> list[list[str]]:
+    """Formatted text of every cell, row by row."""
+    return [[c.text(row) for c in columns] for row in rows]
+
+
+# --------------------------------------------------------------------------- standard tables
+def summary_columns() -> list[Column]:
+    """Columns of the per-cell summary table (one row per evaluation record)."""
+    num3 = fmt_float(".3g")
+    return [
+        Column("Attack", "label"),
+        Column("Norm", "threat.norm"),
+        Column("eps", "threat.eps", fmt_float(".4g"), "right", "budget in input units"),
+        Column("eps×255", lambda ev: eps_255(ev.get("threat") or {}), fmt_float(".3g"), "right",
+               "budget in 8-bit levels"),
+        Column("Mode", lambda ev: mode_text(dig(ev, "threat.targeted")), align="center"),
+        Column("Robust acc.", "metrics.robust_accuracy", fmt_pct, "right",
+               "accuracy on adversarial inputs over all evaluated points"),
+        Column("ASR", "metrics.attack_success_rate", fmt_pct, "right",
+               "attack success rate over the attacked (clean-correct) points"),
+        Column("Mean L∞", "metrics.linf", fmt_float(".4g"), "right"),
+        Column("Mean L2", "metrics.l2", num3, "right"),
+        Column("Mean L0", "metrics.l0", fmt_float(".4g"), "right"),
+        Column("PSNR", "metrics.psnr", fmt_float(".1f", "dB"), "right"),
+        Column("SSIM", "metrics.ssim", fmt_float(".3f"), "right"),
+        Column("Queries", "metrics.queries_mean", fmt_float(".1f"), "right", "mean model calls per attacked point"),
+        Column("Runtime", "runtime_s", fmt_float(".1f", "s"), "right"),
+    ]
+
+
+def attack_columns() -> list[Column]:
+    """Columns of the attack-configuration table (one row per evaluation record)."""
+    return [
+        Column("Cell", "id"),
+        Column("Attack", "attack"),
+        Column("Label", "label"),
+        Column("Target", "target"),
+        Column("Attacked points", "metrics.n_attacked", align="right"),
+        Column("Seed", "seed", align="right"),
+        Column("Parameters", "params"),
+    ]
+
+
+def history_columns(history: list[Mapping[str, Any]]) -> list[Column]:
+    """Columns for a training history: one per key seen in any epoch record, epoch first."""
+    keys: list[str] = []
+    for rec in history:
+        for k in rec:
+            if k not in keys:
+                keys.append(k)
+    if "epoch" in keys:
+        keys.remove("epoch")
+        keys.insert(0, "epoch")
+    cols = []
+    for k in keys:
+        if "acc" in k:
+            fmt = fmt_pct
+        elif k == "epoch":
+            fmt = fmt_text
+        else:
+            fmt = fmt_float(".4g")
+        cols.append(Column(k.replace("_", " "), lambda rec, k=k: rec.get(k), fmt, "right"))
+    return cols
+
+
+def key_value_rows(pairs: Iterable[tuple[str, Any]]) -> list[dict[str, Any]]:
+    """Rows for a two-column key/value table (see :func:`key_value_columns`)."""
+    return [{"key": k, "value": v} for k, v in pairs]
+
+
+def key_value_columns(value_fmt: Callable[[Any], str] = fmt_text) -> list[Column]:
+    """Columns for a key/value table of :func:`key_value_rows`."""
+    return [Column("", "key"), Column("", lambda row: row["value"], value_fmt)]
+
+
+def fmt_classes(classes: Any) -> str:
+    """Class names as a compact comma-separated list."""
+    return fmt_list(classes, limit=40)

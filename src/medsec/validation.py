@@ -1,0 +1,77 @@
+"""Input checks shared by attacks, metrics and the runner.
+
+Every check raises :class:`medsec.errors.InputError` with a message that names the
+problem and the fix, instead of letting bad input produce silently wrong numbers.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from medsec.errors import InputError
+from medsec.types import InputSpec
+
+_TOL = 1e-6
+
+
+def check_images(x: object, spec: InputSpec | None = None, name: str = "x") -> torch.Tensor:
+    """Check an image batch: a float tensor (B, C, H, W), finite, inside the bounds."""
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"{name} must be a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise InputError(
+            f"{name} must be a floating-point tensor in the model's bounds, got dtype {x.dtype}; "
+            "convert uint8 images with x.float() / 255"
+        )
+    if x.dim() != 4:
+        raise InputError(f"{name} must have shape (B, C, H, W), got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise InputError(f"{name} is an empty batch (shape {tuple(x.shape)})")
+    if not torch.isfinite(x).all():
+        n_bad = int((~torch.isfinite(x)).sum())
+        raise InputError(f"{name} contains {n_bad} NaN/Inf values; clean or drop these images first")
+    if spec is not None:
+        if x.shape[1] != spec.channels:
+            raise InputError(
+                f"{name} has {x.shape[1]} channels but the model expects {spec.channels} "
+                "(convert grayscale/RGB to match the model's InputSpec)"
+            )
+        lo, hi = spec.bounds
+        xmin, xmax = float(x.min()), float(x.max())
+        if xmin < lo - _TOL or xmax > hi + _TOL:
+            raise InputError(
+                f"{name} has values in [{xmin:.4g}, {xmax:.4g}] outside the model's bounds [{lo:g}, {hi:g}]; "
+                "pass un-normalised images (normalisation lives inside the model wrapper)"
+            )
+    return x
+
+
+def check_labels(y: object, batch: int, task: str, num_classes: int, name: str = "y") -> torch.Tensor:
+    """Check labels against the head type.
+
+    multiclass: int (B,) in [0, num_classes); binary: (B,) in {0, 1};
+    multilabel: (B, num_classes) in {0, 1}.
+    """
+    if not isinstance(y, torch.Tensor):
+        raise InputError(f"{name} must be a torch.Tensor, got {type(y).__name__}")
+    if task == "multilabel":
+        if y.shape != (batch, num_classes):
+            raise InputError(f"multi-label {name} must have shape ({batch}, {num_classes}), got {tuple(y.shape)}")
+        if not ((y == 0) | (y == 1)).all():
+            raise InputError(f"multi-label {name} must contain only 0 and 1")
+        return y
+    if y.dim() == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.shape != (batch,):
+        raise InputError(f"{name} must have shape ({batch},), got {tuple(y.shape)}")
+    if y.is_floating_point():
+        if not torch.equal(y, y.round()):
+            raise InputError(f"{name} must hold integer class indices, got non-integer floats")
+        y = y.long()
+    n = 2 if task == "binary" else num_classes
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n):
+        raise InputError(
+            f"{name} has labels in [{int(y.min())}, {int(y.max())}] but the model has {n} classes "
+            f"(valid: 0..{n - 1})"
+        )
+    return y

@@ -1,0 +1,198 @@
+"""Tests of medsec.report: HTML/Markdown reports from a fake results.json and example files."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from medsec.errors import ConfigError, DataError
+from medsec.io import atomic_save_npz, atomic_write_json, atomic_write_text
+from medsec.report import load_results, write_report
+from medsec.report.figures import data_uri, example_grid, robust_accuracy_vs_eps
+from medsec.report.formatting import fmt_float, fmt_pct
+from medsec.report.markdown import md_escape, render_markdown
+
+XSS = "<script>alert(1)</script>"
+CLASSES = ["basophil", XSS, "eosinophil", "lympho|cyte"]
+EPS = [1, 2, 4, 8]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _cell(attack: str, eps_255: int, ra: float, examples: bool = True) -> dict[str, Any]:
+    cid = f"{attack}-linf-{eps_255:.1f}-untargeted"
+    return {
+        "id": cid, "attack": attack, "label": attack, "params": {"steps": 10, "note": "a|b <i>x</i>"},
+        "threat": {"norm": "linf", "eps": eps_255 / 255, "eps_255": float(eps_255), "targeted": False},
+        "target": None,
+        "metrics": {"robust_accuracy": ra, "attack_success_rate": 1 - ra / 0.9, "clean_accuracy": 0.9,
+                    "n_attacked": 90, "linf": eps_255 / 255, "l2": 0.2 * eps_255, "l0": 700.0,
+                    "psnr": 50.0 - 3 * eps_255, "ssim": 0.99 - 0.01 * eps_255, "queries_mean": 1.0, "non_finite": 0},
+        "runtime_s": 0.5 * eps_255, "seed": 1000 + eps_255,
+        "examples": f"examples/{cid}.npz" if examples else None,
+    }
+
+
+def fake_results() -> dict[str, Any]:
+    evs = [_cell("fgsm", e, ra) for e, ra in zip(EPS, [0.7, 0.5, 0.3, 0.35])]
+    evs += [_cell("pgd", e, ra) for e, ra in zip(EPS, [0.6, 0.3, 0.05, 0.0])]
+    evs[0]["metrics"]["attack_success_rate"] = None
+    evs[4]["metrics"]["psnr"] = "inf"
+    return {
+        "schema_version": 1, "name": "fake-run", "status": "complete",
+        "config": {"name": "fake-run", "data": {"name": "synthetic"}, "note": XSS},
+        "provenance": {"medsec": "0.1.0", "python": "3.11.7", "torch": "2.5.0", "platform": "Linux",
+                       "git": "abc123def4567890", "device": "cpu", "hostname": "host",
+                       "started": "2026-11-22T03:00:00+00:00", "finished": "2026-11-22T03:05:00+00:00"},
+        "seeds": {"global": 0, "cells": {ev["id"]: ev["seed"] for ev in evs}},
+        "data": {"name": "synthetic", "split": "test", "classes": CLASSES, "n_eval": 100, "image_shape": [3, 16, 16]},
+        "model": {"name": "small_cnn", "task": "multiclass", "num_classes": 4, "checkpoint": "model.safetensors",
+                  "train": {"epochs": 2, "history": [{"epoch": 1, "loss": 0.9, "val_accuracy": 0.8},
+                                                     {"epoch": 2, "loss": 0.5, "val_accuracy": 0.88}],
+                            "test_accuracy": 0.9, "runtime_s": 12.0}},
+        "clean": {"accuracy": 0.9, "n": 100},
+        "evaluations": evs,
+        "checks": [{"level": "warning", "code": "robust-accuracy-rises-with-eps",
+                    "message": f"fgsm (linf): robust accuracy rises {XSS}",
+                    "cells": ["fgsm-linf-4.0-untargeted", "fgsm-linf-8.0-untargeted"]}],
+    }
+
+
+def write_examples(out: Path, ev: dict[str, Any], channels: int = 3, k: int = 3) -> None:
+    rng = np.random.default_rng(0)
+    clean = rng.random((k, channels, 16, 16), dtype=np.float32)
+    eps = ev["threat"]["eps"]
+    adv = np.clip(clean + eps * np.sign(rng.standard_normal(clean.shape)), 0, 1).astype(np.float32)
+    label = np.arange(k, dtype=np.int64) % len(CLASSES)
+    atomic_save_npz(out / ev["examples"], clean=clean, adv=adv, label=label, pred_clean=label.copy(),
+                    pred_adv=(label + np.arange(k)) % len(CLASSES))
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    results = fake_results()
+    for ev in results["evaluations"]:
+        write_examples(tmp_path, ev)
+    atomic_write_json(tmp_path / "results.json", results)
+    return tmp_path
+
+
+def _images(text: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)]
+
+
+def test_write_report_from_path(run_dir: Path) -> None:
+    paths = write_report(run_dir / "results.json")
+    assert paths["html"] == run_dir / "report.html" and paths["md"] == run_dir / "report.md"
+    html_text = paths["html"].read_text(encoding="utf-8")
+    md = paths["md"].read_text(encoding="utf-8")
+
+    # one summary row per cell, with the right numbers and null/inf handling
+    results = fake_results()
+    for ev in results["evaluations"]:
+        assert f'data-cell="{ev["id"]}"' in html_text
+    rows = re.findall(r'<tr[^>]*data-cell="fgsm-linf-1.0-untargeted"[^>]*>(.*?)</tr>', html_text)
+    assert len(rows) == 1
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", rows[0])
+    assert cells[:6] == ["fgsm", "linf", "0.003922", "1", "untargeted", "70.0%"]
+    assert cells[6] == "–"  # null ASR
+    assert "∞" in html_text  # "inf" PSNR
+    assert html_text.count('class="flagged"') == 2  # rows named by the warning
+
+    # figures: the curve plus one example grid per attack (at eps 8/255), all valid PNGs
+    images = _images(html_text)
+    assert len(images) == 3 and all(img.startswith(PNG_MAGIC) for img in images)
+    assert "8/255" in html_text
+
+    # every untrusted string escaped, no raw script anywhere; no external assets or scripts
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html_text
+    assert "<script" not in html_text.lower()
+    assert "<i>x</i>" not in html_text
+    assert not re.search(r'(src|href)="(?!data:)', html_text)
+    assert "robust-accuracy-rises-with-eps" in html_text
+    assert "abc123def4" in html_text and "2.5.0" in html_text and "90.0%" in html_text
+
+    # markdown: header row, rule, one row per cell; pipes escaped
+    table = [ln for ln in md.splitlines() if ln.startswith("|")]
+    assert table[0].startswith("| Attack | Norm |") and set(table[1]) <= set("|-:")
+    assert len(table) == 2 + len(results["evaluations"])
+    assert all(ln.count("|") - ln.count("\\|") == table[0].count("|") for ln in table)
+    assert "lympho\\|cyte" in md and "<script>" not in md
+    assert "Clean accuracy: 90.0%" in md and "robust-accuracy-rises-with-eps" in md
+
+
+def test_write_report_from_dict_and_missing_examples(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    results = fake_results()
+    (run_dir / results["evaluations"][3]["examples"]).unlink()  # fgsm at 8/255
+    results["evaluations"][7]["examples"] = "../../etc/passwd.npz"  # pgd: escapes the run folder
+    results["checks"] = []
+    results["status"] = "running"
+    paths = write_report(results, run_dir)
+    html_text = paths["html"].read_text(encoding="utf-8")
+    assert "not found; skipped" in html_text and "outside the run folder" in html_text
+    assert len(_images(html_text)) == 1  # the curve only
+    assert "No warnings" in paths["md"].read_text(encoding="utf-8")
+
+    empty = tmp_path_factory.mktemp("empty")
+    results["evaluations"] = []
+    html_text = write_report(results, empty)["html"].read_text(encoding="utf-8")
+    assert "no evaluation has finished yet" in html_text
+
+
+def test_one_channel_and_multilabel_examples(tmp_path: Path) -> None:
+    results = fake_results()
+    results["data"]["image_shape"] = [1, 16, 16]
+    for ev in results["evaluations"]:
+        write_examples(tmp_path, ev, channels=1, k=10)
+    html_text = write_report(results, tmp_path)["html"].read_text(encoding="utf-8")
+    assert len(_images(html_text)) == 3
+
+    rng = np.random.default_rng(1)
+    clean = rng.random((2, 1, 8, 8), dtype=np.float32)
+    ml = {"clean": clean, "adv": clean.copy(), "label": np.array([[1, 0, 1, 0], [0, 0, 0, 0]]),
+          "pred_clean": np.array([[1, 0, 1, 0], [0, 0, 0, 0]]), "pred_adv": np.array([[0, 1, 1, 1], [0, 0, 0, 0]])}
+    assert example_grid(ml, CLASSES, "multi-label $x$").startswith(PNG_MAGIC)
+    assert example_grid(ml, None, "signed", perturbation="signed").startswith(PNG_MAGIC)
+
+
+def test_curve_with_several_norms() -> None:
+    results = fake_results()
+    extra = copy.deepcopy(results["evaluations"][:2])
+    for ev in extra:
+        ev["threat"] = {**ev["threat"], "norm": "l2", "targeted": True}
+    results["evaluations"] += extra
+    png = robust_accuracy_vs_eps(results)
+    assert png.startswith(PNG_MAGIC)
+    assert data_uri(png).startswith("data:image/png;base64,")
+    assert robust_accuracy_vs_eps({"evaluations": []}).startswith(PNG_MAGIC)
+
+
+def test_load_errors(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="not found"):
+        load_results(tmp_path / "nope.json")
+    with pytest.raises(DataError, match="not found"):
+        write_report(tmp_path / "nope.json")
+    atomic_write_text(tmp_path / "bad.json", '{"schema_version": 1,')
+    with pytest.raises(DataError, match="not valid JSON"):
+        write_report(tmp_path / "bad.json")
+    atomic_write_text(tmp_path / "old.json", json.dumps({"name": "x"}))
+    with pytest.raises(ConfigError, match="schema_version"):
+        load_results(tmp_path / "old.json")
+    atomic_write_text(tmp_path / "new.json", json.dumps({"schema_version": 99}))
+    with pytest.raises(ConfigError, match="99"):
+        load_results(tmp_path / "new.json")
+    with pytest.raises(ConfigError, match="out_dir"):
+        write_report(fake_results())
+
+
+def test_formatting() -> None:
+    assert fmt_pct(0.9123) == "91.2%" and fmt_pct(None) == "–" and fmt_pct(float("nan")) == "–"
+    assert fmt_float(".1f", "dB")("inf") == "∞" and fmt_float(".1f", "dB")(31.04) == "31.0 dB"
+    assert md_escape("a|b\nc") == "a\\|b c"
+    assert render_markdown({"schema_version": 1}).startswith("# medsec report")

@@ -169,24 +169,24 @@ class Attack:
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         check_images(x)
-        task, num_classes, spec = model_task(model, x)
-        check_images(x, spec)
-        y = check_labels(y, x.shape[0], task, num_classes)
-        if threat.targeted:
-            if not self.supports_targeted:
-                raise InputError(f"attack {self.name!r} has no targeted variant")
-            if target is None:
-                raise InputError("a targeted threat model needs target=... (the target labels)")
-            target = check_labels(target, x.shape[0], task, num_classes, name="target")
-            labels = target.to(x.device)
-        else:
-            if target is not None:
-                raise InputError("target was given but the threat model is untargeted; set targeted=True")
-            labels = y.to(x.device)
-        objective = resolve(self.loss, task)
-        problem = Problem(model, objective, labels, threat.targeted, threat, spec.bounds)
-        x_in = x.detach()
         with attack_mode(model):
+            task, num_classes, spec = model_task(model, x)
+            check_images(x, spec)
+            y = check_labels(y, x.shape[0], task, num_classes)
+            if threat.targeted:
+                if not self.supports_targeted:
+                    raise InputError(f"attack {self.name!r} has no targeted variant")
+                if target is None:
+                    raise InputError("a targeted threat model needs target=... (the target labels)")
+                target = check_labels(target, x.shape[0], task, num_classes, name="target")
+                labels = target.to(x.device)
+            else:
+                if target is not None:
+                    raise InputError("target was given but the threat model is untargeted; set targeted=True")
+                labels = y.to(x.device)
+            objective = resolve(self.loss, task)
+            problem = Problem(model, objective, labels, threat.targeted, threat, spec.bounds)
+            x_in = x.detach()
             if threat.eps == 0:
                 x_adv, steps = x_in.clone(), 0
             else:

@@ -86,7 +86,7 @@ class PGD(Attack):
                 better = torch.ones_like(better)
             idx = todo[better]
             best[idx] = x_adv[better]
-            best_loss[idx] = loss[better]
+            best_loss[idx] = loss[better].to(best_loss.dtype)
             best_success[idx] = success[better]
         return best, steps_run
 

@@ -110,8 +110,8 @@ def _draw_params(rng: np.random.Generator, labels: np.ndarray) -> dict[str, np.n
     p["lumen_y"], p["lumen_x"] = rng.uniform(3.0, 29.0, n), rng.uniform(3.0, 29.0, n)
     p["lumen_radius"] = rng.uniform(2.5, 6.0, n)
     # per-image stain variation: jittered vectors and overall intensities
-    p["h_vec"] = _unit(_H + rng.normal(0, 0.06, (n, 3)))
-    p["e_vec"] = _unit(_E + rng.normal(0, 0.06, (n, 3)))
+    p["h_vec"] = _unit(np.abs(_H + rng.normal(0, 0.06, (n, 3))))  # optical densities stay >= 0
+    p["e_vec"] = _unit(np.abs(_E + rng.normal(0, 0.06, (n, 3))))
     p["h_gain"] = rng.uniform(0.7, 1.3, n)
     p["e_gain"] = rng.uniform(0.7, 1.3, n)
     p["brightness"] = rng.uniform(0.9, 1.0, n)

@@ -134,6 +134,7 @@ class AttackResult:
         queries: model forward passes spent per sample.
         steps: iterations run (the maximum over samples).
         logits: model output on ``x_adv`` (detached).
+        extras: attack-specific details (e.g. per-stage results of a cascade).
     """
 
     x_adv: torch.Tensor
@@ -143,6 +144,7 @@ class AttackResult:
     queries: torch.Tensor | None = None
     steps: int = 0
     logits: torch.Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def success_rate(self) -> float:

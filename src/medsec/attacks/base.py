@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -78,6 +78,8 @@ class Problem:
     threat: ThreatModel
     bounds: tuple[float, float]
     queries: torch.Tensor | None = None
+    eot_samples: int = 1
+    extras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.queries = torch.zeros(self.labels.shape[0], dtype=torch.long)
@@ -95,18 +97,35 @@ class Problem:
         with torch.no_grad():
             return self.model(x)
 
+    def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Clamp to the bounds and project onto the threat's eps-ball around ``x``."""
+        from medsec.attacks.projection import project
+
+        x_adv = self.clamp(x_adv)
+        if self.threat.norm in ("linf", "l2"):
+            x_adv = self.clamp(x + project(x_adv - x, self.threat.norm, self.threat.eps))
+        return x_adv
+
     def loss_and_grad(
         self, x: torch.Tensor, idx: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-sample loss, its input gradient and the logits at ``x``."""
         labels = self.labels if idx is None else self.labels[idx]
         x = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits = self.model(x)
-            loss = self.objective.loss(logits, labels, self.targeted)
-            (grad,) = torch.autograd.grad(loss.sum(), x)
-        self._count(idx)
-        return loss.detach(), grad.detach(), logits.detach()
+        loss_sum = grad_sum = logits_sum = None
+        for _ in range(self.eot_samples):  # EOT: average over the model's randomness
+            with torch.enable_grad():
+                logits = self.model(x)
+                loss = self.objective.loss(logits, labels, self.targeted)
+                (grad,) = torch.autograd.grad(loss.sum(), x)
+            self._count(idx)
+            if self.eot_samples == 1:
+                return loss.detach(), grad.detach(), logits.detach()
+            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+            grad_sum = grad if grad_sum is None else grad_sum + grad
+            logits_sum = logits.detach() if logits_sum is None else logits_sum + logits.detach()
+        n = self.eot_samples
+        return loss_sum / n, grad_sum / n, logits_sum / n  # type: ignore[operator]
 
     def loss(self, logits: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
         labels = self.labels if idx is None else self.labels[idx]
@@ -125,7 +144,11 @@ class Attack:
 
     Class attributes state the capabilities: ``norms`` (supported threat norms),
     ``supports_targeted``, ``needs_gradients``, ``stochastic`` (uses randomness) and
-    ``iterative`` (honours ``early_stop``).
+    ``iterative`` (honours ``early_stop``) and ``minimum_norm`` (finds the smallest
+    perturbation it can; one run is evaluated at every eps of a sweep, and the result of
+    a call is projected onto the eps-ball). ``eot_samples`` > 1 averages every loss and
+    gradient over that many forward passes (EOT, for randomised models); set it through
+    :func:`medsec.attacks.adaptive.adaptive`.
 
     Args:
         loss: objective name (``"ce"``, ``"margin"``, ``"bce"``), an
@@ -141,6 +164,8 @@ class Attack:
     needs_gradients: ClassVar[bool] = True
     stochastic: ClassVar[bool] = False
     iterative: ClassVar[bool] = False
+    minimum_norm: ClassVar[bool] = False
+    eot_samples: int = 1
 
     def __init__(self, loss: str | Objective = "auto", early_stop: bool = False) -> None:
         self.loss = loss
@@ -159,21 +184,41 @@ class Attack:
         target: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> AttackResult:
-        threat = threat if threat is not None else ThreatModel()
-        if not isinstance(threat, ThreatModel):
-            raise InputError(f"threat must be a medsec.ThreatModel, got {type(threat).__name__}")
-        if threat.norm not in self.norms:
-            raise InputError(
-                f"attack {self.name!r} supports norms {', '.join(self.norms)}, not {threat.norm!r}"
-            )
+        return self.sweep(model, x, y, [threat if threat is not None else ThreatModel()], target, generator)[0]
+
+    def sweep(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        threats: list[ThreatModel],
+        target: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> list[AttackResult]:
+        """Attack once per threat model (same norm and mode) and return one result each.
+
+        Minimum-norm attacks (``minimum_norm = True``) run once and are evaluated at every
+        eps by projecting their perturbation onto each eps-ball; the others run per eps.
+        """
+        if not threats:
+            raise InputError("sweep needs at least one threat model")
+        for threat in threats:
+            if not isinstance(threat, ThreatModel):
+                raise InputError(f"threat must be a medsec.ThreatModel, got {type(threat).__name__}")
+            if threat.norm not in self.norms:
+                raise InputError(f"attack {self.name!r} supports norms {', '.join(self.norms)}, not {threat.norm!r}")
+            if (threat.norm, threat.targeted) != (threats[0].norm, threats[0].targeted):
+                raise InputError("a sweep needs one norm and one targeted mode; call it once per combination")
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         check_images(x)
+        results = []
         with attack_mode(model):
             task, num_classes, spec = model_task(model, x)
             check_images(x, spec)
             y = check_labels(y, x.shape[0], task, num_classes)
-            if threat.targeted:
+            targeted = threats[0].targeted
+            if targeted:
                 if not self.supports_targeted:
                     raise InputError(f"attack {self.name!r} has no targeted variant")
                 if target is None:
@@ -185,24 +230,42 @@ class Attack:
                     raise InputError("target was given but the threat model is untargeted; set targeted=True")
                 labels = y.to(x.device)
             objective = resolve(self.loss, task)
-            problem = Problem(model, objective, labels, threat.targeted, threat, spec.bounds)
             x_in = x.detach()
-            if threat.eps == 0:
-                x_adv, steps = x_in.clone(), 0
+            self._check_inputs(x_in, task, num_classes)
+            if self.minimum_norm:
+                largest = max(threats, key=lambda t: t.eps)
+                problem = Problem(model, objective, labels, targeted, largest, spec.bounds, eot_samples=self.eot_samples)
+                x_min, steps = (x_in.clone(), 0) if largest.eps == 0 else self._run(problem, x_in, generator)
+                for threat in threats:
+                    problem.threat = threat
+                    results.append(self._finish(problem, x_in, problem.project(x_min.detach(), x_in), steps))
             else:
-                x_adv, steps = self._run(problem, x_in, generator)
-                x_adv = problem.clamp(x_adv.detach()).to(dtype=x.dtype)
-            logits = problem.logits(x_adv)
-            success = problem.success(logits)
-            loss = problem.loss(logits)
+                for threat in threats:
+                    problem = Problem(model, objective, labels, targeted, threat, spec.bounds, eot_samples=self.eot_samples)
+                    if threat.eps == 0:
+                        x_adv, steps = x_in.clone(), 0
+                    else:
+                        x_adv, steps = self._run(problem, x_in, generator)
+                        x_adv = problem.project(x_adv.detach(), x_in)
+                    results.append(self._finish(problem, x_in, x_adv, steps))
+        return results
+
+    def _check_inputs(self, x: torch.Tensor, task: str, num_classes: int) -> None:
+        """Hook for attack-specific input checks (e.g. a minimum image size)."""
+
+    def _finish(self, problem: Problem, x_in: torch.Tensor, x_adv: torch.Tensor, steps: int) -> AttackResult:
+        x_adv = x_adv.to(dtype=x_in.dtype)
+        logits = problem.logits(x_adv)
+        assert problem.queries is not None
         return AttackResult(
             x_adv=x_adv,
-            success=success,
-            loss=loss,
+            success=problem.success(logits),
+            loss=problem.loss(logits),
             norms=perturbation_norms(x_in, x_adv),
-            queries=problem.queries,
+            queries=problem.queries.clone(),
             steps=steps,
             logits=logits,
+            extras=dict(problem.extras),
         )
 
     def _run(self, problem: Problem, x: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, int]:

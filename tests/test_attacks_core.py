@@ -372,6 +372,18 @@ def test_bad_input_raises_input_error(name: str, case: str) -> None:
     assert not model.training and all(p.requires_grad for p in model.parameters())
 
 
+@pytest.mark.parametrize("name", medsec.attacks.list())
+def test_plain_module_wrong_channels_raises_input_error(name: str) -> None:
+    """A plain nn.Module has no InputSpec, so the channel count is only discovered when
+    the attack probes the model; that failure must still be an InputError, not a raw
+    RuntimeError from the first convolution."""
+    net = _setup()[0].net  # bare SmallCNNNet expecting 3 channels
+    x = torch.rand(2, 1, SIZE, SIZE, generator=gen(0))
+    norm = medsec.attacks.get(name).norms[0]
+    with pytest.raises(medsec.InputError, match="(?i)channel"):
+        medsec.attacks.create(name)(net, x, torch.tensor([0, 1]), threat=threat(norm))
+
+
 def test_threat_model_validation() -> None:
     with pytest.raises(medsec.InputError, match=r"unknown norm 'Linf'.*Did you mean 'linf'"):
         medsec.ThreatModel("Linf", 0.03)

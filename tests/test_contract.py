@@ -54,6 +54,27 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
+# Lighter settings for the expensive attacks: the contract does not depend on strength.
+LIGHT = {
+    "autoattack": {"steps": 5, "square_queries": 50},
+    "apgd": {"steps": 10},
+    "apgd_t": {"steps": 5},
+    "cw": {"steps": 20, "binary_search_steps": 2},
+    "square": {"queries": 50},
+    "deepfool": {"steps": 10},
+    "uap": {"max_epochs": 1},
+    "uap_sgd": {"epochs": 2},
+}
+
+
+def make_attack(name: str):
+    import inspect
+
+    params = LIGHT.get(name, {})
+    accepted = inspect.signature(medsec.attacks.get(name)).parameters
+    return medsec.attacks.create(name, **{k: v for k, v in params.items() if k in accepted})
+
+
 def eps_for(norm: str) -> float:
     return EPS.get(norm, OTHER_EPS)
 
@@ -127,7 +148,7 @@ def run(
     target: torch.Tensor | None = None,
     seed: int = 0,
 ) -> medsec.AttackResult:
-    attack = medsec.attacks.create(name)
+    attack = make_attack(name)
     threat = medsec.ThreatModel(norm, eps_for(norm) if eps is None else eps, targeted)
     return attack(model, x, y, threat=threat, target=target, generator=torch.Generator().manual_seed(seed))
 
@@ -239,7 +260,7 @@ def test_instance_capabilities_are_honest(name: str) -> None:
     for attr in ("supports_targeted", "needs_gradients", "iterative"):
         assert isinstance(getattr(cls, attr), bool), f"{name}.{attr} is not a bool class attribute"
     assert isinstance(cls.norms, tuple)
-    attack = medsec.attacks.create(name)
+    attack = make_attack(name)
     assert isinstance(attack.stochastic, bool)
     if not attack.stochastic:
         model = make_model()
@@ -249,6 +270,34 @@ def test_instance_capabilities_are_honest(name: str) -> None:
         a = run(name, norm, model, x, y, seed=1)
         b = run(name, norm, model, x, y, seed=2)
         assert torch.equal(a.x_adv, b.x_adv), f"{name} says stochastic=False but depends on the generator"
+
+
+@pytest.mark.parametrize("name, norm", CASES)
+def test_sweep_matches_single_calls(name: str, norm: str) -> None:
+    """``sweep`` over several eps keeps the contract at every eps; its first result
+    equals a single call with the same generator seed (for a non-stochastic attack,
+    every result does)."""
+    model = make_model()
+    x = make_batch()
+    y = predict(model, x)
+    x_copy = x.clone()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    base = eps_for(norm)
+    threats = [medsec.ThreatModel(norm, e) for e in (base / 2, 0.0, base)]
+    attack = make_attack(name)
+    results = attack.sweep(model, x, y, threats, generator=torch.Generator().manual_seed(5))
+    assert len(results) == len(threats)
+    assert torch.equal(x, x_copy) and model.training
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    for t, res in zip(threats, results):
+        assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
+        assert_within_budget(x, res.x_adv, norm, t.eps)
+        assert torch.equal(res.success, predict(model, res.x_adv) != y)
+    assert torch.equal(results[1].x_adv, x), "eps=0 inside a sweep must be the identity"
+    for i, t in enumerate(threats):
+        if i == 0 or not attack.stochastic:
+            single = attack(model, x, y, threat=t, generator=torch.Generator().manual_seed(5))
+            assert torch.equal(single.x_adv, results[i].x_adv), f"sweep result {i} differs from a single call"
 
 
 @pytest.mark.parametrize("name, norm", CASES)

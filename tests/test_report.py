@@ -196,3 +196,156 @@ def test_formatting() -> None:
     assert fmt_float(".1f", "dB")("inf") == "∞" and fmt_float(".1f", "dB")(31.04) == "31.0 dB"
     assert md_escape("a|b\nc") == "a\\|b c"
     assert render_markdown({"schema_version": 1}).startswith("# medsec report")
+
+
+# --------------------------------------------------------------------------- defences, adaptive attacks, worst case
+BITS = "bits<b>3|x</b>"  # a non-differentiable defence label that needs escaping (HTML and Markdown)
+NOISE = "noise"  # a stochastic defence
+STAGES = [{"attack": "apgd-ce", "robust_accuracy_after": 0.3, "broken": 60},
+          {"attack": "apgd-dlr", "robust_accuracy_after": 0.2, "broken": 10},
+          {"attack": "square", "robust_accuracy_after": 0.15, "broken": 5}]
+
+
+def _dcell(attack: str, eps_255: int, ra: float, defense: str | None = None, adaptive: bool = False,
+           clean: float = 0.9, **extra: Any) -> dict[str, Any]:
+    ev = _cell(attack, eps_255, ra, examples=False)
+    prefix = ["".join(ch if ch.isalnum() else "_" for ch in defense)] if defense else []
+    ev["id"] = "-".join(prefix + [ev["id"]] + (["adaptive"] if adaptive else []))
+    ev["metrics"]["clean_accuracy"] = clean
+    ev.update({"defense": defense, "adaptive": adaptive, "gradient_free": False, "minimum_norm": False,
+               "universal": False, "eot_samples": 1, "robust_bits": "ff00", **extra})
+    return ev
+
+
+def defended_results() -> dict[str, Any]:
+    sweep = {"cells": 2, "runtime_s_total": 3.0}
+    evs = [
+        _dcell("pgd", 2, 0.4), _dcell("pgd", 8, 0.02),
+        _dcell("autoattack", 8, 0.15, stages=STAGES),
+        _dcell("uap", 8, 0.5, universal=True, metrics_extra={"fit_size": 500, "fit_fooling_rate": 0.62}),
+        _dcell("square", 8, 0.1, gradient_free=True),
+        _dcell("pgd", 2, 0.8, BITS, clean=0.85), _dcell("pgd", 8, 0.7, BITS, clean=0.85),
+        _dcell("pgd", 2, 0.3, BITS, True, clean=0.85), _dcell("pgd", 8, 0.05, BITS, True, clean=0.85),
+        _dcell("square", 8, 0.2, BITS, clean=0.85, gradient_free=True),
+        _dcell("pgd", 8, 0.6, NOISE, clean=0.8), _dcell("pgd", 8, 0.1, NOISE, True, clean=0.8, eot_samples=10),
+        _dcell("deepfool", 2, 0.5, NOISE, clean=0.8, minimum_norm=True, sweep=sweep),
+        _dcell("deepfool", 8, 0.3, NOISE, clean=0.8, minimum_norm=True, sweep=sweep),
+    ]
+    for ev in evs:
+        ev["metrics"].update(ev.pop("metrics_extra", {}))
+    worst = []
+    for d in (None, BITS, NOISE):
+        for e in (2, 8):
+            cells = [ev for ev in evs if ev["defense"] == d and ev["threat"]["eps_255"] == e]
+            if cells:
+                best = min(cells, key=lambda ev: ev["metrics"]["robust_accuracy"])
+                worst.append({"defense": d, "norm": "linf", "eps": e / 255, "eps_255": float(e), "targeted": False,
+                              "robust_accuracy": max(0.0, best["metrics"]["robust_accuracy"] - 0.01),
+                              "attacks": [ev["id"] for ev in cells], "best_attack": best["id"]})
+    results = fake_results()
+    results.update({
+        "evaluations": evs, "worst_case": worst,
+        "defenses": [{"label": BITS, "name": "bit_depth", "params": {"bits": 3}, "differentiable": False,
+                      "stochastic": False},
+                     {"label": NOISE, "name": "random_noise", "params": {"sigma": 0.05}, "differentiable": True,
+                      "stochastic": True}],
+        "checks": [{"level": "warning", "code": "gradient-zero", "message": f"{BITS}: input gradients are zero",
+                    "cells": [], "model": BITS},
+                   {"level": "warning", "code": "randomised-outputs", "message": "noise: outputs differ",
+                    "cells": [], "model": NOISE},
+                   {"level": "warning", "code": "black-box-beats-white-box", "message": "square beats pgd",
+                    "cells": [evs[9]["id"], evs[6]["id"]]}],
+    })
+    return results
+
+
+def _md_tables(md: str) -> list[list[str]]:
+    tables: list[list[str]] = []
+    prev = ""
+    for ln in md.splitlines():
+        if ln.startswith("|"):
+            if not prev.startswith("|"):
+                tables.append([])
+            tables[-1].append(ln)
+        prev = ln
+    return tables
+
+
+def _row(html_text: str, cell: str) -> str:
+    rows = re.findall(rf'<tr[^>]*data-cell="{re.escape(cell)}"[^>]*>(.*?)</tr>', html_text)
+    assert len(rows) == 1, cell
+    return rows[0]
+
+
+def test_defended_report(tmp_path: Path) -> None:
+    results = defended_results()
+    evs = results["evaluations"]
+    paths = write_report(results, tmp_path)
+    html_text = paths["html"].read_text(encoding="utf-8")
+    md = paths["md"].read_text(encoding="utf-8")
+
+    # summary: defence column and badges
+    assert "<th title=\"input defence in front of the model (– for none)\">Defence</th>" in html_text
+    plain = _row(html_text, evs[6]["id"])
+    assert "<td>bits&lt;b&gt;3|x&lt;/b&gt;</td>" in plain
+    assert 'class="badge warn"' in plain and "non-adaptive" in plain and "may overstate robustness" in plain
+    assert "adaptive (BPDA)" in _row(html_text, evs[8]["id"])
+    assert "adaptive (EOT×10)" in _row(html_text, evs[11]["id"]) and "non-adaptive" in _row(html_text, evs[10]["id"])
+    assert "non-adaptive" not in _row(html_text, evs[9]["id"])  # gradient-free attacks need no BPDA/EOT
+    assert "non-adaptive" not in _row(html_text, evs[1]["id"])  # no defence
+    assert re.findall(r"<td>(.*?)</td>", _row(html_text, evs[0]["id"]))[1] == "–"
+    assert "universal (fit on 500, fooling rate 62.0%)" in _row(html_text, evs[3]["id"])
+    assert "min-norm sweep" in _row(html_text, evs[13]["id"]) and "no gradients" in _row(html_text, evs[4]["id"])
+
+    # worst case, matrix, stages
+    assert 'id="worst-case"' in html_text and "Worst-case robust acc." in html_text
+    worst = html_text.split('id="worst-case"')[1].split("</section>")[0]
+    assert "pgd (adaptive)" in worst and "<td class=\"r\">9.0%</td>" in worst  # noise, 8/255: below the best 10%
+    assert "Defence × attack matrix" in html_text and "pgd (adaptive) @ linf 8/255" in html_text
+    matrix = html_text.split("Defence × attack matrix")[1].split("</table>")[0]
+    assert "<td>none</td>" in matrix and "85.0%" in matrix and "80.0%" in matrix  # clean accuracy per defence
+    assert matrix.count('class="badge warn"') == 3  # plain pgd on both defences, plain deepfool on noise
+    assert "Cascade stages" in html_text and "apgd-dlr" in html_text and "15.0%" in html_text
+    assert "model: bits&lt;b&gt;3|x&lt;/b&gt;" in html_text
+
+    # escaped, one figure (no example files), nothing external
+    assert "<b>" not in html_text and "<script" not in html_text.lower()
+    images = _images(html_text)
+    assert len(images) == 1 and images[0].startswith(PNG_MAGIC)
+
+    # markdown: the same tables, well-formed and escaped
+    for title in ("## Worst case over attacks", "## Defences", "### Defence × attack matrix", "## Cascade stages"):
+        assert title in md
+    assert "[non-adaptive]" in md and "[adaptive (BPDA)]" in md and "[adaptive (EOT×10)]" in md
+    assert "universal (fit on 500, fooling rate 62.0%)" in md and "pgd (adaptive) @ linf 8/255" in md
+    assert "bits\\<b\\>3\\|x\\</b\\>" in md and "<b>" not in md
+    tables = _md_tables(md)
+    assert len(tables) == 1 + 1 + 2 + 1  # summary, worst case, defences + matrix, one cascade
+    for table in tables:
+        n = table[0].count("|")
+        assert all(ln.count("|") - ln.count("\\|") == n for ln in table)
+    summary = tables[0]
+    assert summary[0].startswith("| Attack | Defence | Norm |") and len(summary) == 2 + len(evs)
+    assert len(tables[1]) == 2 + len(results["worst_case"])
+    assert len(tables[3]) == 2 + 3 and "⚠" in tables[3][3]  # rows: none, bits, noise
+    assert tables[4][2].startswith("| start | (clean) |") and len(tables[4]) == 2 + 1 + len(STAGES)
+
+
+def test_old_results_with_worst_case(tmp_path: Path) -> None:
+    """Older records lack defence fields: no defence column or matrix, the worst case still shows."""
+    results = fake_results()
+    results["worst_case"] = [{"defense": None, "norm": "linf", "eps": e / 255, "eps_255": float(e), "targeted": False,
+                              "robust_accuracy": 0.0, "attacks": ["fgsm-linf-8.0-untargeted", "pgd-linf-8.0-untargeted"],
+                              "best_attack": "pgd-linf-8.0-untargeted"} for e in (8,)]
+    paths = write_report(results, tmp_path)
+    html_text, md = paths["html"].read_text(encoding="utf-8"), paths["md"].read_text(encoding="utf-8")
+    assert "Worst case over attacks" in html_text and "Defence × attack matrix" not in html_text
+    assert ">Defence</th>" in html_text  # the worst-case table's own column
+    assert "non-adaptive" not in html_text and "Cascade stages" not in html_text
+    assert "| Attack | Norm |" in md and "## Worst case over attacks" in md and "Defence × attack matrix" not in md
+
+
+def test_curve_with_defences(tmp_path: Path) -> None:
+    png = robust_accuracy_vs_eps(defended_results())
+    assert png.startswith(PNG_MAGIC)
+    (tmp_path / "curve.png").write_bytes(png)

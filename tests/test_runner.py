@@ -81,8 +81,8 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
     assert not list(tmp_path.glob(".*.tmp"))  # no half-written files left behind
 
     ran = []
-    original = runner_mod.run_cell
-    monkeypatch.setattr(runner_mod, "run_cell", lambda prep, cell, *a: ran.append(cell.id) or original(prep, cell, *a))
+    original = runner_mod.run_job
+    monkeypatch.setattr(runner_mod, "run_job", lambda prep, job, *a: ran.append(job.id) or original(prep, job, *a))
     trained = []
     original_train = runner_mod.train_classifier
     monkeypatch.setattr(runner_mod, "train_classifier", lambda *a, **k: trained.append(1) or original_train(*a, **k))

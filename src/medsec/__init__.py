@@ -8,13 +8,13 @@ Example:
 
 from __future__ import annotations
 
-from medsec import attacks, data, metrics, models, objectives
+from medsec import attacks, data, defenses, metrics, models, objectives
 from medsec.errors import ConfigError, DataError, InputError, MedsecError, RegistryError
 from medsec.types import AttackResult, InputSpec, ThreatModel
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "attacks", "data", "metrics", "models", "objectives", "ThreatModel", "InputSpec", "AttackResult",
+    "attacks", "data", "defenses", "metrics", "models", "objectives", "ThreatModel", "InputSpec", "AttackResult",
     "MedsecError", "InputError", "ConfigError", "DataError", "RegistryError", "__version__",
 ]

@@ -103,12 +103,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_ls(args: argparse.Namespace) -> int:
     import medsec.attacks
     import medsec.data
+    import medsec.defenses
     import medsec.metrics
     import medsec.models
     import medsec.objectives  # noqa: F401
-    from medsec.registries import ATTACKS, DATASETS, METRICS, MODELS, OBJECTIVES
+    from medsec.registries import ATTACKS, DATASETS, DEFENSES, METRICS, MODELS, OBJECTIVES
 
-    reg = {"attacks": ATTACKS, "models": MODELS, "datasets": DATASETS, "metrics": METRICS, "objectives": OBJECTIVES}[args.kind]
+    reg = {"attacks": ATTACKS, "models": MODELS, "datasets": DATASETS, "metrics": METRICS, "objectives": OBJECTIVES,
+           "defenses": DEFENSES}[args.kind]
     for name in reg.list():
         factory = reg.get(name)
         doc = (factory.__doc__ or "").strip().splitlines()
@@ -182,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_demo)
 
     sp = sub.add_parser("ls", help="list registered units")
-    sp.add_argument("kind", choices=["attacks", "models", "datasets", "metrics", "objectives"])
+    sp.add_argument("kind", choices=["attacks", "models", "datasets", "metrics", "objectives", "defenses"])
     sp.set_defaults(func=cmd_ls)
 
     sp = sub.add_parser("validate", help="check a config without running it")

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from medsec.attacks import fgsm, pgd  # noqa: F401  (registration)
+from medsec.attacks import apgd, autoattack, cw, deepfool, fgsm, mifgsm, pgd, square, uap  # noqa: F401  (registration)
+from medsec.attacks.adaptive import adaptive, needs_adaptive
 from medsec.attacks.base import Attack, Problem, attack_mode
 from medsec.registries import ATTACKS
 
@@ -29,4 +30,4 @@ def get(name: str) -> type[Attack]:
     return ATTACKS.get(name)  # type: ignore[return-value]
 
 
-__all__ = ["Attack", "Problem", "attack_mode", "create", "list", "get"]
+__all__ = ["Attack", "Problem", "adaptive", "attack_mode", "create", "list", "get", "needs_adaptive"]

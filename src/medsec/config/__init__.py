@@ -6,6 +6,7 @@ from medsec.config.loader import apply_overrides, dump_config, load_config, read
 from medsec.config.schema import (
     AttackConfig,
     DataConfig,
+    DefenseConfig,
     EvalConfig,
     ExperimentConfig,
     ModelConfig,
@@ -15,6 +16,6 @@ from medsec.config.schema import (
 )
 
 __all__ = [
-    "AttackConfig", "DataConfig", "EvalConfig", "ExperimentConfig", "ModelConfig", "ThreatConfig", "TrainConfig",
+    "AttackConfig", "DataConfig", "DefenseConfig", "EvalConfig", "ExperimentConfig", "ModelConfig", "ThreatConfig", "TrainConfig",
     "apply_overrides", "dump_config", "load_config", "read_yaml", "validate_config", "parse_number",
 ]

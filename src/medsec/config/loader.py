@@ -135,6 +135,11 @@ def check_components(cfg: ExperimentConfig) -> None:
         if norms and threat.norm not in norms:
             raise ConfigError(f"attacks.{i} ({a.name}) supports norms {', '.join(norms)}, not {threat.norm!r}")
     check_params(DATASETS.get(cfg.data.name), cfg.data.params, f"data ({cfg.data.name})")
+    import medsec.defenses  # noqa: F401
+    from medsec.registries import DEFENSES
+
+    for i, d in enumerate(cfg.defenses):
+        check_params(DEFENSES.get(d.name), d.params, f"defenses.{i} ({d.name})")
     if cfg.model.checkpoint is None:
         name = cfg.model.name
         if ":" in name and name.split(":", 1)[0] in ("timm", "torchvision"):

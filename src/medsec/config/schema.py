@@ -113,6 +113,19 @@ class EvalConfig(_Strict):
     batch_size: int = Field(256, ge=1)
     early_stop: bool = Field(True, description="stop attacking points already broken (robust-accuracy mode)")
     examples: int = Field(8, ge=0, le=64)
+    adaptive: bool = Field(True, description="also attack defences adaptively (BPDA / EOT) when they need it")
+    eot_samples: int = Field(10, ge=1)
+    universal_fit_size: int = Field(1000, ge=1, description="training images a universal attack is fitted on")
+    model_checks: bool = Field(True, description="gradient / randomness / probability sanity checks")
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+
+
+class DefenseConfig(Component):
+    """An input defence; the runner evaluates every attack against each defence."""
+
+    label: str | None = None
 
 
 class ExperimentConfig(_Strict):
@@ -125,6 +138,8 @@ class ExperimentConfig(_Strict):
     threat: ThreatConfig = Field(default_factory=ThreatConfig)
     attacks: list[AttackConfig] = Field(min_length=1)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    defenses: list[DefenseConfig] = Field(default_factory=list)
+    include_undefended: bool = True
     executor: Literal["sequential"] = "sequential"
 
     @model_validator(mode="after")

@@ -16,9 +16,9 @@ def robust_accuracy_rises_with_eps(evaluations: list[dict[str, Any]], tol: float
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
     for ev in evaluations:
         t = ev["threat"]
-        groups[(ev["label"], t["norm"], t["targeted"])].append(ev)
+        groups[(ev["label"], t["norm"], t["targeted"], ev.get("defense"), ev.get("adaptive"))].append(ev)
     out = []
-    for (label, norm, targeted), evs in groups.items():
+    for (label, norm, targeted, _, _), evs in groups.items():
         evs = sorted(evs, key=lambda e: e["threat"]["eps"])
         for a, b in zip(evs, evs[1:]):
             ra, rb = a["metrics"].get("robust_accuracy"), b["metrics"].get("robust_accuracy")
@@ -45,4 +45,84 @@ def non_finite_losses(evaluations: list[dict[str, Any]]) -> list[dict[str, Any]]
 
 def run_checks(evaluations: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """All checks over the finished evaluations."""
-    return robust_accuracy_rises_with_eps(evaluations) + non_finite_losses(evaluations)
+    return (robust_accuracy_rises_with_eps(evaluations) + non_finite_losses(evaluations)
+            + black_box_beats_white_box(evaluations))
+
+
+def _warn(code: str, message: str, cells: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+    return {"level": "warning", "code": code, "message": message, "cells": cells or [], **extra}
+
+
+def model_checks(model: Any, x: Any, y: Any, label: str = "model") -> list[dict[str, Any]]:
+    """Checks on the model itself, before any attack (Carlini et al. 2019, sec. 4-5).
+
+    * ``gradient-zero`` / ``gradient-nan``: input gradients of the loss that vanish or are
+      not finite for many points (shattered gradients: use BPDA);
+    * ``randomised-outputs``: two identical calls give different outputs (use EOT);
+    * ``outputs-look-like-probabilities``: outputs in [0, 1] that sum to one (or all in
+      [0, 1] for sigmoid heads): attacks and objectives expect logits.
+    """
+    import torch
+
+    from medsec.attacks.base import attack_mode
+    from medsec.objectives import resolve
+
+    out: list[dict[str, Any]] = []
+    task = getattr(model, "task", "multiclass")
+    with attack_mode(model):
+        with torch.no_grad():
+            a, b = model(x), model(x)
+        if not torch.equal(a, b):
+            out.append(_warn("randomised-outputs",
+                             f"{label}: two identical calls give different outputs (max difference "
+                             f"{float((a - b).abs().max()):.3g}); plain gradient attacks underestimate it: use EOT",
+                             model=label))
+        if task == "multiclass" and a.dim() == 2 and a.shape[1] > 1:
+            looks = bool(((a >= 0) & (a <= 1)).all()) and bool(torch.allclose(a.sum(1), torch.ones(len(a)), atol=1e-3))
+        else:
+            looks = bool(((a >= 0) & (a <= 1)).all())
+        if looks:
+            out.append(_warn("outputs-look-like-probabilities",
+                             f"{label}: outputs lie in [0, 1]{' and sum to 1' if task == 'multiclass' else ''}; "
+                             "medsec expects logits (remove the final softmax/sigmoid)", model=label))
+        xx = x.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            loss = resolve("auto", task).loss(model(xx), y, False)
+            (g,) = torch.autograd.grad(loss.sum(), xx, allow_unused=True)
+    if g is None:
+        g = torch.zeros_like(x)
+    flat = g.flatten(1)
+    nan = (~torch.isfinite(flat)).any(1)
+    zero = (flat == 0).all(1) & ~nan
+    if nan.any():
+        out.append(_warn("gradient-nan", f"{label}: input gradients are NaN/inf for {int(nan.sum())} of {len(x)} points",
+                         model=label))
+    if zero.float().mean() > 0.1:
+        out.append(_warn("gradient-zero",
+                         f"{label}: input gradients are exactly zero for {int(zero.sum())} of {len(x)} points "
+                         "(shattered or masked gradients): gradient attacks will look weak, use BPDA", model=label))
+    return out
+
+
+def black_box_beats_white_box(evaluations: list[dict[str, Any]], tol: float = 0.01) -> list[dict[str, Any]]:
+    """Warn when a gradient-free attack finds more errors than every gradient attack at the
+    same threat: the gradients are probably masked."""
+    groups: dict[tuple[Any, ...], dict[str, list[dict[str, Any]]]] = defaultdict(lambda: {"bb": [], "wb": []})
+    for ev in evaluations:
+        t = ev["threat"]
+        key = (ev.get("defense"), t["norm"], t["eps"], t["targeted"])
+        groups[key]["bb" if ev.get("gradient_free") else "wb"].append(ev)
+    out = []
+    for (defense, norm, eps, _), g in groups.items():
+        if not g["bb"] or not g["wb"]:
+            continue
+        bb = min(g["bb"], key=lambda e: e["metrics"]["robust_accuracy"])
+        wb = min(g["wb"], key=lambda e: e["metrics"]["robust_accuracy"])
+        if bb["metrics"]["robust_accuracy"] < wb["metrics"]["robust_accuracy"] - tol:
+            out.append(_warn("black-box-beats-white-box",
+                             f"{bb['label']} (no gradients) reaches {100 * bb['metrics']['robust_accuracy']:.1f}% robust "
+                             f"accuracy, below the best gradient attack {wb['label']} "
+                             f"({100 * wb['metrics']['robust_accuracy']:.1f}%) at {norm} eps {eps:.4g}"
+                             f"{' with defence ' + str(defense) if defense else ''}: gradients are likely masked",
+                             [bb["id"], wb["id"]]))
+    return out

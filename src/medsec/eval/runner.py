@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 import medsec
 from medsec.config.loader import dump_config
@@ -53,7 +54,7 @@ SCHEMA_VERSION = 1
 
 @dataclass
 class Cell:
-    """One (attack, threat) evaluation of the grid."""
+    """One (defence, attack, threat, plain/adaptive) evaluation of the grid."""
 
     id: str
     attack_index: int
@@ -63,11 +64,24 @@ class Cell:
     threat: ThreatModel
     target: int | str | None
     seed: int
+    defense: str | None = None
+    adaptive: bool = False
+
+
+@dataclass
+class Job:
+    """Cells run by one attack call: one cell, or every eps of a minimum-norm sweep."""
+
+    cells: list[Cell]
+
+    @property
+    def id(self) -> str:
+        return self.cells[0].id
 
 
 @dataclass
 class Prepared:
-    """What every cell needs: the model and the evaluation set with clean predictions."""
+    """What every cell needs: the models (per defence) and the evaluation set."""
 
     model: Classifier
     x: torch.Tensor
@@ -76,33 +90,74 @@ class Prepared:
     device: torch.device
     classes: list[str]
     info: dict[str, Any] = field(default_factory=dict)
+    models: dict[str | None, nn.Module] = field(default_factory=dict)
+    preds: dict[str | None, torch.Tensor] = field(default_factory=dict)
+    train_ds: Any = None
 
 
 def _fmt_eps(threat: ThreatConfig | ThreatModel, eps: float) -> str:
     return f"{eps:g}" if threat.norm == "patch" else f"{eps * 255:.4g}"
 
 
-def plan_cells(cfg: ExperimentConfig) -> list[Cell]:
-    """Expand the config into cells: one per attack and eps."""
+def defense_labels(cfg: ExperimentConfig) -> list[str | None]:
+    """Labels of the evaluated models: None for the undefended one, then each defence."""
+    labels: list[str | None] = [None] if cfg.include_undefended or not cfg.defenses else []
+    names = [d.label or d.name for d in cfg.defenses]
+    for i, n in enumerate(names):
+        labels.append(n if names.count(n) == 1 else f"{n}{i}")
+    return labels
+
+
+def _safe(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "_." else "_" for ch in text)
+
+
+def plan_cells(cfg: ExperimentConfig, adaptive_for: set[str | None] | None = None) -> list[Cell]:
+    """Expand the config into cells: defence x attack x eps (x plain/adaptive).
+
+    ``adaptive_for`` holds the defence labels whose models need adaptive attacks (known
+    once the defences are built); gradient attacks get an extra adaptive cell there.
+    """
     names = [a.label or a.name for a in cfg.attacks]
     cells = []
-    for i, a in enumerate(cfg.attacks):
-        threat = a.threat or cfg.threat
-        prefix = names[i] if names.count(names[i]) == 1 else f"{names[i]}{i}"
-        prefix = "".join(ch if ch.isalnum() or ch in "_." else "_" for ch in prefix)
-        for eps in threat.eps:
-            mode = "targeted" if threat.targeted else "untargeted"
-            cid = f"{prefix}-{threat.norm}-{_fmt_eps(threat, eps)}-{mode}"
-            cells.append(Cell(
-                id=cid, attack_index=i, attack=a.name, label=a.label or a.name, params=dict(a.params),
-                threat=ThreatModel(threat.norm, eps, threat.targeted), target=threat.target,
-                seed=zlib.crc32(f"{cfg.seed}:{cid}".encode()) & 0x7FFFFFFF,
-            ))
+    for defense in defense_labels(cfg):
+        for i, a in enumerate(cfg.attacks):
+            threat = a.threat or cfg.threat
+            prefix = _safe(names[i] if names.count(names[i]) == 1 else f"{names[i]}{i}")
+            needs_grad = getattr(ATTACKS.get(a.name), "needs_gradients", True)
+            modes = [False, True] if (adaptive_for and defense in adaptive_for and needs_grad) else [False]
+            for adaptive in modes:
+                for eps in threat.eps:
+                    mode = "targeted" if threat.targeted else "untargeted"
+                    parts = ([_safe(defense)] if defense else []) + [prefix, threat.norm, _fmt_eps(threat, eps), mode]
+                    cid = "-".join(parts + (["adaptive"] if adaptive else []))
+                    cells.append(Cell(
+                        id=cid, attack_index=i, attack=a.name, label=a.label or a.name, params=dict(a.params),
+                        threat=ThreatModel(threat.norm, eps, threat.targeted), target=threat.target,
+                        seed=zlib.crc32(f"{cfg.seed}:{cid}".encode()) & 0x7FFFFFFF, defense=defense, adaptive=adaptive,
+                    ))
     ids = [c.id for c in cells]
     dup = {i for i in ids if ids.count(i) > 1}
     if dup:
         raise ConfigError(f"the config gives the same cell twice: {sorted(dup)}; remove repeated eps values or add a label")
     return cells
+
+
+def plan_jobs(cells: list[Cell]) -> list[Job]:
+    """Group cells: minimum-norm attacks sweep all their eps in one job."""
+    jobs: list[Job] = []
+    groups: dict[tuple[Any, ...], Job] = {}
+    for c in cells:
+        if getattr(ATTACKS.get(c.attack), "minimum_norm", False):
+            key = (c.defense, c.attack_index, c.adaptive)
+            if key in groups:
+                groups[key].cells.append(c)
+                continue
+            groups[key] = Job([c])
+            jobs.append(groups[key])
+        else:
+            jobs.append(Job([c]))
+    return jobs
 
 
 def resolve_device(name: str) -> torch.device:
@@ -225,7 +280,9 @@ def prepare(cfg: ExperimentConfig, out_dir: Path, results: dict[str, Any]) -> Pr
 
     check_images(x, model.spec, name="evaluation images")
     y = check_labels(y, len(x), model.task, model.num_classes, name="evaluation labels")
-    pred = predict(model, x, cfg.eval.batch_size, device)
+    models, preds, defenses_info = build_defended(cfg, model, x, device)
+    base = None if None in models else next(iter(models))
+    pred = preds[base]
     classes = list(getattr(eval_ds, "classes", None) or model.classes)
     info = {
         "data": {"name": cfg.data.name, "split": cfg.data.eval_split, "classes": classes, "n_eval": len(x),
@@ -233,8 +290,38 @@ def prepare(cfg: ExperimentConfig, out_dir: Path, results: dict[str, Any]) -> Pr
         "model": {"name": cfg.model.name, "task": model.task, "num_classes": model.num_classes,
                   "checkpoint": ckpt.name if cfg.train is not None else cfg.model.checkpoint, "train": train_info},
         "clean": {"accuracy": accuracy(pred, y), "n": len(x)},
+        "defenses": defenses_info,
     }
-    return Prepared(model, x, y, pred, device, classes, info)
+    return Prepared(model, x, y, pred, device, classes, info, models, preds, train_ds)
+
+
+def build_defended(
+    cfg: ExperimentConfig, model: Classifier, x: torch.Tensor, device: torch.device
+) -> tuple[dict[str | None, nn.Module], dict[str | None, torch.Tensor], list[dict[str, Any]]]:
+    """The model under each defence (None = undefended), its clean predictions and facts."""
+    import medsec.defenses  # noqa: F401  (registration)
+    from medsec.defenses.base import Defended
+    from medsec.models.accelerate import accelerate
+    from medsec.registries import DEFENSES
+
+    models: dict[str | None, nn.Module] = {}
+    preds: dict[str | None, torch.Tensor] = {}
+    info = []
+    e = cfg.eval
+    for label in defense_labels(cfg):
+        if label is None:
+            m: nn.Module = model
+        else:
+            idx = defense_labels(cfg).index(label) - (1 if None in defense_labels(cfg) else 0)
+            d = cfg.defenses[idx]
+            m = Defended(model, DEFENSES.create(d.name, **d.params)).to(device).eval()
+        models[label] = accelerate(m, e.precision, e.channels_last, e.compile)
+        preds[label] = predict(models[label], x, e.batch_size, device)  # type: ignore[arg-type]
+        if label is not None:
+            info.append({"label": label, "name": d.name, "params": dict(d.params),
+                         "differentiable": bool(getattr(m, "differentiable", True)),
+                         "stochastic": bool(getattr(m, "stochastic", False))})
+    return models, preds, info
 
 
 # --------------------------------------------------------------------------- cells
@@ -251,68 +338,159 @@ def _targets(cell: Cell, y: torch.Tensor, model: Classifier) -> torch.Tensor | N
     return torch.full_like(y, t)
 
 
-def run_cell(prep: Prepared, cell: Cell, cfg: ExperimentConfig, out_dir: Path) -> dict[str, Any]:
-    """Attack the evaluation set for one cell and return its results.json record."""
+def _attack_for(cell: Cell, cfg: ExperimentConfig, model: nn.Module) -> tuple[Any, nn.Module]:
+    from medsec.attacks.adaptive import adaptive
+
     attack = ATTACKS.create(cell.attack, **cell.params)
     if getattr(attack, "iterative", False) and cfg.eval.early_stop:
         attack.early_stop = True
-    x, y, model = prep.x, prep.y, prep.model
-    target = _targets(cell, y, model)
-    attacked = ~correct(target, y) if target is not None else correct(prep.pred_clean, y)
+    if cell.adaptive:
+        attack, model = adaptive(attack, model, cfg.eval.eot_samples)
+    return attack, model
+
+
+def run_job(prep: Prepared, job: Job, cfg: ExperimentConfig, out_dir: Path) -> list[dict[str, Any]]:
+    """Attack the evaluation set for every cell of a job; one results.json record per cell."""
+    first = job.cells[0]
+    model = prep.models[first.defense]
+    pred_clean = prep.preds[first.defense]
+    x, y = prep.x, prep.y
+    attack, attacked_model = _attack_for(first, cfg, model)
+    target = _targets(first, y, prep.model)
+    attacked = ~correct(target, y) if target is not None else correct(pred_clean, y)
     idx_all = attacked.nonzero()[:, 0]
-    x_adv = x.clone()
-    gen = torch.Generator(device=prep.device).manual_seed(cell.seed)
-    losses: list[torch.Tensor] = []
-    queries: list[torch.Tensor] = []
+    threats = [c.threat for c in job.cells]
+    x_adv = [x.clone() for _ in threats]
+    gen = torch.Generator(device=prep.device).manual_seed(first.seed)
+    losses: list[list[torch.Tensor]] = [[] for _ in threats]
+    queries: list[list[torch.Tensor]] = [[] for _ in threats]
+    broken_by: list[list[torch.Tensor]] = [[] for _ in threats]
+    stages: list[str] | None = None
+    fit_info: dict[str, Any] = {}
     start = time.perf_counter()
     bs = cfg.eval.batch_size
-    with task(f"{cell.id}", len(idx_all)) as bar:
-        for i in range(0, len(idx_all), bs):
-            idx = idx_all[i : i + bs]
-            xb, yb = x[idx].to(prep.device), y[idx].to(prep.device)
-            tb = target[idx].to(prep.device) if target is not None else None
-            res = attack(model, xb, yb, threat=cell.threat, target=tb, generator=gen)
-            x_adv[idx] = res.x_adv.detach().cpu()
-            losses.append(res.loss.cpu())
-            if res.queries is not None:
-                queries.append(res.queries.cpu().float())
-            bar.advance(len(idx))
-    runtime = time.perf_counter() - start
-    pred_adv = predict(model, x_adv, bs, prep.device)
-    xa, xc = x_adv[idx_all], x[idx_all]
-    norms = perturbation_norms(xc, xa) if len(idx_all) else {}
-    if target is None:
-        asr = float((~correct(pred_adv[idx_all], y[idx_all])).float().mean()) if len(idx_all) else None
+    if getattr(attack, "universal", False):
+        deltas = _fit_universal(prep, attack, attacked_model, threats, gen, cfg, fit_info)
+        for k, delta in enumerate(deltas):
+            x_adv[k][idx_all] = (x[idx_all] + delta.cpu()).clamp(*prep.model.spec.bounds)
     else:
-        asr = float(correct(pred_adv[idx_all], target[idx_all]).float().mean()) if len(idx_all) else None
+        with task(first.id, len(idx_all)) as bar:
+            for i in range(0, len(idx_all), bs):
+                idx = idx_all[i : i + bs]
+                xb, yb = x[idx].to(prep.device), y[idx].to(prep.device)
+                tb = target[idx].to(prep.device) if target is not None else None
+                results = attack.sweep(attacked_model, xb, yb, threats, target=tb, generator=gen)
+                for k, res in enumerate(results):
+                    x_adv[k][idx] = res.x_adv.detach().cpu()
+                    losses[k].append(res.loss.cpu())
+                    if res.queries is not None:
+                        queries[k].append(res.queries.cpu().float())
+                    if "broken_by" in res.extras:
+                        broken_by[k].append(res.extras["broken_by"].cpu())
+                        stages = list(res.extras["stages"])
+                bar.advance(len(idx))
+    runtime = time.perf_counter() - start
+    records = []
+    for k, cell in enumerate(job.cells):
+        records.append(_record(prep, cell, attack, model, pred_clean, target, idx_all, x_adv[k], losses[k], queries[k],
+                               broken_by[k], stages, runtime / len(job.cells), cfg, out_dir, fit_info.get(k)))
+        if len(job.cells) > 1:
+            records[-1]["sweep"] = {"cells": len(job.cells), "runtime_s_total": runtime}
+    return records
+
+
+def _fit_universal(prep: Prepared, attack: Any, model: nn.Module, threats: list[ThreatModel], gen: torch.Generator,
+                   cfg: ExperimentConfig, info: dict[int, Any]) -> list[torch.Tensor]:
+    """Fit one universal perturbation per eps on (a seeded subset of) the training split."""
+    ds = prep.train_ds
+    n = min(cfg.eval.universal_fit_size, len(ds))
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(cfg.seed))[:n].sort().values
+    fx, fy = ds.images[idx].to(prep.device), ds.labels[idx].to(prep.device)
+    deltas = []
+    for k, threat in enumerate(threats):
+        delta = attack.fit(model, fx, fy, threat, generator=gen)
+        info[k] = {"fit_size": n, "fit_fooling_rate": getattr(attack, "fooling_rate_", None)}
+        deltas.append(delta.detach().reshape(1, *fx.shape[1:]))
+    return deltas
+
+
+def _record(prep: Prepared, cell: Cell, attack: Any, model: nn.Module, pred_clean: torch.Tensor,
+            target: torch.Tensor | None, idx_all: torch.Tensor, x_adv: torch.Tensor, losses: list[torch.Tensor],
+            queries: list[torch.Tensor], broken_by: list[torch.Tensor], stages: list[str] | None, runtime: float,
+            cfg: ExperimentConfig, out_dir: Path, fit: dict[str, Any] | None) -> dict[str, Any]:
+    x, y = prep.x, prep.y
+    bs = cfg.eval.batch_size
+    pred_adv = predict(model, x_adv, bs, prep.device)  # type: ignore[arg-type]
+    xa, xc = x_adv[idx_all], x[idx_all]
+    n_att = len(idx_all)
+    norms = perturbation_norms(xc, xa) if n_att else {}
+    if target is None:
+        asr = float((~correct(pred_adv[idx_all], y[idx_all])).float().mean()) if n_att else None
+    else:
+        asr = float(correct(pred_adv[idx_all], target[idx_all]).float().mean()) if n_att else None
     loss = torch.cat(losses) if losses else torch.zeros(0)
-    psnr = psnr_per_sample(xc, xa) if len(idx_all) else torch.zeros(0)
+    psnr = psnr_per_sample(xc, xa) if n_att else torch.zeros(0)
     finite_psnr = psnr[torch.isfinite(psnr)]
-    lo, hi = model.spec.bounds
-    metrics = {
-        "robust_accuracy": accuracy(pred_adv, y),
+    lo, hi = prep.model.spec.bounds
+    robust = correct(pred_adv, y)
+    metrics: dict[str, Any] = {
+        "robust_accuracy": float(robust.float().mean()),
         "attack_success_rate": asr,
-        "clean_accuracy": accuracy(prep.pred_clean, y),
-        "n_attacked": len(idx_all),
+        "clean_accuracy": accuracy(pred_clean, y),
+        "n_attacked": n_att,
         **{k: float(v.mean()) for k, v in norms.items()},
-        "psnr": (float(finite_psnr.mean()) if len(finite_psnr) else float("inf")) if len(idx_all) else None,
-        "ssim": ssim(xc, xa, data_range=hi - lo) if len(idx_all) else None,
+        "psnr": (float(finite_psnr.mean()) if len(finite_psnr) else float("inf")) if n_att else None,
+        "ssim": ssim(xc, xa, data_range=hi - lo) if n_att else None,
         "queries_mean": float(torch.cat(queries).mean()) if queries else None,
         "non_finite": int((~torch.isfinite(loss)).sum()),
     }
+    if fit:
+        metrics.update(fit)
     record: dict[str, Any] = {
         "id": cell.id, "attack": cell.attack, "label": cell.label, "params": attack.params(),
-        "threat": cell.threat.to_dict(), "target": cell.target, "metrics": metrics, "runtime_s": runtime,
-        "seed": cell.seed, "examples": None,
+        "threat": cell.threat.to_dict(), "target": cell.target, "defense": cell.defense, "adaptive": cell.adaptive,
+        "gradient_free": not getattr(attack, "needs_gradients", True),
+        "minimum_norm": bool(getattr(attack, "minimum_norm", False)),
+        "universal": bool(getattr(attack, "universal", False)),
+        "eot_samples": int(getattr(attack, "eot_samples", 1)),
+        "metrics": metrics, "runtime_s": runtime, "seed": cell.seed, "examples": None,
+        "robust_bits": np.packbits(robust.numpy().astype(np.uint8)).tobytes().hex(),
     }
-    k = min(cfg.eval.examples, len(idx_all))
+    if stages and broken_by:
+        bb = torch.full((len(x),), -1, dtype=torch.long)
+        bb[idx_all] = torch.cat(broken_by)
+        clean_ok = correct(pred_clean, y) if target is None else torch.ones(len(x), dtype=torch.bool)
+        record["stages"] = [
+            {"attack": name, "robust_accuracy_after": float((clean_ok & ((bb < 0) | (bb > s))).float().mean()),
+             "broken": int((bb == s).sum())}
+            for s, name in enumerate(stages)
+        ]
+    k = min(cfg.eval.examples, n_att)
     if k:
         ex = idx_all[:k]
         rel = f"examples/{cell.id}.npz"
         atomic_save_npz(out_dir / rel, clean=x[ex].numpy().astype(np.float32), adv=x_adv[ex].numpy().astype(np.float32),
-                        label=y[ex].numpy(), pred_clean=prep.pred_clean[ex].numpy(), pred_adv=pred_adv[ex].numpy())
+                        label=y[ex].numpy(), pred_clean=pred_clean[ex].numpy(), pred_adv=pred_adv[ex].numpy())
         record["examples"] = rel
     return record
+
+
+def worst_case(evaluations: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """Per (defence, norm, eps, mode): a point is robust only if every attack failed on it."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for ev in evaluations:
+        t = ev["threat"]
+        groups.setdefault((ev.get("defense"), t["norm"], t["eps"], t["targeted"]), []).append(ev)
+    out = []
+    for (defense, norm, eps, targeted), evs in groups.items():
+        mask = np.ones(n, dtype=bool)
+        for ev in evs:
+            bits = np.unpackbits(np.frombuffer(bytes.fromhex(ev["robust_bits"]), dtype=np.uint8))[:n].astype(bool)
+            mask &= bits
+        out.append({"defense": defense, "norm": norm, "eps": eps, "eps_255": eps * 255, "targeted": targeted,
+                    "robust_accuracy": float(mask.mean()), "attacks": [ev["id"] for ev in evs],
+                    "best_attack": min(evs, key=lambda e: e["metrics"]["robust_accuracy"])["id"]})
+    return out
 
 
 # --------------------------------------------------------------------------- driver
@@ -337,6 +515,9 @@ def run_experiment(
     cfg: ExperimentConfig, out_dir: str | Path, executor: Executor | None = None, report: bool = True
 ) -> dict[str, Any]:
     """Run an experiment into ``out_dir`` (resuming it if it holds a partial run of the same config)."""
+    from medsec.attacks.adaptive import needs_adaptive
+    from medsec.eval.checks import model_checks
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config_dump = cfg.model_dump(mode="json")
@@ -345,28 +526,40 @@ def run_experiment(
     atomic_write_text(out_dir / "config.resolved.yaml", dump_config(cfg))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % (2**32))
-    cells = plan_cells(cfg)
+    plan_cells(cfg)  # refuse a bad grid before any work
     prep = prepare(cfg, out_dir, prev)
+    adaptive_for = {d for d, m in prep.models.items() if cfg.eval.adaptive and needs_adaptive(m)}
+    cells = plan_cells(cfg, adaptive_for)
+    jobs = plan_jobs(cells)
+    pre_checks: list[dict[str, Any]] = []
+    if cfg.eval.model_checks:
+        k = min(64, len(prep.x))
+        for label, m in prep.models.items():
+            pre_checks += model_checks(m, prep.x[:k].to(prep.device), prep.y[:k].to(prep.device),
+                                       label=label or "model")
     results: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "name": cfg.name, "status": "running", "config": config_dump,
         "provenance": provenance(prep.device),
         "seeds": {"global": cfg.seed, "cells": {c.id: c.seed for c in cells}},
-        **prep.info, "evaluations": [], "checks": [],
+        **prep.info, "evaluations": [], "worst_case": [], "checks": pre_checks,
     }
     done = {ev["id"]: ev for ev in prev.get("evaluations", [])}
     results["evaluations"] = [done[c.id] for c in cells if c.id in done]
     if done:
         log.info("resuming: %d of %d cells already done", len(results["evaluations"]), len(cells))
     atomic_write_json(results_path, results)
-    pending = [c for c in cells if c.id not in done]
+    pending = [j for j in jobs if any(c.id not in done for c in j.cells)]
     executor = executor or get_executor(cfg.executor)
     order = {c.id: i for i, c in enumerate(cells)}
-    for cell, record in executor.map(lambda c: run_cell(prep, c, cfg, out_dir), pending):
-        log.info("%s: robust accuracy %.3f (%.1fs)", cell.id, record["metrics"]["robust_accuracy"], record["runtime_s"])
-        results["evaluations"].append(record)
-        results["evaluations"].sort(key=lambda ev: order[ev["id"]])
+    for _job, records in executor.map(lambda j: run_job(prep, j, cfg, out_dir), pending):
+        for record in records:
+            log.info("%s: robust accuracy %.3f (%.1fs)", record["id"], record["metrics"]["robust_accuracy"],
+                     record["runtime_s"])
+            done[record["id"]] = record
+        results["evaluations"] = sorted((done[c.id] for c in cells if c.id in done), key=lambda ev: order[ev["id"]])
         atomic_write_json(results_path, results)
-    results["checks"] = run_checks(results["evaluations"])
+    results["worst_case"] = worst_case(results["evaluations"], len(prep.x))
+    results["checks"] = pre_checks + run_checks(results["evaluations"])
     results["status"] = "complete"
     results["provenance"]["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     atomic_write_json(results_path, results)
@@ -375,4 +568,3 @@ def run_experiment(
 
         write_report(results, out_dir)
     return results
-

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from medsec.objectives import bce, cross_entropy, margin  # noqa: F401  (registration)
+from medsec.objectives import bce, cross_entropy, dlr, margin  # noqa: F401  (registration)
 from medsec.objectives.base import Objective, signed_margins
 from medsec.registries import OBJECTIVES
 

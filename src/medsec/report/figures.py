@@ -20,6 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from medsec.report.formatting import dig, eps_axis_value
+from medsec.report.robustness import defense_infos, defense_of, is_adaptive, worst_case_points
 
 MAX_EXAMPLES = 8
 CHANGED_COLOR = "#c62828"
@@ -102,50 +103,97 @@ def message_figure(message: str, width: float = 6.0, height: float = 1.2) -> Fig
 
 
 # --------------------------------------------------------------------------- robust accuracy curve
-def _curve_groups(evaluations: Sequence[Mapping[str, Any]]) -> dict[str, dict[tuple[str, bool], list[tuple[float, float]]]]:
-    """{norm: {(label, targeted): [(eps, robust accuracy %), ...] sorted by eps}}."""
-    groups: dict[str, dict[tuple[str, bool], list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+CurveKey = tuple[str, bool, bool]  # (attack label, targeted, adaptive)
+PanelKey = tuple[str, str | None]  # (norm, defence label; None = undefended)
+
+
+def _curve_groups(evaluations: Sequence[Mapping[str, Any]]) -> dict[PanelKey, dict[CurveKey, list[tuple[float, float]]]]:
+    """{(norm, defence): {(label, targeted, adaptive): [(eps, robust accuracy %), ...] sorted by eps}}."""
+    groups: dict[PanelKey, dict[CurveKey, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
     for ev in evaluations:
         threat = ev.get("threat") or {}
         x = eps_axis_value(threat)
         ra = dig(ev, "metrics.robust_accuracy")
         if x is None or not isinstance(ra, (int, float)) or isinstance(ra, bool) or not np.isfinite(ra):
             continue
-        key = (str(ev.get("label") or ev.get("attack") or "?"), bool(threat.get("targeted")))
-        groups[str(threat.get("norm") or "?")][key].append((x, 100.0 * float(ra)))
-    return {n: {k: sorted(v) for k, v in g.items()} for n, g in groups.items()}
+        key = (str(ev.get("label") or ev.get("attack") or "?"), bool(threat.get("targeted")), is_adaptive(ev))
+        groups[(str(threat.get("norm") or "?"), defense_of(ev))][key].append((x, 100.0 * float(ra)))
+    return {p: {k: sorted(v) for k, v in g.items()} for p, g in groups.items()}
+
+
+def _curve_name(label: str, targeted: bool, adaptive: bool) -> str:
+    extras = [w for w, on in (("adaptive", adaptive), ("targeted", targeted)) if on]
+    return f"{label} ({', '.join(extras)})" if extras else label
+
+
+def _curve_style(targeted: bool, adaptive: bool) -> dict[str, Any]:
+    if targeted:
+        return {"linestyle": ":", "marker": "^" if adaptive else "s"}
+    return {"linestyle": "-." if adaptive else "-", "marker": "^" if adaptive else "o"}
 
 
 def robust_accuracy_vs_eps(results: Mapping[str, Any]) -> bytes:
-    """Robust accuracy (%) against eps, one line per (attack label, norm, targeted), one subplot per norm.
+    """Robust accuracy (%) against eps, one panel per (norm, defence).
+
+    Each panel draws one line per (attack label, targeted, adaptive) (colour: attack label;
+    dash-dotted with triangles: adaptive; dotted: targeted), the worst case over attacks
+    from ``results["worst_case"]`` (thick grey dashed, drawn behind) and the defended model's clean accuracy
+    (grey, dotted). One legend below the panels serves them all.
 
     Args:
         results: a results.json dict.
 
     Returns:
-        PNG bytes. The clean accuracy is drawn as a dashed horizontal line.
+        PNG bytes.
     """
-    groups = _curve_groups(results.get("evaluations") or [])
+    evaluations = [ev for ev in results.get("evaluations") or [] if isinstance(ev, Mapping)]
+    groups = _curve_groups(evaluations)
+    worst = worst_case_points(results)
     if not groups:
         return png_bytes(message_figure("no finished evaluations to plot"))
-    clean = dig(results, "clean.accuracy")
-    norms = sorted(groups, key=lambda n: (n == "patch", n))
-    fig = new_figure(5.2 * len(norms) + 0.6, 3.9)
-    axes = fig.subplots(1, len(norms), squeeze=False, sharey=True)[0]
-    labels = sorted({label for g in groups.values() for label, _ in g})
-    cycle = [f"C{i % 10}" for i in range(len(labels))]
-    colors = dict(zip(labels, cycle))
-    for ax, norm in zip(axes, norms):
+    infos = defense_infos(results, evaluations)
+    defended = any(label is not None for label in infos)
+    d_order = {label: i for i, label in enumerate(infos)}
+    panels = sorted(groups, key=lambda p: (p[0] == "patch", p[0], d_order.get(p[1], len(d_order))))
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    labels = sorted({label for g in groups.values() for label, _, _ in g})
+    colors = {label: f"C{i % 10}" for i, label in enumerate(labels)}
+    handles: dict[str, Any] = {}
+    width = max(6.0, 4.4 * ncols + 0.6)
+    n_entries = len({_curve_name(*k) for g in groups.values() for k in g}) + len({t for v in worst.values() for t in v}) + 1
+    legend_cols = max(1, min(n_entries, int(width // 2.1)))
+    fig = new_figure(width, 3.3 * nrows + 0.3 + 0.24 * -(-n_entries // legend_cols))
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True).reshape(-1)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    for ax, (norm, defense) in zip(axes, panels):
         xs: set[float] = set()
-        for (label, targeted), points in sorted(groups[norm].items()):
+        for (label, targeted, adaptive), points in sorted(groups[(norm, defense)].items()):
             x, y = zip(*points)
             xs.update(x)
-            name = f"{label} (targeted)" if targeted else label
-            ax.plot(x, y, marker="o" if not targeted else "s", linestyle=":" if targeted else "-",
-                    color=colors[label], label=mpl_text(name, 40), linewidth=1.8, markersize=5)
+            name = mpl_text(_curve_name(label, targeted, adaptive), 40)
+            (line,) = ax.plot(x, y, color=colors[label], label=name, linewidth=1.6, markersize=4.5,
+                              **_curve_style(targeted, adaptive))
+            handles.setdefault(name, line)
+        for targeted, points in sorted(worst.get((norm, defense), {}).items()):
+            x, y = zip(*points)
+            xs.update(x)
+            name = "worst case (targeted)" if targeted else "worst case"
+            (line,) = ax.plot(x, y, color="black", alpha=0.45, linestyle=(0, (4, 2.5)), linewidth=3.2, marker="D",
+                              markersize=3.5, label=name, zorder=1.5)  # behind the attacks it bounds
+            handles.setdefault(name, line)
+        clean = (infos.get(defense) or {}).get("clean_accuracy")
+        if clean is None and not defended:
+            clean = dig(results, "clean.accuracy")
+        title = f"{norm} threat model"
+        if defended:
+            title = f"{norm} · " + (f"defence {defense}" if defense is not None else "no defence")
         if isinstance(clean, (int, float)) and not isinstance(clean, bool):
-            ax.axhline(100.0 * clean, color="#555555", linestyle="--", linewidth=1.2,
-                       label=f"clean ({100.0 * clean:.1f}%)")
+            line = ax.axhline(100.0 * clean, color="#777777", linestyle=(0, (1, 1.5)), linewidth=1.3,
+                              label="clean accuracy")
+            handles.setdefault("clean accuracy", line)
+            title += f"  (clean {100.0 * clean:.1f}%)"
         if norm == "patch":
             ax.set_xlabel("patch size (fraction of pixels)")
         else:
@@ -153,11 +201,15 @@ def robust_accuracy_vs_eps(results: Mapping[str, Any]) -> bytes:
             ticks = sorted(xs)
             if len(ticks) <= 10:
                 ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-        ax.set_title(mpl_text(f"{norm} threat model"), fontsize=11)
+        ax.set_title(mpl_text(title, 70), fontsize=10)
         ax.set_ylim(-3, 103)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="best", framealpha=0.85)
-    axes[0].set_ylabel("robust accuracy (%)")
+        ax.tick_params(labelleft=True)
+    for row in range(nrows):
+        axes[row * ncols].set_ylabel("robust accuracy (%)")
+    order = sorted(handles, key=lambda n: (n == "clean accuracy", n.startswith("worst case"), n))
+    fig.legend([handles[n] for n in order], order, loc="outside lower center", ncols=legend_cols, fontsize=8,
+               frameon=False)
     return png_bytes(fig)
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from medsec.report import figures
+from medsec.report import figures, robustness
 from medsec.report.formatting import (
     dig,
     eps_axis_value,
@@ -27,6 +27,7 @@ from medsec.report.formatting import (
 )
 from medsec.report.loading import load_examples
 from medsec.report.tables import (
+    Badge,
     Column,
     attack_columns,
     history_columns,
@@ -66,6 +67,14 @@ figure{margin:.6rem 0 1.2rem}figure img{max-width:100%;height:auto;border:1px so
 figcaption{color:#656d76;font-size:.85rem}
 pre{background:#f6f8fa;padding:.8rem;overflow-x:auto;font-size:.8rem}
 footer{margin-top:2.5rem;color:#656d76;font-size:.8rem}
+.badge{display:inline-block;margin-left:.35rem;padding:0 .45rem;border-radius:.8rem;font-size:.72rem;font-weight:600;
+  white-space:nowrap;border:1px solid transparent}
+.badge[title]{cursor:help}
+.badge.adaptive{background:#ddf4ff;color:#0550ae;border-color:#80ccff}
+.badge.warn{background:#fff1e5;color:#953800;border-color:#ffb77c}
+.badge.universal{background:#fbefff;color:#6639ba;border-color:#d8b9ff}
+.badge.info{background:#eaeef2;color:#424a53}
+.stages{display:flex;flex-wrap:wrap;gap:.2rem 2rem}.stages h3{font-size:.9rem;margin:.8rem 0 .2rem}
 """
 
 
@@ -73,6 +82,12 @@ footer{margin-top:2.5rem;color:#656d76;font-size:.8rem}
 def esc(value: Any) -> str:
     """HTML-escape the text of ``value`` (quotes included, safe in attributes)."""
     return html.escape(value if isinstance(value, str) else fmt_text(value), quote=True)
+
+
+def badge_html(badge: Badge) -> str:
+    """A badge as an escaped ``<span class="badge KIND" title="TOOLTIP">``."""
+    tip = f' title="{esc(badge.tooltip)}"' if badge.tooltip else ""
+    return f'<span class="badge {esc(badge.kind)}"{tip}>{esc(badge.text)}</span>'
 
 
 def _align_attr(column: Column) -> str:
@@ -114,7 +129,8 @@ def html_table(
             attrs += f' class="{esc(cls)}"'
         for k, v in (row_attrs(row) if row_attrs else {}).items():
             attrs += f' data-{esc(k)}="{esc(v)}"'
-        cells = "".join(f"<td{_align_attr(c)}>{esc(c.text(row))}</td>" for c in columns)
+        cells = "".join(f"<td{_align_attr(c)}>{esc(c.text(row))}{''.join(map(badge_html, c.badge_list(row)))}</td>"
+                        for c in columns)
         body.append(f"<tr{attrs}>{cells}</tr>")
     cap = f"<caption>{esc(caption)}</caption>" if caption else ""
     return (f'<div class="scroll"><table class="{esc(css_class)}">{cap}{thead}'
@@ -220,6 +236,8 @@ def _checks(results: Mapping[str, Any]) -> str:
         cls = level if level in ("error", "info") else "warning"
         cells = c.get("cells") or []
         where = f'<br><span class="muted">cells: {esc(", ".join(map(str, cells)))}</span>' if cells else ""
+        if c.get("model") is not None:
+            where += f'<br><span class="muted">model: {esc(c.get("model"))}</span>'
         items.append(f'<li class="{cls}"><strong>{esc(level)}</strong> <code>{esc(c.get("code") or "")}</code>: '
                      f"{esc(c.get('message') or '')}{where}</li>")
     n = len(checks)
@@ -232,31 +250,84 @@ def flagged_cells(results: Mapping[str, Any]) -> set[str]:
     return {str(cell) for c in results.get("checks") or [] if isinstance(c, Mapping) for cell in c.get("cells") or []}
 
 
-def _summary(results: Mapping[str, Any], evaluations: list[Mapping[str, Any]]) -> str:
+def _summary(results: Mapping[str, Any], evaluations: list[Mapping[str, Any]],
+             infos: Mapping[str | None, Mapping[str, Any]]) -> str:
     if not evaluations:
         return section("Summary", note("no evaluation has finished yet"), "summary")
     flagged = flagged_cells(results)
-    table = html_table(summary_columns(), evaluations,
+    defended = any(label is not None for label in infos)
+    columns = summary_columns(lambda ev: robustness.evaluation_badges(ev, infos), defense=defended)
+    table = html_table(columns, evaluations,
                        row_class=lambda ev: "flagged" if str(ev.get("id")) in flagged else None,
                        row_attrs=lambda ev: {"cell": str(ev.get("id", ""))})
     legend = ('<p class="muted">Robust accuracy counts over all evaluated images; ASR over the attacked '
               "(clean-correct) ones; perturbation norms, PSNR and SSIM are means over attacked images. "
-              "Highlighted rows are named by a sanity-check warning.</p>")
-    curve = safe_figure(lambda: figures.robust_accuracy_vs_eps(results), "robust accuracy vs eps",
-                        "Robust accuracy against the perturbation budget; dashed: clean accuracy.")
+              "Highlighted rows are named by a sanity-check warning."
+              + (" <em>adaptive</em>: attacked through the defence with BPDA/EOT; <em>non-adaptive</em>: a plain "
+                 "gradient attack on a defence that needs BPDA/EOT, whose robust accuracy may overstate robustness."
+                 if defended else "") + "</p>")
+    caption = ("Robust accuracy against the perturbation budget, one panel per threat model"
+               + (" and defence" if defended else "") + "; dash-dotted: adaptive attacks, dotted: targeted, "
+               "thick grey dashed: worst case over all attacks, grey dotted: clean accuracy.")
+    curve = safe_figure(lambda: figures.robust_accuracy_vs_eps(results), "robust accuracy vs eps", caption)
     attacks = "<details><summary>Attack parameters</summary>" + html_table(attack_columns(), evaluations) + "</details>"
     return section("Summary", table + legend + "<h3>Robust accuracy vs eps</h3>" + curve + attacks, "summary")
 
 
+def _worst_case(results: Mapping[str, Any], evaluations: list[Mapping[str, Any]],
+                infos: Mapping[str | None, Mapping[str, Any]]) -> str:
+    rows = robustness.worst_case_rows(results, evaluations, infos)
+    if not rows:
+        return ""
+    legend = ('<p class="muted">Per defence and budget, a point counts as robust only if every attack run at that '
+              "budget failed on it, so the worst case is at most the best single attack's robust accuracy.</p>")
+    return section("Worst case over attacks", html_table(robustness.worst_case_columns(infos), rows) + legend,
+                   "worst-case")
+
+
+def _defenses(results: Mapping[str, Any], evaluations: list[Mapping[str, Any]],
+              infos: Mapping[str | None, Mapping[str, Any]]) -> str:
+    if not any(label is not None for label in infos):
+        return ""
+    declared = [d for d in results.get("defenses") or [] if isinstance(d, Mapping)]
+    body = html_table(robustness.defense_columns(), declared) if declared else ""
+    cols = robustness.matrix_spec(evaluations)
+    if cols:
+        rows = robustness.matrix_rows(evaluations, infos, cols)
+        body += "<h3>Defence × attack matrix</h3>" + html_table(robustness.matrix_columns(cols, infos), rows)
+        body += ('<p class="muted">Robust accuracy of each defended model at the largest budget of each attack '
+                 "(stated in the column header). <em>(adaptive)</em> columns attack through the defence with BPDA/EOT; "
+                 "⚠ marks a plain gradient attack on a defence that is not differentiable or is stochastic, "
+                 "whose number may overstate robustness. – : not run.</p>")
+    return section("Defences", body, "defenses")
+
+
+def _stages(evaluations: list[Mapping[str, Any]]) -> str:
+    cells = robustness.cascade_cells(evaluations)
+    if not cells:
+        return ""
+    parts = [f"<div><h3>{esc(robustness.stage_title(ev))}</h3>"
+             + html_table(robustness.stage_columns(), robustness.stage_rows(ev)) + "</div>" for ev in cells]
+    legend = ('<p class="muted">Cascades (AutoAttack style) run their attacks in turn on the points still robust; '
+              "robust accuracy after each stage.</p>")
+    return section("Cascade stages", legend + f'<div class="stages">{"".join(parts)}</div>', "stages")
+
+
 def largest_eps_cells(evaluations: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """For each (label, norm, targeted), the cell with the largest eps, in first-seen order."""
-    best: dict[tuple[str, str, bool], Mapping[str, Any]] = {}
+    """For each (label, norm, targeted, defence), the cell with the largest eps, in first-seen order.
+
+    At equal eps an adaptive cell is preferred over the plain one (it is the stronger attack).
+    """
+    best: dict[tuple[str, str, bool, str | None], Mapping[str, Any]] = {}
     for ev in evaluations:
         t = ev.get("threat") or {}
-        key = (str(ev.get("label") or ev.get("attack")), str(t.get("norm")), bool(t.get("targeted")))
+        key = (str(ev.get("label") or ev.get("attack")), str(t.get("norm")), bool(t.get("targeted")),
+               robustness.defense_of(ev))
         x = eps_axis_value(t)
         cur = best.get(key)
-        if cur is None or (x is not None and x > (eps_axis_value(cur.get("threat") or {}) or float("-inf"))):
+        cur_x = eps_axis_value(cur.get("threat") or {}) if cur is not None else None
+        if (cur is None or (x is not None and (cur_x is None or x > cur_x))
+                or (x == cur_x and robustness.is_adaptive(ev) and not robustness.is_adaptive(cur))):
             best[key] = ev
     return list(best.values())
 
@@ -268,7 +339,9 @@ def _examples(results: Mapping[str, Any], evaluations: list[Mapping[str, Any]], 
     parts = []
     for ev in largest_eps_cells(evaluations):
         t = ev.get("threat") or {}
-        title = f"{ev.get('label') or ev.get('attack')}, {t.get('norm')} eps {fmt_eps_short(t)}, {mode_text(t.get('targeted'))}"
+        d = robustness.defense_of(ev)
+        title = (f"{robustness.cell_name(ev)}, {t.get('norm')} eps {fmt_eps_short(t)}, {mode_text(t.get('targeted'))}"
+                 + (f", defence {d}" if d is not None else ""))
         parts.append(f"<h3>{esc(title)}</h3>")
         arrays, why = load_examples(out_dir, ev.get("examples"))
         if arrays is None:
@@ -302,9 +375,12 @@ def render_html(results: Mapping[str, Any], out_dir: Path) -> str:
         The HTML document (inline CSS, figures as data URIs, no scripts or external assets).
     """
     evaluations = [ev for ev in results.get("evaluations") or [] if isinstance(ev, Mapping)]
+    infos = robustness.defense_infos(results, evaluations)
     version = dig(results, "provenance.medsec") or ""
     body = "".join([
-        _header(results), _data_model(results), _clean(results), _checks(results), _summary(results, evaluations),
+        _header(results), _data_model(results), _clean(results), _checks(results),
+        _summary(results, evaluations, infos), _worst_case(results, evaluations, infos),
+        _defenses(results, evaluations, infos), _stages(evaluations),
         _examples(results, evaluations, Path(out_dir)), _provenance(results), _config(results),
     ])
     return (

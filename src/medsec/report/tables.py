@@ -13,7 +13,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,29 @@ from medsec.report.formatting import (
 
 
 @dataclass(frozen=True)
+class Badge:
+    """A short marker after a cell's text (``adaptive``, ``non-adaptive``, ...).
+
+    Args:
+        text: the badge text (plain text; escaped by the renderers).
+        kind: its style, one of ``"adaptive"``, ``"warn"``, ``"info"``, ``"universal"``
+            (the HTML class).
+        tooltip: a longer explanation (HTML ``title``; dropped in Markdown).
+        compact: a symbol shown as is in plain text instead of ``[text]``.
+    """
+
+    text: str
+    kind: str = "info"
+    tooltip: str | None = None
+    compact: bool = False
+
+    @property
+    def plain(self) -> str:
+        """The badge as plain text: ``[text]``, or the bare symbol when compact."""
+        return self.text if self.compact else f"[{self.text}]"
+
+
+@dataclass(frozen=True)
 class Column:
     """One table column.
 
@@ -38,6 +61,7 @@ class Column:
         fmt: raw value -> plain text.
         align: ``"left"``, ``"right"`` or ``"center"``.
         tooltip: optional longer explanation of the header (HTML ``title``).
+        badges: optional row -> :class:`Badge` list shown after the cell text.
     """
 
     header: str
@@ -45,6 +69,7 @@ class Column:
     fmt: Callable[[Any], str] = fmt_text
     align: str = "left"
     tooltip: str | None = None
+    badges: Callable[[Any], Sequence[Badge]] | None = None
 
     def raw(self, row: Any) -> Any:
         """The raw value of this column for ``row`` (None when missing)."""
@@ -56,18 +81,33 @@ class Column:
         """The formatted text of this column for ``row``."""
         return self.fmt(self.raw(row))
 
+    def badge_list(self, row: Any) -> list[Badge]:
+        """The badges of this column for ``row`` (empty without a ``badges`` function)."""
+        return list(self.badges(row)) if self.badges else []
+
+    def plain(self, row: Any) -> str:
+        """The cell as plain text: :meth:`text` followed by the badges (for Markdown)."""
+        return " ".join([self.text(row)] + [b.plain for b in self.badge_list(row)])
+
 
 def cell_texts(columns: list[Column], rows: Iterable[Any]) -> list[list[str]]:
-    """Formatted text of every cell, row by row."""
-    return [[c.text(row) for c in columns] for row in rows]
+    """Plain text of every cell (badges included), row by row."""
+    return [[c.plain(row) for c in columns] for row in rows]
 
 
 # --------------------------------------------------------------------------- standard tables
-def summary_columns() -> list[Column]:
-    """Columns of the per-cell summary table (one row per evaluation record)."""
+def summary_columns(
+    badges: Callable[[Any], Sequence[Badge]] | None = None, defense: bool = False
+) -> list[Column]:
+    """Columns of the per-cell summary table (one row per evaluation record).
+
+    Args:
+        badges: optional evaluation -> badges shown after the attack label.
+        defense: add a "Defence" column (the en dash for the undefended model).
+    """
     num3 = fmt_float(".3g")
-    return [
-        Column("Attack", "label"),
+    cols = [
+        Column("Attack", "label", badges=badges),
         Column("Norm", "threat.norm"),
         Column("eps", "threat.eps", fmt_float(".4g"), "right", "budget in input units"),
         Column("eps×255", lambda ev: eps_255(ev.get("threat") or {}), fmt_float(".3g"), "right",
@@ -85,6 +125,10 @@ def summary_columns() -> list[Column]:
         Column("Queries", "metrics.queries_mean", fmt_float(".1f"), "right", "mean model calls per attacked point"),
         Column("Runtime", "runtime_s", fmt_float(".1f", "s"), "right"),
     ]
+    if defense:
+        cols.insert(1, Column("Defence", lambda ev: ev.get("defense") or None,
+                              tooltip="input defence in front of the model (– for none)"))
+    return cols
 
 
 def attack_columns() -> list[Column]:

@@ -1,0 +1,1 @@
+from medsec.attacks import uap, uap_sgd  # noqa: F401

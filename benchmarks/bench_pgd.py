@@ -89,6 +89,49 @@ def floor_pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: flo
     return x_adv
 
 
+def breakdown(run_medsec: Callable[[], torch.Tensor], run_floor: Callable[[], torch.Tensor], repeats: int) -> None:
+    """Attribute medsec's process CPU time to the pieces of ``Problem`` (CPU time of the
+    same process is far less sensitive to other jobs than wall time)."""
+    from medsec.attacks.base import Problem
+
+    spent: dict[str, float] = {}
+    calls: dict[str, int] = {}
+    originals = {name: getattr(Problem, name) for name in ("loss_and_grad", "logits")}
+
+    def timed(name: str, fn: Callable[..., object]) -> Callable[..., object]:
+        def wrapper(*a: object, **k: object) -> object:
+            c0 = time.process_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.process_time() - c0
+                calls[name] = calls.get(name, 0) + 1
+
+        return wrapper
+
+    total = floor = 0.0
+    try:
+        for name, fn in originals.items():
+            setattr(Problem, name, timed(name, fn))
+        for _ in range(repeats):
+            c0 = time.process_time()
+            run_medsec()
+            total += time.process_time() - c0
+            c0 = time.process_time()
+            run_floor()
+            floor += time.process_time() - c0
+    finally:
+        for name, fn in originals.items():
+            setattr(Problem, name, fn)
+    labels = {"loss_and_grad": "Problem.loss_and_grad (fwd+bwd)", "logits": "Problem.logits (no-grad fwd)"}
+    print(f"breakdown of medsec CPU time over {repeats} calls (medsec/floor on CPU time = {total / floor:.3f}):")
+    for name, label in labels.items():
+        print(f"  {label:<34}{spent.get(name, 0.0) / repeats:>9.4f} s {100 * spent.get(name, 0.0) / total:>6.1f} %"
+              f"  calls/attack {calls.get(name, 0) // repeats}")
+    rest = total - sum(spent.values())
+    print(f"  {'checks, projections, bookkeeping':<34}{rest / repeats:>9.4f} s {100 * rest / total:>6.1f} %")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch", type=int, default=256)
@@ -100,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eps", type=float, default=8 / 255)
     ap.add_argument("--alpha", type=float, default=2 / 255)
     ap.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also split medsec's CPU time into its pieces (forward+backward, no-grad forwards, rest)")
     args = ap.parse_args(argv)
 
     if args.threads:
@@ -192,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
               f"medsec/torchattacks = {rt:.3f} (target <= 1.00: {'met' if rt <= 1.0 else 'MISSED'})")
     print(f"same adversarial images: {'yes' if same else 'NO'} "
           f"(max |medsec-torchattacks| = {diff_ta:.2g}, max |medsec-floor| = {diff_floor:.2g})")
+
+    if args.breakdown:
+        breakdown(run_medsec, run_floor, args.repeats)
 
     if args.json:
         record = {

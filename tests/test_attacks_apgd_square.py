@@ -114,8 +114,9 @@ def test_dlr_refuses_binary_multilabel_and_too_few_classes() -> None:
     two = medsec.models.create("small_cnn", num_classes=2, width=8)
     for model in (binary, two):
         with pytest.raises(medsec.InputError, match="margin"):
-            medsec.attacks.create("apgd", loss="dlr", steps=2)(model, x, torch.tensor([0, 1]),
-                                                               threat=medsec.ThreatModel("linf", 8 / 255))
+            medsec.attacks.create("apgd", loss="dlr", steps=2)(
+                model, x, torch.tensor([0, 1]), threat=medsec.ThreatModel("linf", 8 / 255)
+            )
 
 
 # ---------------------------------------------------------------- APGD mechanics
@@ -185,8 +186,8 @@ def test_apgd_step_size_halving_converges_where_fixed_steps_oscillate() -> None:
 
 # ---------------------------------------------------------------- BloodMNIST cross-checks
 
-XCHECK_N = 64  # correctly classified test images for the fast checks
-XCHECK_STEPS = 20
+XCHECK_N = 48  # correctly classified test images for the fast checks
+XCHECK_STEPS = 10
 
 
 @pytest.fixture(scope="module")
@@ -228,6 +229,9 @@ def test_apgd_ce_matches_torchattacks(blood, apgd_runs, eps_255: int) -> None:  
     robust_ta = _ta_robust(model, ref, y)
     robust_ms = 1.0 - res.success_rate
     assert abs(robust_ms - robust_ta) <= 0.02 + 1e-9, f"medsec {robust_ms:.3f} vs torchattacks {robust_ta:.3f}"
+    # same random starts, same algorithm: the same images are broken (up to float noise)
+    agree = (res.success == (predict(model, ref) != y)).float().mean().item()
+    assert agree >= 0.95, f"medsec and torchattacks break different images ({agree:.0%} agree)"
     assert 0.0 < robust_ms < 1.0, "the budget should break some but not all images"
     assert torch.equal(res.success, predict(model, res.x_adv) != y)
     assert ((res.x_adv - x).abs().flatten(1).amax(dim=1) <= eps_255 / 255 + 1e-6).all()
@@ -248,37 +252,46 @@ def test_apgd_at_least_as_strong_as_pgd10(blood, apgd_runs) -> None:  # type: ig
     assert res_apgd.queries[res_apgd.success].float().mean() < XCHECK_STEPS + 2
 
 
-def test_apgd_t_not_weaker_than_apgd_ce(blood, apgd_runs, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_apgd_t_not_weaker_than_apgd_ce(blood, apgd_runs) -> None:  # type: ignore[no-untyped-def]
+    """APGD-T (targeted DLR over the top 9 = all 7 other classes) on the first 32 images
+    breaks at least as many as APGD-CE on the same images (minus 2 pp)."""
     model, x, y = blood
-    x, y = x[:XCHECK_N], y[:XCHECK_N]
+    n = 32
+    x, y = x[:n], y[:n]
     attack = medsec.attacks.create("apgd_t", steps=XCHECK_STEPS, early_stop=True)
     res_t = attack(model, x, y, threat=medsec.ThreatModel("linf", 4 / 255), generator=gen(0))
     assert res_t.extras["target_loss"] == "dlr"
     assert torch.equal(res_t.success, predict(model, res_t.x_adv) != y)
-    assert res_t.success_rate >= apgd_runs[4].success_rate - 0.02
-    # at most 9 targets x (steps + 1) queries, plus target selection and the final check
-    assert res_t.queries.max() <= 9 * (XCHECK_STEPS + 1) + 2
+    ce_rate = apgd_runs[4].success[:n].float().mean().item()
+    assert res_t.success_rate >= ce_rate - 0.02, f"APGD-T {res_t.success_rate:.3f} vs APGD-CE {ce_rate:.3f}"
+    # 7 targets x (steps + 1) queries at most, plus the target selection and the final check
+    assert res_t.queries.max() <= 7 * (XCHECK_STEPS + 1) + 2
+    assert res_t.queries.max() > 2 * (XCHECK_STEPS + 1), "robust images should be attacked for several targets"
 
 
 def _square_pair(model: nn.Module, x: torch.Tensor, y: torch.Tensor, queries: int) -> tuple[float, float, torch.Tensor]:
     res = medsec.attacks.create("square", queries=queries)(
         model, x, y, threat=medsec.ThreatModel("linf", 4 / 255), generator=gen(0)
     )
-    ref = torchattacks.Square(model, norm="Linf", eps=4 / 255, n_queries=queries, n_restarts=1, seed=0, loss="margin")(x, y)
+    ref = torchattacks.Square(model, norm="Linf", eps=4 / 255, n_queries=queries, n_restarts=1, seed=0, loss="margin")(
+        x, y
+    )
     assert torch.equal(res.success, predict(model, res.x_adv) != y)
     assert res.queries.max() <= queries + 1
     return 1.0 - res.success_rate, _ta_robust(model, ref, y), res.queries
 
 
 def test_square_matches_torchattacks_small(blood) -> None:  # type: ignore[no-untyped-def]
-    """40 images, 100 queries: binomial noise of two independent random searches on 40
-    images is a few samples, so the tolerance here is 3 samples (7.5 pp); the
-    full-size check below asks for 2 pp."""
+    """32 images, 60 queries (seconds instead of minutes). Two independent random
+    searches differ here by binomial noise of about 3 samples (1 sigma), so this
+    fast check allows 6 samples (19 pp) and mainly guards against a broken search;
+    the full-size check (MEDSEC_FULL_XCHECK=1: 500 images, 1000 queries) asks for 2 pp.
+    Both runs are seeded, so the outcome is reproducible."""
     model, x, y = blood
-    x, y = x[:40], y[:40]
-    robust_ms, robust_ta, queries = _square_pair(model, x, y, 100)
-    assert abs(robust_ms - robust_ta) <= 3 / 40 + 1e-9, f"medsec {robust_ms:.3f} vs torchattacks {robust_ta:.3f}"
-    assert 0.0 < robust_ms < 1.0
+    x, y = x[:32], y[:32]
+    robust_ms, robust_ta, queries = _square_pair(model, x, y, 60)
+    assert abs(robust_ms - robust_ta) <= 6 / 32 + 1e-9, f"medsec {robust_ms:.3f} vs torchattacks {robust_ta:.3f}"
+    assert robust_ms <= 0.9, "60 queries at 4/255 break some of these images"
 
 
 @pytest.mark.skipif(not FULL, reason="full-size Square cross-check (minutes): set MEDSEC_FULL_XCHECK=1")
@@ -400,8 +413,9 @@ def test_square_skips_samples_already_misclassified() -> None:
     y = predict(model, x)
     y_wrong = y.clone()
     y_wrong[:3] = (y[:3] + 1) % 4  # already "broken" at the clean point
-    res = medsec.attacks.create("square", queries=30)(model, x, y_wrong, threat=medsec.ThreatModel("linf", 4 / 255),
-                                                       generator=gen(0))
+    res = medsec.attacks.create("square", queries=30)(
+        model, x, y_wrong, threat=medsec.ThreatModel("linf", 4 / 255), generator=gen(0)
+    )
     assert res.success[:3].all()
     assert torch.equal(res.x_adv[:3], x[:3])
     assert res.queries[:3].tolist() == [2, 2, 2]  # the clean query and the final evaluation
@@ -437,8 +451,9 @@ def test_binary_and_multilabel_heads(task: str, classes: int, norm: str, eps: fl
         wrong = (pred != y) if task == "binary" else (pred != y).any(dim=1)
         assert torch.equal(res.success, wrong), (name, params)
         assert torch.isfinite(res.loss).all()
-        res_t = attack(model, x, y, threat=medsec.ThreatModel(norm, eps, targeted=True), target=target,
-                       generator=gen(0))
+        res_t = attack(
+            model, x, y, threat=medsec.ThreatModel(norm, eps, targeted=True), target=target, generator=gen(0)
+        )
         pred_t = predict(model, res_t.x_adv)
         hit = (pred_t == target) if task == "binary" else (pred_t == target).all(dim=1)
         assert torch.equal(res_t.success, hit), (name, params)
@@ -488,8 +503,9 @@ def test_apgd_t_targets_and_targeted_threat() -> None:
     assert all((t != y).all() for t in targets)
     # a targeted threat runs with the given target
     target = (y + 1) % 4
-    res = attack(model, x, y, threat=medsec.ThreatModel("linf", 32 / 255, targeted=True), target=target,
-                 generator=gen(0))
+    res = attack(
+        model, x, y, threat=medsec.ThreatModel("linf", 32 / 255, targeted=True), target=target, generator=gen(0)
+    )
     assert torch.equal(res.success, predict(model, res.x_adv) == target)
     assert res.success.any()
 

@@ -56,7 +56,8 @@ def _one_thread():
 
 # Lighter settings for the expensive attacks: the contract does not depend on strength.
 LIGHT = {
-    "autoattack": {"steps": 5, "square_queries": 50},
+    "autoattack": {"stages": [["apgd", {"steps": 5}], ["apgd_t", {"steps": 5}], ["cw", {"steps": 10, "binary_search_steps": 1}],
+                              ["deepfool", {"steps": 5}], ["square", {"queries": 50}]]},
     "apgd": {"steps": 10},
     "apgd_t": {"steps": 5},
     "cw": {"steps": 20, "binary_search_steps": 2},

@@ -237,8 +237,14 @@ def _merge(best: RunResult, res: RunResult, at: torch.Tensor, score_best: torch.
 def sub_problem(problem: Problem, objective: Objective, labels: torch.Tensor, targeted: bool) -> Problem:
     """A problem with another objective and labels that shares ``problem``'s query count."""
     sub = Problem(
-        problem.model, objective, labels, targeted, problem.threat, problem.bounds,
-        eot_samples=problem.eot_samples, extras=problem.extras,
+        problem.model,
+        objective,
+        labels,
+        targeted,
+        problem.threat,
+        problem.bounds,
+        eot_samples=problem.eot_samples,
+        extras=problem.extras,
     )
     sub.queries = problem.queries
     return sub
@@ -253,7 +259,9 @@ class TowardsTarget(Objective):
 
     name = "towards_target"
 
-    def __init__(self, judge: Objective, target_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]):
+    def __init__(
+        self, judge: Objective, target_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    ):
         super().__init__(judge.task)
         self.judge = judge
         self.target_loss = target_loss
@@ -315,8 +323,14 @@ class APGD(Attack):
                 if todo.numel() == 0:
                     break
             res = apgd_run(
-                problem, x0[todo], idx[todo], steps=self.steps, rho=self.rho,
-                random=self.random_start or r > 0, early_stop=self.early_stop, generator=generator,
+                problem,
+                x0[todo],
+                idx[todo],
+                steps=self.steps,
+                rho=self.rho,
+                random=self.random_start or r > 0,
+                early_stop=self.early_stop,
+                generator=generator,
             )
             steps += res.steps
             if best is None:
@@ -344,8 +358,9 @@ class APGDT(APGD):
         random_start: bool = True,
         early_stop: bool = False,
     ) -> None:
-        super().__init__(steps=steps, restarts=restarts, loss=loss, rho=rho, random_start=random_start,
-                         early_stop=early_stop)
+        super().__init__(
+            steps=steps, restarts=restarts, loss=loss, rho=rho, random_start=random_start, early_stop=early_stop
+        )
         if int(n_target_classes) < 1:
             raise InputError(f"n_target_classes must be >= 1, got {n_target_classes}")
         self.n_target_classes = int(n_target_classes)
@@ -362,8 +377,11 @@ class APGDT(APGD):
                 chosen = obj if isinstance(obj, Dlr) else Dlr(task)
             else:
                 chosen = Margin(task)
-                why = (f"the targeted DLR loss needs >= 4 classes and the model has {num_classes}"
-                       if task == "multiclass" else f"DLR does not apply to {task} heads")
+                why = (
+                    f"the targeted DLR loss needs >= 4 classes and the model has {num_classes}"
+                    if task == "multiclass"
+                    else f"DLR does not apply to {task} heads"
+                )
                 level = logging.INFO if task != "multiclass" else logging.WARNING
                 log.log(level, "apgd_t: %s; using the targeted margin loss instead", why)
         problem.extras["target_loss"] = chosen.name
@@ -384,13 +402,19 @@ class APGDT(APGD):
         if isinstance(chosen, Dlr):
             target_loss = chosen.targeted_loss
         else:
+
             def target_loss(logits: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 return chosen.loss(logits, t, True)
 
         pair = TowardsTarget(problem.objective, target_loss)
         y = problem.labels
-        best = RunResult(x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device),
-                         torch.full((n,), float("-inf"), device=x.device), clean.clone(), 0)
+        best = RunResult(
+            x.clone(),
+            torch.zeros(n, dtype=torch.bool, device=x.device),
+            torch.full((n,), float("-inf"), device=x.device),
+            clean.clone(),
+            0,
+        )
         score = torch.full((n,), float("-inf"), device=x.device)  # the problem's own loss
         steps = 0
         for t in self._targets(clean, y, task):

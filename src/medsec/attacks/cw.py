@@ -49,6 +49,8 @@ from medsec.registries import ATTACKS
 _BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
 SCHEDULES = ("warmup_cosine", "constant")
+TOL = float(__import__("os").environ.get("CWT", "1e-4"))
+PATIENCE = int(__import__("os").environ.get("CWP", "2"))
 
 
 @ATTACKS.register("cw")
@@ -109,6 +111,7 @@ class CarliniWagnerL2(Attack):
             found = torch.zeros(n, dtype=torch.bool, device=dev)
             prev = torch.full((n,), math.inf, dtype=dtype, device=dev)
             window = torch.full((n,), math.inf, dtype=dtype, device=dev)
+            waits = torch.zeros(n, dtype=torch.long, device=dev)
             active = torch.arange(n, device=dev)
             for it in range(self.steps):
                 full = active.numel() == n
@@ -139,11 +142,18 @@ class CarliniWagnerL2(Attack):
                 if self.abort_early:
                     window[active] = torch.minimum(window[active], loss)
                     if it % check_every == 0:
-                        # the lowest loss of this window vs the last: robust to the
-                        # oscillation across the boundary once a sample is adversarial
-                        stalled = window[active] > prev[active] - 1e-4 * prev[active].abs()
-                        prev[active] = window[active]
+                        # the lowest loss of this window vs the lowest before it, with a
+                        # patience of PATIENCE windows: robust to the transient rise of the
+                        # loss when Adam's momentum carries a sample across the boundary
+                        better = (window[active] < prev[active] - TOL * prev[active].abs()) | prev[active].isinf()
+                        prev[active] = torch.minimum(prev[active], window[active])
                         window[active] = math.inf
+                        waits[active] = torch.where(better, 0, waits[active] + 1)
+                        stalled = waits[active] >= PATIENCE
+                        if PATIENCE == 0:
+                            tot = loss.sum()
+                            stalled = torch.full_like(stalled, bool(tot > self._prevtot)) if it > 0 else torch.zeros_like(stalled)
+                            self._prevtot = tot
                         if stalled.any():
                             active = active[~stalled]
                             if active.numel() == 0:

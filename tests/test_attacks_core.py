@@ -4,7 +4,9 @@ registered attack on binary single-logit and multi-label heads, and input checks
 from __future__ import annotations
 
 import functools
+import inspect
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -19,10 +21,39 @@ NUM_CLASSES = 4
 EPS = {"linf": 8 / 255, "l2": 0.5}
 OTHER_EPS = 0.05
 
-ATTACK_NORMS = [
-    pytest.param(name, norm, id=f"{name}-{norm}")
+# Lighter settings for the expensive attacks (as in test_contract.py): these tests check
+# validity of the results, not attack strength.
+LIGHT: dict[str, dict[str, Any]] = {
+    "autoattack": {"stages": [["apgd", {"steps": 5}], ["apgd_t", {"steps": 5}], ["cw", {"steps": 10, "binary_search_steps": 1}],
+                              ["deepfool", {"steps": 5}], ["square", {"queries": 50}]]},
+    "apgd": {"steps": 10},
+    "apgd_t": {"steps": 5},
+    "cw": {"steps": 20, "binary_search_steps": 2},
+    "square": {"queries": 50},
+    "deepfool": {"steps": 10},
+    "uap": {"max_epochs": 1},
+    "uap_sgd": {"epochs": 2},
+}
+GENERIC_BUDGET = {"steps": 10, "queries": 50, "epochs": 2, "max_epochs": 1, "binary_search_steps": 2}
+
+
+def _accepts(name: str) -> set[str]:
+    return set(inspect.signature(medsec.attacks.get(name)).parameters)
+
+
+def make_attack(name: str, **overrides: Any) -> medsec.attacks.Attack:
+    params = LIGHT.get(name, GENERIC_BUDGET) | overrides
+    accepted = _accepts(name)
+    return medsec.attacks.create(name, **{k: v for k, v in params.items() if k in accepted})
+
+
+# every attack x norm, with the "auto" objective and, where the attack takes a loss,
+# the margin objective too
+HEAD_CASES = [
+    pytest.param(name, norm, loss, id=f"{name}-{norm}-{loss}")
     for name in medsec.attacks.list()
     for norm in medsec.attacks.get(name).norms
+    for loss in (("auto", "margin") if "loss" in _accepts(name) else ("default",))
 ]
 
 
@@ -289,15 +320,14 @@ def _head_model(task: str) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("task", ["binary", "multilabel"])
-@pytest.mark.parametrize("loss", ["auto", "margin"])
-@pytest.mark.parametrize("name, norm", ATTACK_NORMS)
-def test_every_attack_on_binary_and_multilabel_heads(name: str, norm: str, task: str, loss: str) -> None:
+@pytest.mark.parametrize("name, norm, loss", HEAD_CASES)
+def test_every_attack_on_binary_and_multilabel_heads(name: str, norm: str, loss: str, task: str) -> None:
     model = _head_model(task)
     g = gen(11)
     x = torch.rand(6, 3, SIZE, SIZE, generator=g)
     y = torch.randint(0, 2, (6,) if task == "binary" else (6, 3), generator=g)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    attack = medsec.attacks.create(name, loss=loss)
+    attack = make_attack(name) if loss == "default" else make_attack(name, loss=loss)
     res = attack(model, x, y, threat=threat(norm), generator=gen(0))
 
     assert res.x_adv.shape == x.shape and res.x_adv.dtype == x.dtype

@@ -407,7 +407,8 @@ def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def test_uap_sgd_transfers_to_held_out_bloodmnist(blood) -> None:
     """Fitted on 1000 training images (2 epochs, 16 signed steps), one 8/255 perturbation
-    drops test accuracy from 95.4% to 48.4% (measured, seed 0); asserted: >= 30 points."""
+    drops the accuracy on 500 test images from 95.4% to 42.2% (measured; seeds 1 and 2:
+    45.8%, 61.2%); asserted: a drop of >= 25 points."""
     model, xf, yf, xt, yt = blood
     t0 = time.perf_counter()
     attack = medsec.attacks.create("uap_sgd", epochs=2)
@@ -416,14 +417,15 @@ def test_uap_sgd_transfers_to_held_out_bloodmnist(blood) -> None:
     clean = float((_predict(model, xt) == yt).float().mean())
     robust = float((_predict(model, attack.apply(xt, delta)) == yt).float().mean())
     assert clean > 0.9
-    assert robust <= clean - 0.30, f"clean {clean:.3f}, robust {robust:.3f} ({runtime:.1f}s)"
+    assert robust <= clean - 0.25, f"clean {clean:.3f}, robust {robust:.3f} ({runtime:.1f}s)"
     assert attack.fooling_rate_ >= 0.4
     assert float(delta.abs().max()) <= 8 / 255 + 1e-6
 
 
 def test_uap_sgd_targeted_pushes_held_out_images_to_one_class(blood) -> None:
-    """Targeted UAP-SGD towards class 0 (6% of clean test predictions), fitted on 500
-    images: measured 40% of the held-out images predicted as class 0; asserted >= 20%."""
+    """Targeted UAP-SGD towards class 0 (6.4% of the clean test predictions), fitted on
+    500 images (2 epochs): measured 29.4% of the held-out images predicted as class 0
+    (seeds 1, 2: 28.8%, 29.2%); asserted >= 18%."""
     model, xf, yf, xt, _ = blood
     attack = medsec.attacks.create("uap_sgd", epochs=2)
     threat = medsec.ThreatModel("linf", 8 / 255, targeted=True)
@@ -431,20 +433,21 @@ def test_uap_sgd_targeted_pushes_held_out_images_to_one_class(blood) -> None:
     before = float((_predict(model, xt) == 0).float().mean())
     after = float((_predict(model, attack.apply(xt, delta)) == 0).float().mean())
     assert before < 0.1
-    assert after >= 0.20, f"class 0 share {before:.3f} -> {after:.3f}"
-    assert attack.fooling_rate_ >= 0.2  # targeted: success = predicted as the target
+    assert after >= 0.18, f"class 0 share {before:.3f} -> {after:.3f}"
+    assert attack.fooling_rate_ >= 0.18  # targeted: success = predicted as the target
 
 
 def test_uap_transfers_to_held_out_bloodmnist(blood) -> None:
-    """DeepFool-UAP is far costlier per image: fitted on 300 training images (one pass,
-    mini-batches of 32, the 3 most likely classes), it drops test accuracy from 95.4% to
-    85.0% (measured, seed 0); asserted: >= 5 points."""
+    """DeepFool-UAP costs far more per image: fitted on 300 training images (one pass,
+    mini-batches of 32, the 3 most likely classes), it drops the accuracy on 500 test
+    images from 95.4% to 74.8% (measured; seeds 1, 2: 80.0%, 73.6%); asserted: a drop of
+    >= 8 points."""
     model, xf, yf, xt, yt = blood
     attack = medsec.attacks.create("uap", num_classes=3, max_epochs=1)
     delta = attack.fit(model, xf[:300], yf[:300], medsec.ThreatModel("linf", 8 / 255), generator=gen(0))
     clean = float((_predict(model, xt) == yt).float().mean())
     robust = float((_predict(model, attack.apply(xt, delta)) == yt).float().mean())
-    assert robust <= clean - 0.05, f"clean {clean:.3f}, robust {robust:.3f}"
+    assert robust <= clean - 0.08, f"clean {clean:.3f}, robust {robust:.3f}"
     assert float(delta.abs().max()) == pytest.approx(8 / 255)
 
 
@@ -460,10 +463,12 @@ def test_uap_matches_art_universal_perturbation(blood) -> None:
     The images are mapped into [0.1, 0.9] (labels: the model's predictions there, i.e.
     the paper's fooling rate), so that x + v + dv stays inside [0, 1]: ART updates
     v <- P(clip(x_i + v + dv) - x_i), which differs from the paper's P(v + dv) at pixels
-    where x_i + v + dv leaves the bounds; on raw BloodMNIST (10% of pixels within 8/255
-    of 1) ART's perturbation is weaker. What remains are DeepFool details (ART: no
-    1e-4 in the step, overshoot once at the end, clipping per iteration).
-    Measured on 48 fit / 500 test images: fooling rates within 0.2 points.
+    where x_i + v + dv leaves the bounds (10% of raw BloodMNIST pixels lie within 8/255
+    of 1). What remains are DeepFool details (ART: no 1e-4 in the step, overshoot once
+    at the end, clipping per iteration). Measured on 48 fit / 500 test images, test
+    fooling rates ART vs medsec: 41.4 vs 41.2% (seed 0), 41.2 vs 41.2%, 42.8 vs 42.4%.
+    On raw images (100 fit images) the trajectories drift apart: 24.4 vs 21.8% and
+    14.8 vs 16.4%, so the 2-point tolerance is asserted on the matched setting only.
     """
     pytest.importorskip("art")
     from art.attacks.evasion import UniversalPerturbation

@@ -56,8 +56,13 @@ def model_task(model: nn.Module, x: torch.Tensor) -> tuple[str, int, InputSpec]:
     task = getattr(model, "task", None)
     num_classes = getattr(model, "num_classes", None)
     if task is None or num_classes is None:
-        with torch.no_grad():
-            out = model(x[:1])
+        try:
+            with torch.no_grad():
+                out = model(x[:1])
+        except RuntimeError as exc:
+            raise InputError(
+                f"the model could not run on x of shape {tuple(x.shape)} (wrong channel count or size?): {exc}"
+            ) from exc
         task = "multiclass"
         num_classes = int(out.shape[1])
     return str(task), int(num_classes), spec

@@ -49,8 +49,7 @@ from medsec.registries import ATTACKS
 _BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
 SCHEDULES = ("warmup_cosine", "constant")
-TOL = float(__import__("os").environ.get("CWT", "1e-4"))
-PATIENCE = int(__import__("os").environ.get("CWP", "2"))
+ABORT_TOL = 1e-3  # relative loss decrease per steps // 10 iterations to keep going
 
 
 @ATTACKS.register("cw")
@@ -111,7 +110,6 @@ class CarliniWagnerL2(Attack):
             found = torch.zeros(n, dtype=torch.bool, device=dev)
             prev = torch.full((n,), math.inf, dtype=dtype, device=dev)
             window = torch.full((n,), math.inf, dtype=dtype, device=dev)
-            waits = torch.zeros(n, dtype=torch.long, device=dev)
             active = torch.arange(n, device=dev)
             for it in range(self.steps):
                 full = active.numel() == n
@@ -142,18 +140,14 @@ class CarliniWagnerL2(Attack):
                 if self.abort_early:
                     window[active] = torch.minimum(window[active], loss)
                     if it % check_every == 0:
-                        # the lowest loss of this window vs the lowest before it, with a
-                        # patience of PATIENCE windows: robust to the transient rise of the
-                        # loss when Adam's momentum carries a sample across the boundary
-                        better = (window[active] < prev[active] - TOL * prev[active].abs()) | prev[active].isinf()
+                        # stop a sample when the lowest loss of this window is not 0.1%
+                        # below the lowest before it (the minimum, not the last value,
+                        # so the loss rising while Adam's momentum carries a sample
+                        # across the boundary does not stop it)
+                        last = prev[active]
+                        stalled = last.isfinite() & (window[active] > last - ABORT_TOL * last.abs())
                         prev[active] = torch.minimum(prev[active], window[active])
                         window[active] = math.inf
-                        waits[active] = torch.where(better, 0, waits[active] + 1)
-                        stalled = waits[active] >= PATIENCE
-                        if PATIENCE == 0:
-                            tot = loss.sum()
-                            stalled = torch.full_like(stalled, bool(tot > self._prevtot)) if it > 0 else torch.zeros_like(stalled)
-                            self._prevtot = tot
                         if stalled.any():
                             active = active[~stalled]
                             if active.numel() == 0:

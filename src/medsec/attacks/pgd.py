@@ -39,6 +39,7 @@ class PGD(Attack):
 
     name = "pgd"
     iterative = True
+    stochastic = True  # with the default random start; instances say exactly
 
     def __init__(
         self,
@@ -60,13 +61,14 @@ class PGD(Attack):
         self.step_size = None if step_size is None else float(step_size)
         self.random_start = bool(random_start)
         self.restarts = int(restarts)
+        self.stochastic = self.random_start or self.restarts > 1
 
-    @property
-    def stochastic(self) -> bool:  # type: ignore[override]
-        return self.random_start or self.restarts > 1
 
     def _run(self, problem: Problem, x: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, int]:
         n = x.shape[0]
+        if self.restarts == 1:  # nothing to select: skip the bookkeeping forward pass
+            everyone = torch.arange(n, device=x.device)
+            return self._one_run(problem, x, everyone, random=self.random_start, generator=generator)
         best = x.clone()
         best_loss = torch.full((n,), float("-inf"), device=x.device)
         best_success = torch.zeros(n, dtype=torch.bool, device=x.device)
@@ -103,9 +105,11 @@ class PGD(Attack):
         x_adv = problem.clamp(x0 + random_init(x0, norm, eps, generator)) if random else x0.clone()
         active = torch.arange(x0.shape[0], device=x0.device)  # positions in x0 still updated
         steps = 0
+        n = x0.shape[0]
         for _ in range(self.steps):
-            xa = x_adv[active]
-            _, grad, logits = problem.loss_and_grad(xa, idx[active])
+            full = active.numel() == n
+            xa = x_adv if full else x_adv[active]
+            _, grad, logits = problem.loss_and_grad(xa, None if full and idx.numel() == problem.labels.shape[0] else idx[active])
             if self.early_stop:
                 keep = ~problem.success(logits, idx[active])
                 if not keep.all():
@@ -114,8 +118,9 @@ class PGD(Attack):
                         break
             steps += 1
             x_new = xa + alpha * steepest_step(grad, norm)
-            x_new = problem.clamp(x0[active] + project(x_new - x0[active], norm, eps))
-            if active.numel() == x0.shape[0]:
+            base = x0 if active.numel() == n else x0[active]
+            x_new = problem.clamp(base + project(x_new - base, norm, eps))
+            if active.numel() == n:
                 x_adv = x_new
             else:
                 x_adv = x_adv.index_copy(0, active, x_new)

@@ -19,7 +19,11 @@ time; DeepFool runs on the whole mini-batch of not-yet-fooled points at x + v wi
 fixed, then the per-sample updates v <- P(v + dv_i) are applied one after another in
 the pass order. Each dv_i is thus computed at the v of the start of its mini-batch, not
 at the v left by the previous point. ``batch_size=1`` is the exact sequential algorithm
-of the paper.
+of the paper. The trade-off, measured on BloodMNIST (small CNN, L-inf 8/255, 300 fit
+images, ``num_classes=3``, CPU): one pass with ``batch_size=1`` fools 24% of the fit set
+(test accuracy 95.4% -> 76.8%) in 16 s; with ``batch_size=32`` one pass fools 15%
+(-> 85.0%) in 6 s and three passes 29% (-> 71.2%) in 17 s: per pass the batched
+variant is weaker, per second of compute it is on par (and much faster on a GPU).
 
 "Fooled" is the objective's success test against the labels given: pass the clean
 predictions as ``y`` for the paper's fooling rate (prediction changed); with the true
@@ -116,7 +120,8 @@ class UniversalAttack(Attack):
 
     def params(self) -> dict[str, Any]:
         """The constructor parameters (fitted state excluded)."""
-        return {k: v for k, v in super().params().items() if not k.startswith("_")}
+        simple = (int, float, str, bool, type(None))
+        return {k: (v if isinstance(v, simple) else repr(v)) for k, v in vars(self).items() if not k.startswith("_")}
 
     # ------------------------------------------------------------------ API
     @staticmethod
@@ -307,9 +312,9 @@ class UAP(UniversalAttack):
             f = self._boundaries(logits, labels, None, task)  # -(2y-1) z: larger = closer to flipping
             k = min(self.num_classes, f.shape[1])
             return f.topk(k, dim=1).indices
-        k = min(self.num_classes, logits.shape[1]) - 1
-        if k < 1:
-            raise InputError("DeepFool needs a multiclass head with at least 2 classes")
+        if logits.shape[1] < 2:
+            raise InputError(f"DeepFool needs a multiclass head with at least 2 outputs, got {logits.shape[1]}")
+        k = max(1, min(self.num_classes, logits.shape[1]) - 1)  # num_classes counts the label's class
         other = logits.detach().clone()
         other.scatter_(1, labels.long()[:, None], float("-inf"))
         return other.topk(k, dim=1).indices

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from medsec.attacks import apgd, autoattack, cw, deepfool, fgsm, mifgsm, pgd, square, uap  # noqa: F401  (registration)
+from medsec.attacks import apgd, autoattack, cw, deepfool, fgsm, mifgsm, pgd, square, uap, uap_sgd  # noqa: F401  (registration)
 from medsec.attacks.adaptive import adaptive, needs_adaptive
 from medsec.attacks.base import Attack, Problem, attack_mode
 from medsec.registries import ATTACKS

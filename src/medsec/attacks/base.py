@@ -279,4 +279,5 @@ class Attack:
 
     def params(self) -> dict[str, Any]:
         """The constructor parameters (for results.json)."""
-        return {k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)) for k, v in vars(self).items()}
+        return {k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v))
+                for k, v in vars(self).items() if not k.startswith("_")}

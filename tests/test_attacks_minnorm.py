@@ -31,6 +31,8 @@ from medsec.attacks import mifgsm as _mifgsm  # noqa: F401  (registration)
 
 UNBOUNDED = 100.0  # an L2 budget larger than any image difference in [0, 1]^(3x28x28)
 SWEEP_EPS = [0.1, 0.25, 0.5, 1.0]
+CW_POINTS = 12  # default C&W is ~650 gradient queries per point: keep the test fast
+DF_POINTS = 64
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -125,9 +127,10 @@ def test_mifgsm_momentum_matters_and_early_stop(blood) -> None:  # type: ignore[
 
 @pytest.fixture(scope="module")
 def cw_sweep(blood):  # type: ignore[no-untyped-def]
-    """Default C&W on 16 correctly classified points, one sweep over SWEEP_EPS + unbounded."""
+    """Default C&W on 12 correctly classified points (about 650 gradient queries each),
+    one sweep over SWEEP_EPS and an unbounded eps."""
     model, _, _, x, y = blood
-    x, y = x[:16], y[:16]
+    x, y = x[:CW_POINTS], y[:CW_POINTS]
     threats = [medsec.ThreatModel("l2", e) for e in [*SWEEP_EPS, UNBOUNDED]]
     return x, y, medsec.attacks.create("cw").sweep(model, x, y, threats)
 
@@ -135,6 +138,7 @@ def cw_sweep(blood):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def deepfool_unbounded(blood):  # type: ignore[no-untyped-def]
     model, _, _, x, y = blood
+    x, y = x[:DF_POINTS], y[:DF_POINTS]
     return medsec.attacks.create("deepfool")(model, x, y, threat=medsec.ThreatModel("l2", UNBOUNDED))
 
 
@@ -161,12 +165,15 @@ def test_cw_default_at_least_as_strong_as_torchattacks_default(blood, cw_sweep) 
 
 
 def test_cw_fixed_c_matches_torchattacks(blood) -> None:  # type: ignore[no-untyped-def]
-    """One binary-search step at c = 1 is torchattacks' CW (no binary search)."""
+    """One binary-search step with the reference (constant step size) Adam is
+    torchattacks' CW, which has no binary search."""
     model, _, _, x, y = blood
     x, y = x[:64], y[:64]
-    c, kappa, steps, lr = 1.0, 0.0, 30, 0.01
+    c, kappa, steps, lr = 1.0, 0.0, 50, 0.01
     ref = _torchattacks(model, torchattacks.CW(model, c=c, kappa=kappa, steps=steps, lr=lr), x, y)
-    cw = medsec.attacks.create("cw", binary_search_steps=1, initial_const=c, kappa=kappa, steps=steps, lr=lr)
+    cw = medsec.attacks.create(
+        "cw", binary_search_steps=1, initial_const=c, kappa=kappa, steps=steps, lr=lr, schedule="constant"
+    )
     res = cw(model, x, y, threat=medsec.ThreatModel("l2", 0.5))
     ta_robust = _robust(model, _project_l2(ref, x, 0.5), y)
     ours = 1 - res.success_rate
@@ -179,7 +186,7 @@ def test_cw_fixed_c_matches_torchattacks(blood) -> None:  # type: ignore[no-unty
 
 def test_deepfool_matches_torchattacks(blood, deepfool_unbounded) -> None:  # type: ignore[no-untyped-def]
     model, _, _, x, y = blood
-    n = 64
+    n = DF_POINTS
     x, y = x[:n], y[:n]
     ref = _torchattacks(model, torchattacks.DeepFool(model, steps=50, overshoot=0.02), x, y)
     ta_robust = _robust(model, _project_l2(ref, x, 0.5), y)
@@ -242,11 +249,25 @@ def test_minimum_norm_sweep_runs_once(blood, cw_sweep) -> None:  # type: ignore[
 # --------------------------------------------------------------------------- other heads
 
 
-def _head(task: str, num_classes: int) -> torch.nn.Module:
+def _head(task: str, num_classes: int, x: torch.Tensor) -> torch.nn.Module:
+    """An untrained width-8 small CNN whose output depends on the input: its BatchNorm
+    statistics are set from one forward pass over ``x`` and the head bias is shifted by
+    the median logit so that both labels occur (no gradient step: not training). With
+    its initial statistics the network maps every image to nearly the same logit."""
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = medsec.models.create("small_cnn", num_classes=num_classes, task=task, width=8)
-    return model.eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average: the statistics of x
+    model.train()
+    with torch.no_grad():
+        model(x)
+        model.eval()
+        z = model(x).reshape(x.shape[0], -1)
+        model.net.head.bias -= z.median(dim=0).values
+    return model
 
 
 @pytest.mark.parametrize(
@@ -262,10 +283,11 @@ def _head(task: str, num_classes: int) -> torch.nn.Module:
 @pytest.mark.parametrize("task, num_classes", [("binary", 2), ("multilabel", 5)])
 def test_binary_and_multilabel_heads(blood, name: str, norm: str, params: dict, task: str, num_classes: int) -> None:  # type: ignore[no-untyped-def]
     _, x_all, _, _, _ = blood
-    model = _head(task, num_classes)
+    model = _head(task, num_classes, x_all)
     x = x_all[:16]
     y = _pred(model, x)  # clean predictions: every point starts correct
-    eps = 8 / 255 if norm == "linf" else 1.0
+    assert 0 < y.float().mean() < 1
+    eps = 1 / 255 if norm == "linf" else 0.05  # about half of the points have a boundary that close
     res = medsec.attacks.create(name, **params)(model, x, y, threat=medsec.ThreatModel(norm, eps))
     assert res.x_adv.shape == x.shape and res.x_adv.min() >= 0 and res.x_adv.max() <= 1
     assert (res.norms[norm] <= eps + 1e-6).all()
@@ -274,15 +296,17 @@ def test_binary_and_multilabel_heads(blood, name: str, norm: str, params: dict, 
     assert torch.equal(res.success, changed), "success flags disagree with the predictions"
     assert res.success.any(), f"{name} fooled no point of a random {task} head"
     if name in ("cw", "deepfool"):
-        assert res.success.float().mean() >= 0.75
-        # minimum-norm: an unsuccessful point is returned unchanged
-        assert (res.norms["l2"][~res.success] < 1e-6).all() or eps < res.norms["l2"].max() + 1e-6
+        assert res.success.float().mean() >= 0.5
+        # minimum-norm: an unsuccessful point is unchanged (not fooled) or was projected
+        # onto the eps-sphere (fooled only with a larger perturbation)
+        failed = res.norms[norm][~res.success]
+        assert ((failed < 1e-6) | (failed > eps - 1e-4)).all(), failed
 
 
 @pytest.mark.parametrize("task, num_classes", [("binary", 2), ("multilabel", 5)])
 def test_targeted_cw_other_heads(blood, task: str, num_classes: int) -> None:  # type: ignore[no-untyped-def]
     _, x_all, _, _, _ = blood
-    model = _head(task, num_classes)
+    model = _head(task, num_classes, x_all)
     x = x_all[:16]
     y = _pred(model, x)
     target = 1 - y

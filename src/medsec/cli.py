@@ -59,7 +59,7 @@ def print_summary(results: dict[str, Any], out_dir: Path) -> None:
         table.add_column(col, justify="left" if col in ("attack", "norm") else "right")
     for ev in results.get("evaluations", []):
         t, m = ev["threat"], ev["metrics"]
-        eps = f"{t['eps']:g}" if t["norm"] == "patch" else f"{t['eps_255']:.3g}/255"
+        eps = f"{t['eps_255']:.3g}/255" if t["norm"] == "linf" else f"{t['eps']:g}"
         table.add_row(ev["label"] + (" (T)" if t["targeted"] else ""), t["norm"], eps, _pct(m.get("robust_accuracy")),
                       _pct(m.get("attack_success_rate")), f"{ev['runtime_s']:.1f}s")
     con.print(table)

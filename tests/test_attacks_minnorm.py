@@ -31,7 +31,7 @@ from medsec.attacks import mifgsm as _mifgsm  # noqa: F401  (registration)
 
 UNBOUNDED = 100.0  # an L2 budget larger than any image difference in [0, 1]^(3x28x28)
 SWEEP_EPS = [0.1, 0.25, 0.5, 1.0]
-CW_POINTS = 12  # default C&W is ~650 gradient queries per point: keep the test fast
+CW_POINTS = 12  # default C&W is ~550 gradient queries per point: keep the test fast
 DF_POINTS = 64
 
 
@@ -68,7 +68,9 @@ def _project_l2(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tenso
     return (x + delta * factor).clamp(0, 1)
 
 
-def _torchattacks(model: torch.nn.Module, attack: torchattacks.Attack, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _torchattacks(
+    model: torch.nn.Module, attack: torchattacks.Attack, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
     """Run a torchattacks attack with the parameters frozen (torchattacks' backward
     passes would otherwise leave gradients on the shared session model)."""
     with attack_mode(model):
@@ -87,7 +89,7 @@ def _robust(model: torch.nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> flo
 @pytest.mark.parametrize("targeted", [False, True], ids=["untargeted", "targeted"])
 def test_mifgsm_linf_matches_torchattacks(blood, targeted: bool) -> None:  # type: ignore[no-untyped-def]
     model, x_all, y_all, _, _ = blood
-    x, y = x_all[:64], y_all[:64]  # a power-of-two batch
+    x, y = x_all[:32], y_all[:32]  # a power-of-two batch
     target = (y + 1) % 8
     eps, steps = 4 / 255, 10
     ta = torchattacks.MIFGSM(model, eps=eps, alpha=eps / steps, steps=steps, decay=1.0)
@@ -101,14 +103,14 @@ def test_mifgsm_linf_matches_torchattacks(blood, targeted: bool) -> None:  # typ
     assert res.steps == steps
     pred = _pred(model, ref)
     assert torch.equal(res.success, (pred == target) if targeted else (pred != y))
-    assert 0 < res.success.sum() < 64, "4/255 should break some but not all points"
+    assert 0 < res.success.sum() < 32, "4/255 should break some but not all points"
 
 
 def test_mifgsm_momentum_matters_and_early_stop(blood) -> None:  # type: ignore[no-untyped-def]
     """decay=0 is a different attack (iterates differ), the L2 variant stays in its
     ball, and early stop keeps the broken points broken with fewer queries."""
     model, _, _, x, y = blood
-    x, y = x[:32], y[:32]
+    x, y = x[:16], y[:16]
     threat = medsec.ThreatModel("linf", 2 / 255)
     mi = medsec.attacks.create("mifgsm")(model, x, y, threat=threat)
     bim = medsec.attacks.create("mifgsm", decay=0.0)(model, x, y, threat=threat)
@@ -127,7 +129,7 @@ def test_mifgsm_momentum_matters_and_early_stop(blood) -> None:  # type: ignore[
 
 @pytest.fixture(scope="module")
 def cw_sweep(blood):  # type: ignore[no-untyped-def]
-    """Default C&W on 12 correctly classified points (about 650 gradient queries each),
+    """Default C&W on 12 correctly classified points (about 550 gradient queries each),
     one sweep over SWEEP_EPS and an unbounded eps."""
     model, _, _, x, y = blood
     x, y = x[:CW_POINTS], y[:CW_POINTS]
@@ -152,6 +154,9 @@ def test_cw_default_fools_everything_with_smaller_norm_than_deepfool(blood, cw_s
     df_norms = deepfool_unbounded.norms["l2"][: x.shape[0]]
     df_median = df_norms[deepfool_unbounded.success[: x.shape[0]]].median()
     assert cw_median < df_median, f"C&W median L2 {cw_median:.4f} >= DeepFool {df_median:.4f}"
+    # paired: C&W finds the smaller perturbation on most points
+    ratio = res.norms["l2"] / df_norms
+    assert ratio.median() < 0.97 and (ratio < 1).float().mean() >= 0.6, ratio
 
 
 def test_cw_default_at_least_as_strong_as_torchattacks_default(blood, cw_sweep) -> None:  # type: ignore[no-untyped-def]
@@ -161,19 +166,19 @@ def test_cw_default_at_least_as_strong_as_torchattacks_default(blood, cw_sweep) 
     ours = results[SWEEP_EPS.index(0.5)]
     ta_robust = _robust(model, _project_l2(ref, x, 0.5), y)
     assert ours.norms["l2"].max() <= 0.5 + 1e-6
-    assert 1 - ours.success_rate <= ta_robust, f"medsec C&W robust {1 - ours.success_rate:.3f} > torchattacks {ta_robust:.3f}"
+    assert 1 - ours.success_rate <= ta_robust, (
+        f"medsec C&W robust {1 - ours.success_rate:.3f} > torchattacks {ta_robust:.3f}"
+    )
 
 
 def test_cw_fixed_c_matches_torchattacks(blood) -> None:  # type: ignore[no-untyped-def]
-    """One binary-search step with the reference (constant step size) Adam is
-    torchattacks' CW, which has no binary search."""
+    """One binary-search step is torchattacks' CW, which has no binary search (the
+    default ``schedule="auto"`` then uses the reference constant-step Adam)."""
     model, _, _, x, y = blood
     x, y = x[:64], y[:64]
     c, kappa, steps, lr = 1.0, 0.0, 50, 0.01
     ref = _torchattacks(model, torchattacks.CW(model, c=c, kappa=kappa, steps=steps, lr=lr), x, y)
-    cw = medsec.attacks.create(
-        "cw", binary_search_steps=1, initial_const=c, kappa=kappa, steps=steps, lr=lr, schedule="constant"
-    )
+    cw = medsec.attacks.create("cw", binary_search_steps=1, initial_const=c, kappa=kappa, steps=steps, lr=lr)
     res = cw(model, x, y, threat=medsec.ThreatModel("l2", 0.5))
     ta_robust = _robust(model, _project_l2(ref, x, 0.5), y)
     ours = 1 - res.success_rate
@@ -192,7 +197,7 @@ def test_deepfool_matches_torchattacks(blood, deepfool_unbounded) -> None:  # ty
     ta_robust = _robust(model, _project_l2(ref, x, 0.5), y)
     ours = medsec.attacks.create("deepfool")(model, x, y, threat=medsec.ThreatModel("l2", 0.5))
     assert abs((1 - ours.success_rate) - ta_robust) <= 0.02 + 1e-9
-    # unconstrained: the same points fooled, median L2 of the successful points within 10%
+    # unconstrained: success rate as high, median L2 of the successful points within 10%
     ta_success = _pred(model, ref) != y
     full = deepfool_unbounded
     assert full.success[:n].float().mean() >= ta_success.float().mean() - 0.02
@@ -221,7 +226,7 @@ def test_deepfool_linf(blood) -> None:  # type: ignore[no-untyped-def]
 
 def test_minimum_norm_sweep_runs_once(blood, cw_sweep) -> None:  # type: ignore[no-untyped-def]
     model, _, _, x, y = blood
-    x, y = x[:32], y[:32]
+    x, y = x[:16], y[:16]
     threats = [medsec.ThreatModel("l2", e) for e in SWEEP_EPS]
     deepfool = medsec.attacks.create("deepfool")
     sweep = deepfool.sweep(model, x, y, threats)

@@ -11,27 +11,33 @@ weakest label's signed logit for multi-label heads): untargeted
 f = max(margin_y, -kappa), targeted f = max(-margin_t, -kappa). The constant c is
 found per sample by binary search (up x10 while no adversarial has been found, then
 bisection), and the smallest-L2 adversarial seen over all iterations is kept. A sample
-for which no adversarial was found is returned unchanged. As a minimum-norm attack it
+for which no adversarial was found is returned unchanged. ``result.extras["cw_const"]``
+holds per sample the smallest c that found an adversarial (NaN: none did). As a minimum-norm attack it
 runs once per sweep; the result of a call is projected onto the eps-ball.
 
 Success is the objective's success test (prediction differs from the label, or equals
 the target), and with ``kappa > 0`` the margin must also exceed ``kappa``.
 
 Two changes to the reference optimiser make 100 iterations per binary-search step
-enough (the paper used up to 10,000). (1) ``schedule="warmup_cosine"`` (default) warms
-Adam's step size up linearly over the first ``steps // 10`` iterations and anneals it
-with a cosine: Adam's first steps move every coordinate by about ``lr`` whatever the
-gradient, which on a 3x28x28 image is an L2 jump of ~0.2 that overshoots nearby
-boundaries and also fools the binary search into lowering c; the annealing lets the
-iterates settle on the boundary. ``schedule="constant"`` is the reference (and
-torchattacks') optimiser. (2) ``abort_early`` is per sample and only for samples that have not found an
-adversarial in the current binary-search step: such a sample leaves the batch (and costs
-no more gradients) for the rest of the step when the lowest loss of the last
-``steps // 10`` iterations is not 0.1% below the lowest before them (its c is too small).
-The reference code stops the whole batch when its summed loss stalls, which with one
-sample (or a large c) ends the step right after the iterate first crosses the boundary,
-while Adam's momentum makes the loss rise, instead of shrinking the perturbation. The
-per-sample test keeps a sample's result independent of the rest of the batch.
+enough (the paper used up to 10,000). (1) ``schedule="warmup_cosine"`` warms Adam's
+step size up linearly over the first ``steps // 10`` iterations and anneals it with a
+cosine: Adam's first steps move every coordinate by about ``lr`` whatever the gradient,
+which on a 3x28x28 image is an L2 jump of ~0.2 that overshoots nearby boundaries and
+also fools the binary search into lowering c; the annealing lets the iterates settle on
+the boundary. ``schedule="constant"`` is the reference (and torchattacks') optimiser; it
+is better for a single, fixed c (``binary_search_steps=1``), where a large c first
+throws the iterate far across the boundary and the constant step brings it back.
+``"auto"`` (default) uses ``warmup_cosine`` with a binary search, ``constant`` without.
+(2) ``abort_early`` is per sample: a sample leaves the batch (and costs no more
+gradients) for the rest of a binary-search step when, over a window of ``steps // 10``
+iterations, either it has no adversarial yet and its lowest loss fell by less than 1%
+(c is too small; the search will raise it), or it has one and its smallest adversarial
+L2 shrank by less than 0.1% in two windows in a row (the search will lower c); in the
+last binary-search step samples with an adversarial run all ``steps``. The reference
+code instead stops the whole batch when its summed loss stalls, which for one sample
+(or a large c) ends the step right after the iterate first crosses the boundary, while
+Adam's momentum makes the loss rise, instead of shrinking the perturbation; the
+per-sample rule also keeps a sample's result independent of the rest of the batch.
 
 Args:
     steps: Adam iterations per binary-search step (default 100).
@@ -40,7 +46,8 @@ Args:
     lr: Adam learning rate on w (default 0.01).
     kappa: confidence margin (default 0).
     abort_early: stop a binary-search step for samples whose loss stalls (default True).
-    schedule: Adam step-size schedule, ``"warmup_cosine"`` (default) or ``"constant"``.
+    schedule: Adam step-size schedule, ``"auto"`` (default), ``"warmup_cosine"`` or
+        ``"constant"``.
 
 Example:
     >>> import medsec
@@ -62,8 +69,13 @@ from medsec.registries import ATTACKS
 
 _BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
-SCHEDULES = ("warmup_cosine", "constant")
-ABORT_TOL = 1e-3  # relative loss decrease per steps // 10 iterations to keep going
+SCHEDULES = ("auto", "warmup_cosine", "constant")
+# abort_early: per window of steps // 10 iterations, the relative decrease that keeps a
+# sample going: of the loss while it has no adversarial, of its smallest adversarial L2
+# (within ABORT_PATIENCE windows) once it has one
+ABORT_TOL_FAILED = 1e-2
+ABORT_TOL_FOUND = 1e-3
+ABORT_PATIENCE = 2
 
 
 @ATTACKS.register("cw")
@@ -82,7 +94,7 @@ class CarliniWagnerL2(Attack):
         lr: float = 0.01,
         kappa: float = 0.0,
         abort_early: bool = True,
-        schedule: str = "warmup_cosine",
+        schedule: str = "auto",
     ) -> None:
         super().__init__()
         if int(steps) < 1:
@@ -111,27 +123,29 @@ class CarliniWagnerL2(Attack):
         mid, half = (hi + lo) / 2, (hi - lo) / 2
         # shrink by 1e-6 (as the reference code) so pixels on the bounds can still move
         w0 = torch.atanh(((x - mid) / half).clamp(-1.0, 1.0) * (1 - 1e-6))
-        const = torch.full((n,), self.initial_const, dtype=dtype, device=dev)
-        lower = torch.zeros(n, dtype=dtype, device=dev)
-        upper = torch.full((n,), math.inf, dtype=dtype, device=dev)
-        best_l2 = torch.full((n,), math.inf, dtype=dtype, device=dev)
-        best_adv = x.clone()
+
+        def full(value: float) -> torch.Tensor:
+            return torch.full((n,), value, dtype=dtype, device=dev)
+
+        const, lower, upper = full(self.initial_const), full(0.0), full(math.inf)
+        best_l2, best_adv = full(math.inf), x.clone()
         check_every = max(self.steps // 10, 1)
         steps_run = 0
         for bs in range(self.binary_search_steps):
+            last_search_step = bs == self.binary_search_steps - 1
             w = w0.clone()
             m, v = torch.zeros_like(w), torch.zeros_like(w)
-            found = torch.zeros(n, dtype=torch.bool, device=dev)
-            prev = torch.full((n,), math.inf, dtype=dtype, device=dev)
-            window = torch.full((n,), math.inf, dtype=dtype, device=dev)
+            found = torch.zeros(n, dtype=torch.bool, device=dev)  # an adversarial in this step
+            step_l2 = full(math.inf)  # smallest successful L2 of this step
+            loss_min, loss_window = full(math.inf), full(math.inf)  # for abort_early
+            l2_min, waits = full(math.inf), torch.zeros(n, dtype=torch.long, device=dev)
             active = torch.arange(n, device=dev)
-            step_best = torch.full((n,), math.inf, dtype=dtype, device=dev)
-            bl_prev = torch.full((n,), math.inf, dtype=dtype, device=dev)
-            waits = torch.zeros(n, dtype=torch.long, device=dev)
             for it in range(self.steps):
-                full = active.numel() == n
-                wa = w if full else w[active]
-                xa, l2, loss, grad, success = self._step(problem, wa, x if full else x[active], active, const[active], mid, half)
+                everyone = active.numel() == n
+                wa = w if everyone else w[active]
+                xa, l2, loss, grad, success = self._step(
+                    problem, wa, x if everyone else x[active], active, const[active], mid, half
+                )
                 steps_run += 1
                 # keep the smallest successful perturbation seen (at the pre-update iterate)
                 improve = success & (l2 < best_l2[active])
@@ -140,58 +154,59 @@ class CarliniWagnerL2(Attack):
                     best_l2[idx] = l2[improve]
                     best_adv[idx] = xa[improve]
                 found[active[success]] = True
-                step_best[active] = torch.where(success, torch.minimum(step_best[active], l2), step_best[active])
+                step_l2[active] = torch.where(success, torch.minimum(step_l2[active], l2), step_l2[active])
                 # Adam on w (torch.optim.Adam's update, per coordinate)
-                ma, va = (m, v) if full else (m[active], v[active])
+                ma, va = (m, v) if everyone else (m[active], v[active])
                 ma = ma.lerp(grad, 1 - _BETAS[0])
                 va = va * _BETAS[1] + (1 - _BETAS[1]) * grad * grad
                 t = it + 1
                 denom = (va.sqrt() / math.sqrt(1 - _BETAS[1] ** t)) + _ADAM_EPS
-                lr = self._lr(it)
-                wa = wa - (lr / (1 - _BETAS[0] ** t)) * ma / denom
-                if full:
+                wa = wa - (self._lr(it) / (1 - _BETAS[0] ** t)) * ma / denom
+                if everyone:
                     w, m, v = wa, ma, va
                 else:
                     w = w.index_copy(0, active, wa)
                     m = m.index_copy(0, active, ma)
                     v = v.index_copy(0, active, va)
-                if self.abort_early:
-                    window[active] = torch.minimum(window[active], loss)
-                    if it % check_every == 0:
-                        # a sample without an adversarial in this binary-search step stops
-                        # when the lowest loss of the window is not 0.1% below the lowest
-                        # before it (c is too small: the search will raise it); samples
-                        # that found one go on shrinking their perturbation
-                        last = prev[active]
-                        stalled = last.isfinite() & (window[active] > last - ABORT_TOL * last.abs())
-                        import os as _os
-                        tol2 = float(_os.environ.get("CWT2", "1e-3"))
-                        stalled = last.isfinite() & (window[active] > last - tol2 * last.abs())
-                        stalled &= ~found[active]
-                        if _os.environ.get("CWS"):
-                            bl = step_best[active]
-                            imp = bl < bl_prev[active] * (1 - 1e-3)
-                            waits[active] = torch.where(imp | ~found[active], 0, waits[active] + 1)
-                            bl_prev[active] = torch.minimum(bl_prev[active], bl)
-                            if not (_os.environ.get("CWL") and bs == self.binary_search_steps - 1):
-                                stalled |= found[active] & (waits[active] >= int(_os.environ["CWS"]))
-                        prev[active] = torch.minimum(prev[active], window[active])
-                        window[active] = math.inf
-                        if stalled.any():
-                            active = active[~stalled]
-                            if active.numel() == 0:
-                                break
+                if not self.abort_early:
+                    continue
+                loss_window[active] = torch.minimum(loss_window[active], loss)
+                if it % check_every or it == 0:
+                    if it == 0:
+                        loss_min[active] = loss
+                        loss_window[active] = math.inf
+                    continue
+                # no adversarial yet: stop when the lowest loss of the window is not 1%
+                # below the lowest before it (c is too small; the search raises it)
+                low, win = loss_min[active], loss_window[active]
+                stalled = ~found[active] & (win > low - ABORT_TOL_FAILED * low.abs())
+                loss_min[active] = torch.minimum(low, win)
+                loss_window[active] = math.inf
+                # adversarial found: stop when its smallest L2 has not shrunk by 0.1% in
+                # ABORT_PATIENCE windows, unless this is the last binary-search step
+                l2_now, l2_low = step_l2[active], l2_min[active]
+                shrunk = l2_now < l2_low * (1 - ABORT_TOL_FOUND)
+                waits[active] = torch.where(shrunk | ~found[active], 0, waits[active] + 1)
+                l2_min[active] = torch.minimum(l2_low, l2_now)
+                if not last_search_step:
+                    stalled |= found[active] & (waits[active] >= ABORT_PATIENCE)
+                if stalled.any():
+                    active = active[~stalled]
+                    if active.numel() == 0:
+                        break
             # binary search on c: down after a success, up (x10 until bracketed) otherwise
             upper = torch.where(found, torch.minimum(upper, const), upper)
             lower = torch.where(found, lower, torch.maximum(lower, const))
-            bracketed = upper < 1e9
-            const = torch.where(bracketed, (lower + upper) / 2, const * 10)
+            const = torch.where(upper < 1e9, (lower + upper) / 2, const * 10)
         problem.extras["cw_const"] = upper.where(upper < 1e9, torch.full_like(upper, math.nan)).cpu()
         return best_adv, steps_run
 
     def _lr(self, it: int) -> float:
         """Adam's step size at iteration ``it`` of a binary-search step."""
-        if self.schedule == "constant":
+        schedule = self.schedule
+        if schedule == "auto":
+            schedule = "warmup_cosine" if self.binary_search_steps > 1 else "constant"
+        if schedule == "constant":
             return self.lr
         warmup = min(1.0, (it + 1) / max(self.steps // 10, 1))
         return self.lr * warmup * 0.5 * (1.0 + math.cos(math.pi * it / self.steps))

@@ -127,6 +127,7 @@ def train_classifier(
         result.history.append(record)
         if on_epoch is not None:
             on_epoch(record)
+    opt.zero_grad(set_to_none=True)  # leave no parameter gradients behind
     model.eval()
     result.runtime_s = time.perf_counter() - start
     return result

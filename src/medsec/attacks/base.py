@@ -221,19 +221,8 @@ class Attack:
         with attack_mode(model):
             task, num_classes, spec = model_task(model, x)
             check_images(x, spec)
-            y = check_labels(y, x.shape[0], task, num_classes)
             targeted = threats[0].targeted
-            if targeted:
-                if not self.supports_targeted:
-                    raise InputError(f"attack {self.name!r} has no targeted variant")
-                if target is None:
-                    raise InputError("a targeted threat model needs target=... (the target labels)")
-                target = check_labels(target, x.shape[0], task, num_classes, name="target")
-                labels = target.to(x.device)
-            else:
-                if target is not None:
-                    raise InputError("target was given but the threat model is untargeted; set targeted=True")
-                labels = y.to(x.device)
+            labels = self._labels(x, y, targeted, target, task, num_classes)
             objective = resolve(self.loss, task)
             x_in = x.detach()
             self._check_inputs(x_in, task, num_classes)
@@ -254,6 +243,23 @@ class Attack:
                         x_adv = problem.project(x_adv.detach(), x_in)
                     results.append(self._finish(problem, x_in, x_adv, steps))
         return results
+
+    def _labels(self, x: torch.Tensor, y: torch.Tensor, targeted: bool, target: torch.Tensor | int | None,
+                task: str, num_classes: int) -> torch.Tensor:
+        """Check the labels (and target) and return what the objective is judged on:
+        the true labels (untargeted) or the targets (targeted; an int means all-to-one)."""
+        y = check_labels(y, x.shape[0], task, num_classes)
+        if not targeted:
+            if target is not None:
+                raise InputError("target was given but the threat model is untargeted; set targeted=True")
+            return y.to(x.device)
+        if not self.supports_targeted:
+            raise InputError(f"attack {self.name!r} has no targeted variant")
+        if target is None:
+            raise InputError("a targeted threat model needs target=... (the target labels)")
+        if isinstance(target, int) and not isinstance(target, bool):
+            target = torch.full((x.shape[0],), target, dtype=torch.long)
+        return check_labels(target, x.shape[0], task, num_classes, name="target").to(x.device)
 
     def _check_inputs(self, x: torch.Tensor, task: str, num_classes: int) -> None:
         """Hook for attack-specific input checks (e.g. a minimum image size)."""

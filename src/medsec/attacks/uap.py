@@ -73,7 +73,7 @@ from medsec.errors import InputError
 from medsec.objectives import Objective, resolve
 from medsec.registries import ATTACKS
 from medsec.types import ThreatModel
-from medsec.validation import check_images, check_labels
+from medsec.validation import check_images
 
 _EVAL_CHUNK = 512  # images per forward pass when measuring the fooling rate
 
@@ -172,20 +172,7 @@ class UniversalAttack(Attack):
         with attack_mode(model):
             task, num_classes, spec = model_task(model, x)
             check_images(x, spec)
-            y = check_labels(y, x.shape[0], task, num_classes)
-            if threat.targeted:
-                if not self.supports_targeted:
-                    raise InputError(f"attack {self.name!r} has no targeted variant")
-                if target is None:
-                    raise InputError("a targeted threat model needs target=... (the target labels)")
-                if isinstance(target, int) and not isinstance(target, bool):
-                    target = torch.full((x.shape[0],), target, dtype=torch.long)
-                target = check_labels(target, x.shape[0], task, num_classes, name="target")
-                labels = target.to(x.device)
-            else:
-                if target is not None:
-                    raise InputError("target was given but the threat model is untargeted; set targeted=True")
-                labels = y.to(x.device)
+            labels = self._labels(x, y, threat.targeted, target, task, num_classes)
             objective = resolve(self.loss, task)
             x_in = x.detach()
             self._check_inputs(x_in, task, num_classes)

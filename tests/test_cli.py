@@ -33,7 +33,7 @@ def test_ls_lists_registries(capsys):
     assert main(["ls", "attacks"]) == 0
     out = capsys.readouterr().out
     assert "fgsm" in out and "pgd" in out and "linf" in out
-    for kind in ("models", "datasets", "metrics", "objectives"):
+    for kind in ("models", "datasets", "metrics", "objectives", "defenses", "triggers"):
         assert main(["ls", kind]) == 0
     assert "synthetic_he" in capsys.readouterr().out
 

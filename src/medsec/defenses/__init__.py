@@ -3,15 +3,16 @@
 Example:
     >>> import medsec
     >>> medsec.defenses.list()
-    ['bit_depth', 'random_noise']
+    ['bit_depth', 'gaussian_blur', 'jpeg', 'median_filter', 'random_noise']
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from medsec.defenses import bit_depth, random_noise  # noqa: F401  (registration)
+from medsec.defenses import bit_depth, gaussian_blur, jpeg, median_filter, random_noise  # noqa: F401  (registration)
 from medsec.defenses.base import Defended, InputDefense
+from medsec.defenses.smoothing import SmoothedClassifier, certified_accuracy_curve
 from medsec.registries import DEFENSES
 
 
@@ -24,4 +25,4 @@ def list() -> list[str]:  # noqa: A001
     return DEFENSES.list()
 
 
-__all__ = ["Defended", "InputDefense", "create", "list"]
+__all__ = ["Defended", "InputDefense", "SmoothedClassifier", "certified_accuracy_curve", "create", "list"]

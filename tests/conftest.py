@@ -46,3 +46,11 @@ def bloodmnist_model(bloodmnist_root: Path, bloodmnist_test):
     from medsec.training.recipes import bloodmnist_classifier
 
     return bloodmnist_classifier(bloodmnist_root, CACHE)
+
+
+@pytest.fixture(scope="session")
+def bloodmnist_badnets(bloodmnist_root: Path):
+    """(model, PoisonedDataset): a small CNN trained on a BadNets-poisoned BloodMNIST subset (cached)."""
+    from medsec.training.recipes import badnets_bloodmnist
+
+    return badnets_bloodmnist(bloodmnist_root, CACHE)

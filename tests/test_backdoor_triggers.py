@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-import medsec
 from medsec.backdoors import PoisonedDataset, backdoor_metrics, triggers
 from medsec.data import ImageDataset
 from medsec.errors import InputError, RegistryError
@@ -266,21 +265,15 @@ def test_backdoor_metrics_on_a_hand_made_case() -> None:
 
 
 @pytest.mark.slow
-def test_badnets_backdoor_on_real_bloodmnist(bloodmnist_root) -> None:  # type: ignore[no-untyped-def]
-    """A 3x3 checkerboard on 5% of 4,000 real BloodMNIST training images, target class 0:
-    the trained CNN keeps a useful clean accuracy and follows the trigger on test images
-    of the other classes (measured: CA ~0.85, ASR ~1.0 on 2 CPU cores in ~1 min)."""
-    from medsec.training import predict, train_classifier
+def test_badnets_backdoor_on_real_bloodmnist(bloodmnist_badnets, bloodmnist_test) -> None:  # type: ignore[no-untyped-def]
+    """A 3x3 checkerboard on 5% of 4,000 real BloodMNIST training images, target class 0
+    (``medsec.training.recipes.BADNETS_BLOODMNIST_RECIPE``): the trained CNN keeps a useful
+    clean accuracy and follows the trigger on test images of the other classes."""
+    from medsec.training import predict
 
-    train = medsec.data.create("medmnist", flag="bloodmnist", split="train", root=str(bloodmnist_root))
-    test = medsec.data.create("medmnist", flag="bloodmnist", split="test", root=str(bloodmnist_root))
-    train = train.take(4000, torch.Generator().manual_seed(0))
-    poisoned = PoisonedDataset(train, triggers.create("badnets", size=3, position="bottom-right"), target=0,
-                               rate=0.05, seed=0)
+    model, poisoned = bloodmnist_badnets
     assert len(poisoned.poison_indices) == 200
-    model = medsec.models.create("small_cnn", num_classes=8, width=16, classes=train.classes)
-    train_classifier(model, poisoned.dataset, epochs=4, lr=0.005, batch_size=128, seed=0)
-    x, y = test.images[:1000], test.labels[:1000]
+    x, y = bloodmnist_test.images[:1000], bloodmnist_test.labels[:1000]
     pred_clean = predict(model, x)
     pred_trig = predict(model, poisoned.triggered(x))
     m = backdoor_metrics(pred_clean, pred_trig, y, poisoned.test_targets(y), num_classes=8)

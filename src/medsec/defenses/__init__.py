@@ -10,9 +10,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from medsec.defenses import bit_depth, gaussian_blur, jpeg, median_filter, random_noise  # noqa: F401  (registration)
+from medsec.defenses import (  # noqa: F401  (registration)
+    activation_clustering,
+    bit_depth,
+    gaussian_blur,
+    jpeg,
+    median_filter,
+    random_noise,
+    spectral,
+    strip,
+)
+from medsec.defenses.activation_clustering import ActivationClustering
 from medsec.defenses.base import Defended, InputDefense
+from medsec.defenses.detection import Detector, detection_metrics
 from medsec.defenses.smoothing import SmoothedClassifier, certified_accuracy_curve
+from medsec.defenses.spectral import SpectralSignatures
+from medsec.defenses.strip import STRIP
 from medsec.registries import DEFENSES
 
 
@@ -25,4 +38,14 @@ def list() -> list[str]:  # noqa: A001
     return DEFENSES.list()
 
 
-__all__ = ["Defended", "InputDefense", "SmoothedClassifier", "certified_accuracy_curve", "create", "list"]
+
+
+def create_detector(name: str, **params: Any) -> Detector:
+    """Build a registered backdoor detector (``strip``, ``spectral``, ``activation_clustering``)."""
+    from medsec.registries import DETECTORS
+
+    return DETECTORS.create(name, **params)
+
+
+__all__ = ["ActivationClustering", "Defended", "Detector", "InputDefense", "STRIP", "SmoothedClassifier",
+           "SpectralSignatures", "certified_accuracy_curve", "create", "create_detector", "detection_metrics", "list"]

@@ -54,3 +54,41 @@ def bloodmnist_classifier(root: str | Path, cache_dir: str | Path,
     acc = evaluate(model, test)
     save_checkpoint(model, path, extra={"recipe": r, "test_accuracy": acc})
     return model.eval()
+
+
+# A BadNets backdoor in a BloodMNIST classifier: 3x3 checkerboard bottom-right on 5% of a
+# 4,000-image training subset, all-to-one to class 0 (the detectors' test bed).
+BADNETS_BLOODMNIST_RECIPE: dict[str, Any] = {"model": "small_cnn", "width": 16, "epochs": 4, "lr": 0.005,
+                                             "batch_size": 128, "seed": 0, "train_subset": 4000,
+                                             "trigger": {"name": "badnets", "size": 3, "position": "bottom-right"},
+                                             "target": 0, "rate": 0.05}
+
+
+def badnets_bloodmnist(root: str | Path, cache_dir: str | Path,
+                       recipe: dict[str, Any] | None = None) -> tuple[Classifier, Any]:
+    """A BloodMNIST classifier trained on a BadNets-poisoned subset, and the
+    :class:`~medsec.backdoors.PoisonedDataset` it was trained on (rebuilt exactly from
+    the recipe's seed; the model is cached in ``cache_dir``)."""
+    import torch
+
+    import medsec.data
+    from medsec.backdoors import PoisonedDataset, triggers
+    from medsec.models import create, load_checkpoint, save_checkpoint
+    from medsec.training.classifier import train_classifier
+
+    r = dict(BADNETS_BLOODMNIST_RECIPE if recipe is None else recipe)
+    if not (Path(root) / "bloodmnist.npz").is_file():
+        raise DataError(f"BloodMNIST not found at {root} (expected bloodmnist.npz); set MEDSEC_DATA")
+    train = medsec.data.create("medmnist", flag="bloodmnist", split="train", root=str(root))
+    train = train.take(r["train_subset"], torch.Generator().manual_seed(r["seed"]))
+    trig = dict(r["trigger"])
+    poisoned = PoisonedDataset(train, triggers.create(trig.pop("name"), **trig), target=r["target"], rate=r["rate"],
+                               seed=r["seed"])
+    path = Path(cache_dir) / f"badnets-bloodmnist-{recipe_key(r)}.safetensors"
+    if path.is_file():
+        return load_checkpoint(path), poisoned
+    model = create(r["model"], num_classes=8, width=r["width"], classes=train.classes)
+    log.info("training the BadNets BloodMNIST recipe %s into %s", r, path)
+    train_classifier(model, poisoned.dataset, epochs=r["epochs"], lr=r["lr"], batch_size=r["batch_size"], seed=r["seed"])
+    save_checkpoint(model, path, extra={"recipe": {k: str(v) for k, v in r.items()}})
+    return model.eval(), poisoned

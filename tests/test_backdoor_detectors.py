@@ -125,3 +125,34 @@ def test_spectral_signatures_on_the_badnets_bloodmnist_model(bloodmnist_badnets)
     target = y == poisoned.target
     m = detection_metrics(scores[target], truth[target])
     assert m["auroc"] >= 0.65, m  # measured 0.71
+
+
+@pytest.mark.slow
+def test_fine_pruning_removes_the_badnets_backdoor(bloodmnist_badnets, bloodmnist_test, bloodmnist_root) -> None:  # type: ignore[no-untyped-def]
+    """Measured (1,000 test images): CA 0.870 -> 0.836, ASR 0.998 -> 0.12, 28% of the 64
+    penultimate channels pruned at a 4-point clean-accuracy budget, 3 fine-tuning epochs
+    on 500 clean validation images."""
+    import medsec
+    from medsec.backdoors import backdoor_metrics
+    from medsec.defenses import FinePruning
+    from medsec.training import predict
+
+    model, poisoned = bloodmnist_badnets
+    before_state = {k: v.clone() for k, v in model.state_dict().items()}
+    val = medsec.data.create("medmnist", flag="bloodmnist", split="val", root=str(bloodmnist_root))
+    clean = val.take(500, torch.Generator().manual_seed(0))
+    x, y = bloodmnist_test.images[:1000], bloodmnist_test.labels[:1000]
+
+    def metrics(m: torch.nn.Module) -> dict:
+        return backdoor_metrics(predict(m, x), predict(m, poisoned.triggered(x)), y, poisoned.test_targets(y), 8)
+
+    before = metrics(model)
+    fp = FinePruning(max_accuracy_drop=0.04, epochs=3)
+    after = metrics(fp.repair(model, clean))
+    assert 0 < fp.pruned_fraction_ < 0.95
+    assert fp.accuracy_pruned_ >= fp.accuracy_before_ - 0.04 - 1e-9
+    assert before["attack_success_rate"] - after["attack_success_rate"] >= 0.7, (before, after)
+    assert after["clean_accuracy"] >= before["clean_accuracy"] - 0.08, (before, after)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before_state.items()), "the input model is untouched"
+    with pytest.raises(InputError, match="max_accuracy_drop"):
+        FinePruning(max_accuracy_drop=1.5)

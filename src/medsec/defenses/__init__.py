@@ -23,6 +23,7 @@ from medsec.defenses import (  # noqa: F401  (registration)
 from medsec.defenses.activation_clustering import ActivationClustering
 from medsec.defenses.base import Defended, InputDefense
 from medsec.defenses.detection import Detector, detection_metrics
+from medsec.defenses.fine_pruning import FinePruning
 from medsec.defenses.smoothing import SmoothedClassifier, certified_accuracy_curve
 from medsec.defenses.spectral import SpectralSignatures
 from medsec.defenses.strip import STRIP
@@ -47,5 +48,5 @@ def create_detector(name: str, **params: Any) -> Detector:
     return DETECTORS.create(name, **params)
 
 
-__all__ = ["ActivationClustering", "Defended", "Detector", "InputDefense", "STRIP", "SmoothedClassifier",
+__all__ = ["ActivationClustering", "Defended", "Detector", "FinePruning", "InputDefense", "STRIP", "SmoothedClassifier",
            "SpectralSignatures", "certified_accuracy_curve", "create", "create_detector", "detection_metrics", "list"]

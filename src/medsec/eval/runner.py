@@ -542,6 +542,8 @@ def run_experiment(
     config_dump = cfg.model_dump(mode="json")
     results_path = out_dir / "results.json"
     prev = _load_previous(results_path, config_dump)
+    for a in cfg.attacks:  # refuse bad attack parameters (e.g. an unknown mask) before any output
+        ATTACKS.create(a.name, **a.params)
     atomic_write_text(out_dir / "config.resolved.yaml", dump_config(cfg))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % (2**32))

@@ -2,7 +2,7 @@
 
     medsec run CONFIG [--out DIR] [--set key=value ...]
     medsec demo [--out DIR] [--data synthetic|bloodmnist] [--data-root DIR]
-    medsec ls {attacks,models,datasets,metrics,objectives,defenses,triggers}
+    medsec ls {attacks,models,datasets,metrics,objectives,defenses,masks,triggers}
     medsec validate CONFIG [--set key=value ...]
     medsec report RESULTS.json
     medsec train CONFIG [--out DIR] [--set key=value ...]
@@ -105,13 +105,15 @@ def cmd_ls(args: argparse.Namespace) -> int:
     import medsec.backdoors
     import medsec.data
     import medsec.defenses
+    import medsec.masks
     import medsec.metrics
+    import medsec.metrics.naturalness
     import medsec.models
     import medsec.objectives  # noqa: F401
-    from medsec.registries import ATTACKS, DATASETS, DEFENSES, METRICS, MODELS, OBJECTIVES, TRIGGERS
+    from medsec.registries import ATTACKS, DATASETS, DEFENSES, MASKS, METRICS, MODELS, OBJECTIVES, TRIGGERS
 
     reg = {"attacks": ATTACKS, "models": MODELS, "datasets": DATASETS, "metrics": METRICS, "objectives": OBJECTIVES,
-           "defenses": DEFENSES, "triggers": TRIGGERS}[args.kind]
+           "defenses": DEFENSES, "masks": MASKS, "triggers": TRIGGERS}[args.kind]
     for name in reg.list():
         factory = reg.get(name)
         doc = (factory.__doc__ or "").strip().splitlines()
@@ -185,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_demo)
 
     sp = sub.add_parser("ls", help="list registered units")
-    sp.add_argument("kind", choices=["attacks", "models", "datasets", "metrics", "objectives", "defenses", "triggers"])
+    sp.add_argument("kind", choices=["attacks", "models", "datasets", "metrics", "objectives", "defenses", "masks",
+                                     "triggers"])
     sp.set_defaults(func=cmd_ls)
 
     sp = sub.add_parser("validate", help="check a config without running it")

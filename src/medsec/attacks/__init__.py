@@ -2,8 +2,8 @@
 
 Example:
     >>> import medsec
-    >>> medsec.attacks.list()[:2]
-    ['fgsm', 'pgd']
+    >>> {"fgsm", "pgd", "snap"} <= set(medsec.attacks.list())
+    True
     >>> pgd = medsec.attacks.create("pgd", steps=10)
 """
 
@@ -11,7 +11,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from medsec.attacks import apgd, autoattack, cw, deepfool, fgsm, mifgsm, pgd, square, uap, uap_sgd  # noqa: F401  (registration)
+from medsec.attacks import (  # noqa: F401  (registration)
+    adversarial_patch,
+    apgd,
+    autoattack,
+    cw,
+    deepfool,
+    fgsm,
+    mifgsm,
+    pgd,
+    snap,
+    snap_universal,
+    square,
+    uap,
+    uap_sgd,
+)
 from medsec.attacks.adaptive import adaptive, needs_adaptive
 from medsec.attacks.base import Attack, Problem, attack_mode
 from medsec.registries import ATTACKS

@@ -6,7 +6,7 @@ labels, class names) and is registered by name, so configs say
 :func:`data_root` (``$MEDSEC_DATA``, default ``../shared/data``).
 
 Registered: ``medmnist`` (MedMNIST v2 npz files; Yang et al., Scientific Data 2023),
-``image_folder`` (one sub-folder per class), ``synthetic_he`` (offline H&E-like
+``image_folder`` (one sub-folder per class), ``pcam`` (PatchCamelyon h5 or Kaggle HCD), ``synthetic_he`` (offline H&E-like
 patches after Ruifrok & Johnston 2001 colour deconvolution).
 
 Example:
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from medsec.data import image_folder, medmnist, synthetic_he  # noqa: F401  (registration)
+from medsec.data import image_folder, medmnist, pcam, synthetic_he  # noqa: F401  (registration)
 from medsec.data.base import ImageDataset
 from medsec.data.paths import data_root
 from medsec.registries import DATASETS

@@ -370,9 +370,11 @@ def run_job(prep: Prepared, job: Job, cfg: ExperimentConfig, out_dir: Path) -> l
     start = time.perf_counter()
     bs = cfg.eval.batch_size
     if getattr(attack, "universal", False):
-        deltas = _fit_universal(prep, attack, attacked_model, threats, gen, cfg, fit_info)
-        for k, delta in enumerate(deltas):
-            x_adv[k][idx_all] = (x[idx_all] + delta.cpu()).clamp(*prep.model.spec.bounds)
+        transforms = _fit_universal(prep, attack, attacked_model, first, threats, gen, cfg, fit_info)
+        for k, transform in enumerate(transforms):
+            for i in range(0, len(idx_all), bs):
+                idx = idx_all[i : i + bs]
+                x_adv[k][idx] = transform(x[idx].to(prep.device)).detach().cpu()
     else:
         with task(first.id, len(idx_all)) as bar:
             for i in range(0, len(idx_all), bs):
@@ -399,19 +401,32 @@ def run_job(prep: Prepared, job: Job, cfg: ExperimentConfig, out_dir: Path) -> l
     return records
 
 
-def _fit_universal(prep: Prepared, attack: Any, model: nn.Module, threats: list[ThreatModel], gen: torch.Generator,
-                   cfg: ExperimentConfig, info: dict[int, Any]) -> list[torch.Tensor]:
-    """Fit one universal perturbation per eps on (a seeded subset of) the training split."""
+def _fit_universal(prep: Prepared, attack: Any, model: nn.Module, cell: Cell, threats: list[ThreatModel],
+                   gen: torch.Generator, cfg: ExperimentConfig, info: dict[int, Any]) -> list[Any]:
+    """Fit one universal attack per eps on (a seeded subset of) the training split.
+
+    Returns one function x -> attacked x per eps: the attack's ``fitted_transform()``
+    when it has one (e.g. SNAP's replacement patch), else the additive clamp(x + delta).
+    A targeted cell fits towards the cell's target (all-to-one or "next").
+    """
     ds = prep.train_ds
     n = min(cfg.eval.universal_fit_size, len(ds))
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(cfg.seed))[:n].sort().values
     fx, fy = ds.images[idx].to(prep.device), ds.labels[idx].to(prep.device)
-    deltas = []
+    bounds = prep.model.spec.bounds
+    transforms = []
     for k, threat in enumerate(threats):
-        delta = attack.fit(model, fx, fy, threat, generator=gen)
+        target = _targets(cell, fy.cpu(), prep.model)
+        kwargs = {"target": target.to(prep.device)} if target is not None else {}
+        delta = attack.fit(model, fx, fy, threat, generator=gen, **kwargs)
         info[k] = {"fit_size": n, "fit_fooling_rate": getattr(attack, "fooling_rate_", None)}
-        deltas.append(delta.detach().reshape(1, *fx.shape[1:]))
-    return deltas
+        make = getattr(attack, "fitted_transform", None)
+        if callable(make):
+            transforms.append(make())
+        else:
+            d = delta.detach().reshape(1, *fx.shape[1:])
+            transforms.append(lambda xb, d=d: (xb + d.to(xb.device)).clamp(*bounds))
+    return transforms
 
 
 def _record(prep: Prepared, cell: Cell, attack: Any, model: nn.Module, pred_clean: torch.Tensor,
@@ -446,6 +461,10 @@ def _record(prep: Prepared, cell: Cell, attack: Any, model: nn.Module, pred_clea
     }
     if fit:
         metrics.update(fit)
+    if cell.threat.norm == "patch" and n_att:
+        from medsec.metrics.naturalness import naturalness
+
+        metrics.update(naturalness(xc, xa))
     record: dict[str, Any] = {
         "id": cell.id, "attack": cell.attack, "label": cell.label, "params": attack.params(),
         "threat": cell.threat.to_dict(), "target": cell.target, "defense": cell.defense, "adaptive": cell.adaptive,
@@ -523,6 +542,8 @@ def run_experiment(
     config_dump = cfg.model_dump(mode="json")
     results_path = out_dir / "results.json"
     prev = _load_previous(results_path, config_dump)
+    for a in cfg.attacks:  # refuse bad attack parameters (e.g. an unknown mask) before any output
+        ATTACKS.create(a.name, **a.params)
     atomic_write_text(out_dir / "config.resolved.yaml", dump_config(cfg))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % (2**32))

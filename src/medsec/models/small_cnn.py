@@ -22,8 +22,9 @@ from medsec.types import InputSpec
 class SmallCNNNet(nn.Module):
     """conv(32)x2 - pool - conv(64)x2 - pool - conv(128) - GAP - linear."""
 
-    def __init__(self, in_channels: int = 3, num_outputs: int = 10, width: int = 32) -> None:
+    def __init__(self, in_channels: int = 3, num_outputs: int = 10, width: int = 32, stem_pool: int = 1) -> None:
         super().__init__()
+        self.stem = nn.AvgPool2d(stem_pool) if stem_pool > 1 else nn.Identity()
 
         def block(cin: int, cout: int) -> list[nn.Module]:
             return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
@@ -37,7 +38,7 @@ class SmallCNNNet(nn.Module):
         self.head = nn.Linear(4 * w, num_outputs)
 
     def forward(self, x):  # type: ignore[no-untyped-def]
-        return self.head(self.features(x))
+        return self.head(self.features(self.stem(x)))
 
 
 @MODELS.register("small_cnn")
@@ -49,8 +50,17 @@ def small_cnn(
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
     classes: list[str] | None = None,
+    stem_pool: int = 1,
 ) -> Classifier:
-    """Build a :class:`SmallCNNNet` inside a :class:`Classifier` (mean/std default 0.5)."""
+    """Build a :class:`SmallCNNNet` inside a :class:`Classifier` (mean/std default 0.5).
+
+    ``stem_pool`` > 1 average-pools the input by that factor first (cheap training on
+    upsampled images, e.g. BloodMNIST at 64 px seen at 32 px inside the network).
+    """
+    if isinstance(stem_pool, bool) or int(stem_pool) != stem_pool or int(stem_pool) < 1:
+        from medsec.errors import ConfigError
+
+        raise ConfigError(f"stem_pool must be an integer >= 1, got {stem_pool!r}")
     outputs = 1 if task == "binary" else num_classes
     spec = InputSpec(
         channels=in_channels,
@@ -59,4 +69,6 @@ def small_cnn(
     )
     arch = {"name": "small_cnn", "params": {"num_classes": num_classes, "in_channels": in_channels, "width": width, "task": task,
                                               "mean": list(spec.mean or ()), "std": list(spec.std or ())}}
-    return Classifier(SmallCNNNet(in_channels, outputs, width), spec, num_classes, task, classes, arch)
+    if stem_pool > 1:  # only then, so earlier checkpoints' metadata is unchanged
+        arch["params"]["stem_pool"] = int(stem_pool)
+    return Classifier(SmallCNNNet(in_channels, outputs, width, int(stem_pool)), spec, num_classes, task, classes, arch)

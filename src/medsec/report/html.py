@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from medsec.report import figures, robustness
+from medsec.report import figures, patch_figures, robustness
 from medsec.report.formatting import (
     dig,
     eps_axis_value,
@@ -347,11 +347,34 @@ def _examples(results: Mapping[str, Any], evaluations: list[Mapping[str, Any]], 
         if arrays is None:
             parts.append(note(why or "no examples"))
             continue
+        if t.get("norm") == "patch":
+            parts.append(safe_figure(lambda a=arrays, ti=title: patch_figures.patch_grid(a, classes, ti),
+                                     f"examples {ev.get('id')}",
+                                     "Left: clean image (true label / clean prediction). Middle: the patch mask "
+                                     "outlined on the clean image. Right: attacked image (prediction red when changed)."))
+            continue
         parts.append(safe_figure(lambda a=arrays, ti=title: figures.example_grid(a, classes, ti),
                                  f"examples {ev.get('id')}",
                                  "Left: clean image (true label / clean prediction). Middle: adversarial image "
                                  "(prediction red when changed). Right: perturbation, amplified to full range."))
     return section("Examples at the largest eps", "".join(parts), "examples")
+
+
+def _patches(evaluations: list[Mapping[str, Any]]) -> str:
+    cells = [ev for ev in evaluations if (ev.get("threat") or {}).get("norm") == "patch"
+             and dig(ev, "metrics.coverage") is not None]
+    if not cells:
+        return ""
+    legend = ('<p class="muted">Patch attacks replace the pixels inside a mask. Coverage: measured fraction of '
+              "replaced pixels (the budget is the threat's eps). Colour W1: 1-D Wasserstein distance between the "
+              "patch pixels and the untouched (tissue) pixels of the same image, per channel summed, in CIE Lab "
+              "and optical density; ΔE: CIE76 distance of their mean Lab colours. Lower = closer to the tissue "
+              "colours. Means over attacked images.</p>")
+    body = html_table(patch_figures.naturalness_columns(), cells) + legend
+    body += "<h3>Patch-area histogram</h3>" + safe_figure(
+        lambda: patch_figures.area_histograms(cells), "patch-area histogram",
+        "Share of connected patch blobs per area bin (pixels), per patch cell.")
+    return section("Patch naturalness", body, "patches")
 
 
 def _config(results: Mapping[str, Any]) -> str:
@@ -380,7 +403,7 @@ def render_html(results: Mapping[str, Any], out_dir: Path) -> str:
     body = "".join([
         _header(results), _data_model(results), _clean(results), _checks(results),
         _summary(results, evaluations, infos), _worst_case(results, evaluations, infos),
-        _defenses(results, evaluations, infos), _stages(evaluations),
+        _defenses(results, evaluations, infos), _stages(evaluations), _patches(evaluations),
         _examples(results, evaluations, Path(out_dir)), _provenance(results), _config(results),
     ])
     return (

@@ -1,0 +1,116 @@
+"""Report figures and tables of patch attacks (SNAP, adversarial patch): the clean image,
+the patch mask outlined on it and the attacked image; and the patch-area histogram.
+
+The mask is recovered from each example as the pixels where the attacked image differs
+from the clean one (see :mod:`medsec.metrics.naturalness`), so any attack with
+``norm: patch`` gets these figures without storing masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from medsec.report.figures import (
+    CHANGED_COLOR,
+    KEPT_COLOR,
+    MAX_EXAMPLES,
+    _changed,
+    display_range,
+    label_text,
+    message_figure,
+    mpl_text,
+    new_figure,
+    png_bytes,
+    show_image,
+)
+from medsec.report.formatting import dig, fmt_float, fmt_pct
+from medsec.report.tables import Column
+
+OUTLINE_COLOR = "#ffeb3b"
+
+
+def patch_grid(examples: Mapping[str, np.ndarray], classes: Sequence[str] | None, title: str,
+               max_rows: int = MAX_EXAMPLES) -> bytes:
+    """One row per example: clean image, clean image with the mask outline, attacked image.
+
+    Args:
+        examples: arrays ``clean``, ``adv`` ((k, C, H, W)), ``label``, ``pred_clean``,
+            ``pred_adv`` (an opened examples ``.npz``).
+        classes: class names.
+        title: figure title.
+
+    Returns:
+        PNG bytes.
+    """
+    clean = np.asarray(examples["clean"], dtype=np.float32)
+    adv = np.asarray(examples["adv"], dtype=np.float32)
+    k = min(len(clean), len(adv), max_rows)
+    if k == 0:
+        return png_bytes(message_figure(f"{title}: no examples"))
+    label, pred_clean, pred_adv = (np.asarray(examples[key]) for key in ("label", "pred_clean", "pred_adv"))
+    vrange = display_range(clean[:k], adv[:k])
+    fig = new_figure(3 * 2.25, k * 2.15 + 0.5)
+    fig.suptitle(mpl_text(title, 80), fontsize=11)
+    axes = fig.subplots(k, 3, squeeze=False)
+    for i in range(k):
+        ax_c, ax_m, ax_a = axes[i]
+        mask = np.any(clean[i] != adv[i], axis=0) if clean[i].ndim == 3 else clean[i] != adv[i]
+        show_image(ax_c, clean[i], vrange)
+        ax_c.set_title(f"true: {label_text(label[i], classes)}\nclean: {label_text(pred_clean[i], classes)}",
+                       fontsize=8)
+        show_image(ax_m, clean[i], vrange)
+        if mask.any():
+            ax_m.contour(mask.astype(np.float32), levels=[0.5], colors=OUTLINE_COLOR, linewidths=0.9)
+        ax_m.set_title(f"mask outline\n({100 * mask.mean():.2f}% of pixels)", fontsize=8)
+        show_image(ax_a, adv[i], vrange)
+        changed = _changed(pred_adv[i], pred_clean[i])
+        ax_a.set_title(f"attacked:\n{label_text(pred_adv[i], classes)}", fontsize=8,
+                       color=CHANGED_COLOR if changed else KEPT_COLOR, fontweight="bold" if changed else "normal")
+    return png_bytes(fig)
+
+
+def area_histograms(evaluations: Sequence[Mapping[str, Any]]) -> bytes:
+    """Bar charts of the patch-area histograms (blob areas in pixels) of patch cells."""
+    cells = [ev for ev in evaluations if isinstance(dig(ev, "metrics.patch_area_histogram"), Mapping)]
+    if not cells:
+        return png_bytes(message_figure("no patch-area histograms"))
+    fig = new_figure(7.0, 3.2)
+    ax = fig.subplots()
+    width = 0.8 / len(cells)
+    edges: list[int] = []
+    for j, ev in enumerate(cells):
+        hist = dig(ev, "metrics.patch_area_histogram")
+        edges = list(hist.get("edges") or [])
+        counts = np.asarray(hist.get("counts") or [], dtype=float)
+        total = counts.sum()
+        share = counts / total if total else counts
+        ax.bar(np.arange(len(counts)) + j * width, 100 * share, width=width,
+               label=mpl_text(f"{ev.get('label')} @ {dig(ev, 'threat.eps'):g}", 40))
+    ax.set_xticks(np.arange(len(edges)) + 0.4 - width / 2, [f"≥{e}" for e in edges], fontsize=7)
+    ax.set_xlabel("blob area (pixels)")
+    ax.set_ylabel("share of blobs (%)")
+    ax.legend(fontsize=6, ncols=2, frameon=False)
+    ax.grid(True, axis="y", alpha=0.3)
+    return png_bytes(fig)
+
+
+def naturalness_columns() -> list[Column]:
+    """Columns of the patch naturalness table (one row per patch cell)."""
+    return [
+        Column("Attack", lambda ev: f"{ev.get('label')}" + (" (T)" if dig(ev, "threat.targeted") else "")),
+        Column("Budget", "threat.eps", fmt_float(".3g"), "right", "coverage budget (fraction of pixels)"),
+        Column("Coverage", "metrics.coverage", fmt_float(".4f"), "right", "measured mean fraction of replaced pixels"),
+        Column("Robust acc.", "metrics.robust_accuracy", fmt_pct, "right"),
+        Column("ASR", "metrics.attack_success_rate", fmt_pct, "right"),
+        Column("Colour W1 (Lab)", "metrics.colour_w1_lab", fmt_float(".2f"), "right",
+               "Wasserstein distance patch vs tissue pixels, summed over L, a, b; lower = more natural"),
+        Column("Colour W1 (OD)", "metrics.colour_w1_od", fmt_float(".3f"), "right",
+               "the same in optical density"),
+        Column("ΔE (Lab)", "metrics.delta_e_lab", fmt_float(".2f"), "right", "CIE76 distance of the mean colours"),
+        Column("SSIM", "metrics.ssim", fmt_float(".3f"), "right"),
+        Column("PSNR", "metrics.psnr", fmt_float(".1f", "dB"), "right"),
+        Column("Blobs", "metrics.blobs_mean", fmt_float(".1f"), "right", "mean connected blobs per image"),
+    ]

@@ -11,7 +11,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from medsec.attacks import apgd, autoattack, cw, deepfool, fgsm, mifgsm, pgd, square, uap, uap_sgd  # noqa: F401  (registration)
+from medsec.attacks import (  # noqa: F401  (registration)
+    apgd,
+    autoattack,
+    cw,
+    deepfool,
+    fgsm,
+    mifgsm,
+    pgd,
+    square,
+    uap,
+    uap_seg,
+    uap_sgd,
+)
 from medsec.attacks.adaptive import adaptive, needs_adaptive
 from medsec.attacks.base import Attack, Problem, attack_mode
 from medsec.registries import ATTACKS

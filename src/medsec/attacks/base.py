@@ -173,6 +173,7 @@ class Attack:
     stochastic: ClassVar[bool] = False
     iterative: ClassVar[bool] = False
     minimum_norm: ClassVar[bool] = False
+    segmentation: ClassVar[bool] = True  # False: needs class decision boundaries (DeepFool, C&W, ...)
     eot_samples: int = 1
 
     def __init__(self, loss: str | Objective = "auto", early_stop: bool = False) -> None:
@@ -224,6 +225,7 @@ class Attack:
         with attack_mode(model):
             task, num_classes, spec = model_task(model, x)
             check_images(x, spec)
+            self._check_task(task)
             targeted = threats[0].targeted
             labels = self._labels(x, y, targeted, target, task, num_classes)
             objective = resolve(self.loss, task)
@@ -266,6 +268,13 @@ class Attack:
             size = (x.shape[0], *x.shape[-2:]) if task == "segmentation" else (x.shape[0],)
             target = torch.full(size, target, dtype=torch.long)
         return check_labels(target, x.shape[0], task, num_classes, name="target", spatial=spatial).to(x.device)
+
+    def _check_task(self, task: str) -> None:
+        if task == "segmentation" and not self.segmentation:
+            raise InputError(
+                f"attack {self.name!r} works on class decision boundaries and has no segmentation variant; "
+                "for segmenters use fgsm, pgd, mifgsm, apgd, square (loss='dice_ce'), uap_sgd or uap_seg"
+            )
 
     def _check_inputs(self, x: torch.Tensor, task: str, num_classes: int) -> None:
         """Hook for attack-specific input checks (e.g. a minimum image size)."""

@@ -47,6 +47,7 @@ class UAPSeg(UAP):
 
     name = "uap_seg"
     supports_targeted = False
+    segmentation = True
 
     def __init__(
         self,

@@ -324,10 +324,10 @@ def segmentation_checks(evaluations: list[dict[str, Any]]) -> list[dict[str, Any
         evs = sorted(evs, key=lambda e: e["threat"]["eps"])
         for a, b in zip(evs, evs[1:]):
             if b["metrics"]["dice"] > a["metrics"]["dice"] + 0.01 and not b["threat"]["targeted"]:
-                checks.append({"check": "dice_rises_with_eps", "status": "warn", "cells": [a["id"], b["id"]],
+                checks.append({"code": "dice_rises_with_eps", "status": "warn", "cells": [a["id"], b["id"]],
                                "message": f"{label} ({mode}): Dice rises from {a['metrics']['dice']:.3f} to "
                                           f"{b['metrics']['dice']:.3f} as eps grows"})
     for ev in evaluations:
         if not np.isfinite(ev["metrics"]["dice"]):
-            checks.append({"check": "non_finite", "status": "fail", "cells": [ev["id"]], "message": "Dice is not finite"})
+            checks.append({"code": "non_finite", "status": "fail", "cells": [ev["id"]], "message": "Dice is not finite"})
     return checks

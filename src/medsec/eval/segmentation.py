@@ -200,8 +200,12 @@ def run_cell(prep: dict[str, Any], cell: Any, cfg: ExperimentConfig, seg_cfg: Se
     params = dict(cell.params)
     if "loss" not in params and cell.attack == "uap_seg":
         params["loss"] = {"name": "pixel_disagreement", "threshold": seg_cfg.fooling_threshold}
+    from medsec.eval.runner import _takes
+
     loss = params.get("loss")
-    if isinstance(loss, dict):  # {name, ...params} of an objective
+    if not _takes(ATTACKS.get(cell.attack), "loss"):
+        pass
+    elif isinstance(loss, dict):  # {name, ...params} of an objective
         from medsec.objectives import create as create_objective
 
         lp = dict(loss)
@@ -277,8 +281,12 @@ def run_segmentation(cfg: ExperimentConfig, out_dir: str | Path, report: bool = 
     config_dump = cfg.model_dump(mode="json")
     results_path = out_dir / "results.json"
     prev = _load_previous(results_path, config_dump)
-    for a in cfg.attacks:  # refuse unknown attacks / params before training
-        ATTACKS.get(a.name)
+    for a in cfg.attacks:  # refuse unknown and class-boundary attacks before training
+        if not getattr(ATTACKS.get(a.name), "segmentation", True):
+            raise ConfigError(
+                f"attack {a.name!r} works on class decision boundaries and has no segmentation variant; "
+                "for segmenters use fgsm, pgd, mifgsm, apgd, square (loss: dice_ce), uap_sgd or uap_seg"
+            )
     cells = plan_cells(cfg)
     atomic_write_text(out_dir / "config.resolved.yaml", dump_config(cfg))
     torch.manual_seed(cfg.seed)

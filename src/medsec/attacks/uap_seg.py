@@ -12,8 +12,10 @@ clamp(x + v) is added and v is projected; stop when the fit-set fooling rate rea
 boundary of a segmenter's fooling criterion: with the soft disagreement s(x) (objective
 ``pixel_disagreement``: the mean probability mass of flipped pixels against the
 reference masks ``y``, normally the clean predictions) and threshold tau, the boundary
-is f(x) = tau - s(x) = 0 and each DeepFool iteration adds
-r = (f + 1e-4) / ||grad s||^2 * grad s, until the hard disagreement exceeds tau.
+is f(x) = tau - s(x) = 0; because the hard fraction of changed pixels lags the soft one,
+each DeepFool iteration aims at tau + ``margin`` and adds
+r = max(tau + margin - s, margin / 2) / ||grad s||^2 * grad s, until the hard
+disagreement exceeds tau.
 
 Batching as in ``uap`` (DeepFool on a mini-batch at a fixed v, sequential updates).
 The paper reports that it could not find a universal perturbation; medsec reports the
@@ -23,6 +25,7 @@ Args:
     fooling_target, max_epochs, deepfool_steps, overshoot, batch_size, shuffle: see
         :class:`~medsec.attacks.uap.UAP`.
     loss: an objective with a ``threshold`` (default ``"pixel_disagreement"``, tau = 0.2).
+    margin: how far past tau the linearised step aims (default 0.1).
 
 Example:
     >>> uap = medsec.attacks.create("uap_seg", max_epochs=2)
@@ -58,11 +61,15 @@ class UAPSeg(UAP):
         batch_size: int = 32,
         shuffle: bool = True,
         loss: str | Objective = "pixel_disagreement",
+        margin: float = 0.1,
         early_stop: bool = False,
     ) -> None:
         super().__init__(fooling_target=fooling_target, max_epochs=max_epochs, deepfool_steps=deepfool_steps,
                          overshoot=overshoot, num_classes=2, batch_size=batch_size, shuffle=shuffle, loss=loss,
                          early_stop=early_stop)
+        if not float(margin) > 0:
+            raise InputError(f"margin must be > 0, got {margin}")
+        self.margin = float(margin)
 
     def _check_inputs(self, x: torch.Tensor, task: str, num_classes: int) -> None:
         if task != "segmentation":
@@ -82,7 +89,8 @@ class UAPSeg(UAP):
             active, s, grad = active[keep], s[keep], grad[keep]
             if active.numel() == 0:
                 break
-            f = (tau - s).clamp_min(0)
+            # aim the soft disagreement past tau (the hard fraction lags the soft one), always step
+            f = (tau + self.margin - s).clamp_min(self.margin / 2)
             g2 = grad.flatten(1).pow(2).sum(1).clamp_min(1e-24)
             coef = (f + 1e-4) / g2
             r_tot[active] += coef.reshape(-1, *([1] * (grad.dim() - 1))).to(grad.dtype) * grad

@@ -32,11 +32,13 @@ def monai_unet(
     strides: Sequence[int] = (2, 2, 2),
     num_res_units: int = 1,
     dropout: float = 0.0,
+    norm: str = "instance",
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     classes: list[str] | None = None,
 ) -> Segmenter:
-    """A MONAI 2-D UNet as a :class:`Segmenter` (mean/std default 0.5 per channel)."""
+    """A MONAI 2-D UNet as a :class:`Segmenter` (mean/std default 0.5 per channel; ``norm``
+    is MONAI's: ``"instance"`` (its default) or ``"batch"``)."""
     from monai.networks.nets import UNet
 
     channels, strides = [int(c) for c in channels], [int(s) for s in strides]
@@ -44,11 +46,11 @@ def monai_unet(
         raise ConfigError(f"monai_unet needs len(strides) == len(channels) - 1, got {len(strides)} and {len(channels)}")
     out = 1 if num_classes == 2 else int(num_classes)
     net = UNet(spatial_dims=2, in_channels=in_channels, out_channels=out, channels=channels, strides=strides,
-               num_res_units=num_res_units, dropout=dropout)
+               num_res_units=num_res_units, dropout=dropout, norm=norm)
     spec = InputSpec(channels=in_channels, mean=tuple(mean) if mean is not None else (0.5,) * in_channels,
                      std=tuple(std) if std is not None else (0.5,) * in_channels)
     arch = {"name": "monai_unet", "params": {"num_classes": num_classes, "in_channels": in_channels, "channels": channels,
-                                             "strides": strides, "num_res_units": num_res_units, "dropout": dropout,
+                                             "strides": strides, "num_res_units": num_res_units, "dropout": dropout, "norm": norm,
                                              "mean": list(spec.mean or ()), "std": list(spec.std or ())}}
     return Segmenter(net, spec, num_classes, classes=classes, arch=arch)
 

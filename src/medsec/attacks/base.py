@@ -174,6 +174,7 @@ class Attack:
     iterative: ClassVar[bool] = False
     minimum_norm: ClassVar[bool] = False
     segmentation: ClassVar[bool] = True  # False: needs class decision boundaries (DeepFool, C&W, ...)
+    classification: ClassVar[bool] = True  # False: segmenters only (uap_seg)
     eot_samples: int = 1
 
     def __init__(self, loss: str | Objective = "auto", early_stop: bool = False) -> None:
@@ -270,6 +271,8 @@ class Attack:
         return check_labels(target, x.shape[0], task, num_classes, name="target", spatial=spatial).to(x.device)
 
     def _check_task(self, task: str) -> None:
+        if task != "segmentation" and not self.classification:
+            raise InputError(f"attack {self.name!r} attacks segmenters only; this is a {task!r} model")
         if task == "segmentation" and not self.segmentation:
             raise InputError(
                 f"attack {self.name!r} works on class decision boundaries and has no segmentation variant; "

@@ -51,6 +51,7 @@ class UAPSeg(UAP):
     name = "uap_seg"
     supports_targeted = False
     segmentation = True
+    classification = False  # for classifiers use 'uap'
 
     def __init__(
         self,
@@ -70,10 +71,6 @@ class UAPSeg(UAP):
         if not float(margin) > 0:
             raise InputError(f"margin must be > 0, got {margin}")
         self.margin = float(margin)
-
-    def _check_inputs(self, x: torch.Tensor, task: str, num_classes: int) -> None:
-        if task != "segmentation":
-            raise InputError(f"uap_seg attacks segmenters; for a {task!r} model use 'uap'")
 
     def _deepfool(self, problem: Problem, x0: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tau = getattr(problem.objective, "threshold", None)

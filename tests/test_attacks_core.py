@@ -49,9 +49,11 @@ def make_attack(name: str, **overrides: Any) -> medsec.attacks.Attack:
 
 # every attack x norm, with the "auto" objective and, where the attack takes a loss,
 # the margin objective too
+# attacks for classifiers (segmentation-only ones such as uap_seg are tested in test_seg_*.py)
+CLASSIFIER_ATTACKS = [n for n in medsec.attacks.list() if getattr(medsec.attacks.get(n), "classification", True)]
 HEAD_CASES = [
     pytest.param(name, norm, loss, id=f"{name}-{norm}-{loss}")
-    for name in medsec.attacks.list()
+    for name in CLASSIFIER_ATTACKS
     for norm in medsec.attacks.get(name).norms
     for loss in (("auto", "margin") if "loss" in _accepts(name) else ("default",))
 ]
@@ -389,7 +391,7 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-@pytest.mark.parametrize("name", medsec.attacks.list())
+@pytest.mark.parametrize("name", CLASSIFIER_ATTACKS)
 def test_bad_input_raises_input_error(name: str, case: str) -> None:
     model, x, y = _setup()
     fx, fy, bad_threat, pattern = BAD_INPUTS[case]
@@ -402,7 +404,7 @@ def test_bad_input_raises_input_error(name: str, case: str) -> None:
     assert not model.training and all(p.requires_grad for p in model.parameters())
 
 
-@pytest.mark.parametrize("name", medsec.attacks.list())
+@pytest.mark.parametrize("name", CLASSIFIER_ATTACKS)
 def test_plain_module_wrong_channels_raises_input_error(name: str) -> None:
     """A plain nn.Module has no InputSpec, so the channel count is only discovered when
     the attack probes the model; that failure must still be an InputError, not a raw
@@ -428,7 +430,7 @@ def test_threat_model_validation() -> None:
     assert medsec.ThreatModel("linf", 8 / 255).eps_255 == pytest.approx(8.0)
 
 
-@pytest.mark.parametrize("name", medsec.attacks.list())
+@pytest.mark.parametrize("name", CLASSIFIER_ATTACKS)
 def test_unsupported_norm_raises(name: str) -> None:
     model, x, y = _setup()
     cls = medsec.attacks.get(name)
@@ -443,7 +445,7 @@ def test_unsupported_norm_raises(name: str) -> None:
             klass()(model, x, y, threat=threat(norm))
 
 
-@pytest.mark.parametrize("name", medsec.attacks.list())
+@pytest.mark.parametrize("name", CLASSIFIER_ATTACKS)
 def test_target_with_untargeted_threat_raises(name: str) -> None:
     model, x, y = _setup()
     norm = medsec.attacks.get(name).norms[0]

@@ -36,12 +36,21 @@ OTHER_EPS = 0.05  # any other norm, e.g. "patch" (a pixel fraction)
 CASES = [
     pytest.param(name, norm, id=f"{name}-{norm}")
     for name in medsec.attacks.list()
+    if getattr(medsec.attacks.get(name), "classification", True)
     for norm in medsec.attacks.get(name).norms
 ]
 TARGETED_CASES = [
     pytest.param(name, norm, id=f"{name}-{norm}")
     for name in medsec.attacks.list()
-    if medsec.attacks.get(name).supports_targeted
+    if medsec.attacks.get(name).supports_targeted and getattr(medsec.attacks.get(name), "classification", True)
+    for norm in medsec.attacks.get(name).norms
+]
+CLASSIFICATION_ATTACKS = [n for n in medsec.attacks.list() if getattr(medsec.attacks.get(n), "classification", True)]
+# segmentation is a task too: every attack that declares it runs on a small segmenter
+SEG_CASES = [
+    pytest.param(name, norm, id=f"{name}-{norm}")
+    for name in medsec.attacks.list()
+    if getattr(medsec.attacks.get(name), "segmentation", True)
     for norm in medsec.attacks.get(name).norms
 ]
 
@@ -172,6 +181,38 @@ def assert_within_budget(x: torch.Tensor, x_adv: torch.Tensor, norm: str, eps: f
         pytest.fail(f"no budget check for norm {norm!r}; add one to assert_within_budget")
 
 
+@pytest.mark.parametrize("name, norm", SEG_CASES)
+def test_call_contract_segmenter(name: str, norm: str) -> None:
+    """The call contract on a binary segmenter (mask labels, Dice+CE objective)."""
+    from medsec.models import Segmenter
+    from medsec.types import InputSpec
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 1, 3, padding=1))
+    model = Segmenter(net, InputSpec(channels=3, mean=(0.5,) * 3, std=(0.5,) * 3), 2)
+    x = make_batch(n=4)
+    y = torch.zeros(4, SIZE, SIZE, dtype=torch.long)
+    y[:, 4:12, 4:12] = 1
+    x_copy = x.clone()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    overrides = {"loss": "dice_ce"} if "loss" in inspect.signature(medsec.attacks.get(name)).parameters else {}
+    if name == "uap_seg":
+        overrides = {}
+    attack = make_attack(name, **overrides)
+    threat = medsec.ThreatModel(norm, eps_for(norm))
+    res = attack(model, x, y, threat=threat, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(x, x_copy) and res.x_adv.shape == x.shape and res.x_adv.dtype == x.dtype
+    assert model.training and all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert res.x_adv.min() >= 0.0 and res.x_adv.max() <= 1.0
+    assert_within_budget(x, res.x_adv, norm, eps_for(norm))
+    assert res.success.shape == (4,) and res.loss.shape == (4,)
+    again = attack(model, x, y, threat=threat, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(res.x_adv, again.x_adv)
+    assert torch.equal(attack(model, x, y, threat=medsec.ThreatModel(norm, 0.0)).x_adv, x)
+
+
 def test_registry_covers_every_declared_norm() -> None:
     names = medsec.attacks.list()
     assert "fgsm" in names and "pgd" in names
@@ -256,7 +297,7 @@ def test_call_contract_plain_module(name: str, norm: str) -> None:
     assert_within_budget(x, res.x_adv, norm, eps_for(norm))
 
 
-@pytest.mark.parametrize("name", medsec.attacks.list())
+@pytest.mark.parametrize("name", CLASSIFICATION_ATTACKS)
 def test_instance_capabilities_are_honest(name: str) -> None:
     """Capabilities read from an instance are plain values, and an attack that says it
     is not stochastic ignores the generator."""
@@ -352,7 +393,7 @@ def test_robust_accuracy_below_clean_for_gradient_attacks() -> None:
     y = predict(model, x)
     for name in medsec.attacks.list():
         cls = medsec.attacks.get(name)
-        if not cls.needs_gradients or "linf" not in cls.norms:
+        if not cls.needs_gradients or "linf" not in cls.norms or not getattr(cls, "classification", True):
             continue
         res = run(name, "linf", model, x, y, eps=32 / 255)
         robust_acc = (predict(model, res.x_adv) == y).float().mean().item()
@@ -385,7 +426,7 @@ def test_targeted_threat_without_target_raises(name: str, norm: str) -> None:
     assert model.training, "model mode changed by a call that raised"
 
 
-@pytest.mark.parametrize("name", medsec.attacks.list())
+@pytest.mark.parametrize("name", CLASSIFICATION_ATTACKS)
 def test_targeted_threat_rejected_without_targeted_variant(name: str) -> None:
     """The base class refuses a targeted threat for a class without a targeted variant
     (checked on a subclass of every registered attack with the capability switched off)."""

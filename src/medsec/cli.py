@@ -48,6 +48,9 @@ def print_summary(results: dict[str, Any], out_dir: Path) -> None:
     from rich.table import Table
 
     con = _console()
+    if results.get("task") == "segmentation":
+        _print_segmentation(con, results, out_dir)
+        return
     clean = results.get("clean", {})
     train = (results.get("model") or {}).get("train")
     if train:
@@ -62,6 +65,30 @@ def print_summary(results: dict[str, Any], out_dir: Path) -> None:
         eps = f"{t['eps_255']:.3g}/255" if t["norm"] == "linf" else f"{t['eps']:g}"
         table.add_row(ev["label"] + (" (T)" if t["targeted"] else ""), t["norm"], eps, _pct(m.get("robust_accuracy")),
                       _pct(m.get("attack_success_rate")), f"{ev['runtime_s']:.1f}s")
+    con.print(table)
+    for chk in results.get("checks", []):
+        con.print(f"[yellow]warning[/yellow] {chk['code']}: {chk['message']}", markup=True, highlight=False)
+    con.print(f"report: {out_dir / 'report.html'}")
+
+
+def _print_segmentation(con: Any, results: dict[str, Any], out_dir: Path) -> None:
+    from rich.table import Table
+
+    clean = results.get("clean", {})
+    train = (results.get("model") or {}).get("train")
+    if train:
+        con.print(f"trained {results['model']['name']}: test Dice {train['test']['dice']:.3f} in {train.get('runtime_s', 0):.0f}s")
+    con.print(f"clean Dice {clean.get('dice', float('nan')):.3f}, IoU {clean.get('iou', float('nan')):.3f} "
+              f"on {clean.get('n')} images")
+    table = Table(title=results.get("name"))
+    for col in ("attack", "mode", "eps", "Dice", "IoU", "Dice drop", "success", "time"):
+        table.add_column(col, justify="left" if col in ("attack", "mode") else "right")
+    for ev in results.get("evaluations", []):
+        t, m = ev["threat"], ev["metrics"]
+        eps = f"{t['eps']:g}" if ev.get("mode") == "paper" else f"{t['eps_255']:.3g}/255"
+        table.add_row(ev["label"] + (" (T)" if t["targeted"] else ""), ev.get("mode", "pixel"), eps, f"{m['dice']:.3f}",
+                      f"{m['iou']:.3f}", f"{m['dice_drop']:.3f}", _pct(m.get("attack_success_rate")),
+                      f"{ev['runtime_s']:.1f}s")
     con.print(table)
     for chk in results.get("checks", []):
         con.print(f"[yellow]warning[/yellow] {chk['code']}: {chk['message']}", markup=True, highlight=False)

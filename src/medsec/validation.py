@@ -46,14 +46,20 @@ def check_images(x: object, spec: InputSpec | None = None, name: str = "x") -> t
     return x
 
 
-def check_labels(y: object, batch: int, task: str, num_classes: int, name: str = "y") -> torch.Tensor:
+def check_labels(
+    y: object, batch: int, task: str, num_classes: int, name: str = "y", spatial: tuple[int, ...] | None = None
+) -> torch.Tensor:
     """Check labels against the head type.
 
     multiclass: int (B,) in [0, num_classes); binary: (B,) in {0, 1};
-    multilabel: (B, num_classes) in {0, 1}.
+    multilabel: (B, num_classes) in {0, 1}; segmentation: masks (B, H, W) or
+    (B, 1, H, W) of class indices in [0, num_classes) (binary masks: {0, 1}), with
+    (H, W) equal to ``spatial`` when it is given. Returns (B, H, W) int64 masks.
     """
     if not isinstance(y, torch.Tensor):
         raise InputError(f"{name} must be a torch.Tensor, got {type(y).__name__}")
+    if task == "segmentation":
+        return check_masks(y, batch, num_classes, name=name, spatial=spatial)
     if task == "multilabel":
         if y.shape != (batch, num_classes):
             raise InputError(f"multi-label {name} must have shape ({batch}, {num_classes}), got {tuple(y.shape)}")
@@ -73,5 +79,40 @@ def check_labels(y: object, batch: int, task: str, num_classes: int, name: str =
         raise InputError(
             f"{name} has labels in [{int(y.min())}, {int(y.max())}] but the model has {n} classes "
             f"(valid: 0..{n - 1})"
+        )
+    return y
+
+
+def check_masks(
+    y: torch.Tensor, batch: int, num_classes: int, name: str = "mask", spatial: tuple[int, ...] | None = None
+) -> torch.Tensor:
+    """Check segmentation masks: (B, H, W) or (B, 1, H, W), finite, integer-valued class
+    indices in [0, num_classes) (2 classes for a binary one-logit head). Returns (B, H, W) int64."""
+    if not isinstance(y, torch.Tensor):
+        raise InputError(f"{name} must be a torch.Tensor mask of shape (B, H, W), got {type(y).__name__}")
+    if y.dim() == 4 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.dim() != 3 or y.shape[0] != batch:
+        raise InputError(f"{name} must have shape ({batch}, H, W) or ({batch}, 1, H, W), got {tuple(y.shape)}")
+    if spatial is not None and tuple(y.shape[-2:]) != tuple(spatial[-2:]):
+        raise InputError(
+            f"{name} has spatial size {tuple(y.shape[-2:])} but the images have {tuple(spatial[-2:])}; "
+            "resize masks with nearest-neighbour interpolation to the image size"
+        )
+    if y.is_floating_point():
+        if not torch.isfinite(y).all():
+            raise InputError(f"{name} contains NaN/Inf values; masks hold class indices")
+        if not torch.equal(y, y.round()):
+            raise InputError(
+                f"{name} must hold integer class indices (0/1 for a binary mask), got fractional values; "
+                "threshold soft masks first, e.g. (mask > 0.5).long()"
+            )
+    y = y.long()
+    n = max(2, int(num_classes))
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n):
+        hint = " (a 0/255 mask? divide by 255)" if int(y.max()) == 255 else ""
+        raise InputError(
+            f"{name} has values in [{int(y.min())}, {int(y.max())}] but the segmenter has {n} classes "
+            f"(valid: 0..{n - 1}){hint}"
         )
     return y

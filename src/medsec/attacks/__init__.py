@@ -24,6 +24,7 @@ from medsec.attacks import (  # noqa: F401  (registration)
     snap_universal,
     square,
     uap,
+    uap_seg,
     uap_sgd,
 )
 from medsec.attacks.adaptive import adaptive, needs_adaptive

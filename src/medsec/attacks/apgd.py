@@ -347,6 +347,7 @@ class APGDT(APGD):
     """APGD-T: APGD with the targeted DLR loss over the top target classes."""
 
     name = "apgd_t"
+    segmentation = False  # targeted DLR needs class logits
 
     def __init__(
         self,

@@ -54,6 +54,7 @@ class AutoAttack(Attack):
     """
 
     name = "autoattack"
+    segmentation = False  # class-boundary attack: no segmentation variant
     supports_targeted = False
     iterative = True
     stochastic = True

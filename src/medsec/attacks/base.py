@@ -49,7 +49,8 @@ def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 def model_task(model: nn.Module, x: torch.Tensor) -> tuple[str, int, InputSpec]:
     """The head type, class count and input spec of a model (plain modules: multiclass,
-    classes inferred from one forward pass, bounds [0, 1])."""
+    classes inferred from one forward pass, bounds [0, 1]; a plain module whose output is
+    (B, C, H, W) at the input size is a segmenter, one channel = binary sigmoid)."""
     spec = getattr(model, "spec", None)
     if not isinstance(spec, InputSpec):
         spec = InputSpec(channels=x.shape[1])
@@ -63,8 +64,10 @@ def model_task(model: nn.Module, x: torch.Tensor) -> tuple[str, int, InputSpec]:
             raise InputError(
                 f"the model could not run on x of shape {tuple(x.shape)} (wrong channel count or size?): {exc}"
             ) from exc
-        task = "multiclass"
-        num_classes = int(out.shape[1])
+        if out.dim() == 4 and tuple(out.shape[-2:]) == tuple(x.shape[-2:]):  # dense (B, C, H, W) mask logits
+            task, num_classes = "segmentation", max(2, int(out.shape[1]))
+        else:
+            task, num_classes = "multiclass", int(out.shape[1])
     return str(task), int(num_classes), spec
 
 
@@ -170,6 +173,8 @@ class Attack:
     stochastic: ClassVar[bool] = False
     iterative: ClassVar[bool] = False
     minimum_norm: ClassVar[bool] = False
+    segmentation: ClassVar[bool] = True  # False: needs class decision boundaries (DeepFool, C&W, ...)
+    classification: ClassVar[bool] = True  # False: segmenters only (uap_seg)
     eot_samples: int = 1
 
     def __init__(self, loss: str | Objective = "auto", early_stop: bool = False) -> None:
@@ -221,6 +226,7 @@ class Attack:
         with attack_mode(model):
             task, num_classes, spec = model_task(model, x)
             check_images(x, spec)
+            self._check_task(task)
             targeted = threats[0].targeted
             labels = self._labels(x, y, targeted, target, task, num_classes)
             objective = resolve(self.loss, task)
@@ -248,7 +254,8 @@ class Attack:
                 task: str, num_classes: int) -> torch.Tensor:
         """Check the labels (and target) and return what the objective is judged on:
         the true labels (untargeted) or the targets (targeted; an int means all-to-one)."""
-        y = check_labels(y, x.shape[0], task, num_classes)
+        spatial = tuple(x.shape[-2:]) if task == "segmentation" else None
+        y = check_labels(y, x.shape[0], task, num_classes, spatial=spatial)
         if not targeted:
             if target is not None:
                 raise InputError("target was given but the threat model is untargeted; set targeted=True")
@@ -258,8 +265,19 @@ class Attack:
         if target is None:
             raise InputError("a targeted threat model needs target=... (the target labels)")
         if isinstance(target, int) and not isinstance(target, bool):
-            target = torch.full((x.shape[0],), target, dtype=torch.long)
-        return check_labels(target, x.shape[0], task, num_classes, name="target").to(x.device)
+            # all-to-one; for segmentation one class everywhere (0: make the lesion vanish)
+            size = (x.shape[0], *x.shape[-2:]) if task == "segmentation" else (x.shape[0],)
+            target = torch.full(size, target, dtype=torch.long)
+        return check_labels(target, x.shape[0], task, num_classes, name="target", spatial=spatial).to(x.device)
+
+    def _check_task(self, task: str) -> None:
+        if task != "segmentation" and not self.classification:
+            raise InputError(f"attack {self.name!r} attacks segmenters only; this is a {task!r} model")
+        if task == "segmentation" and not self.segmentation:
+            raise InputError(
+                f"attack {self.name!r} works on class decision boundaries and has no segmentation variant; "
+                "for segmenters use fgsm, pgd, mifgsm, apgd, square (loss='dice_ce'), uap_sgd or uap_seg"
+            )
 
     def _check_inputs(self, x: torch.Tensor, task: str, num_classes: int) -> None:
         """Hook for attack-specific input checks (e.g. a minimum image size)."""

@@ -83,6 +83,7 @@ class CarliniWagnerL2(Attack):
     """Carlini & Wagner L2 attack with a per-sample binary search on c."""
 
     name = "cw"
+    segmentation = False  # class-boundary attack: no segmentation variant
     norms = ("l2",)
     minimum_norm = True
 

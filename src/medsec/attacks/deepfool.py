@@ -52,6 +52,7 @@ class DeepFool(Attack):
     """Batched DeepFool (L2 and L-inf) for multiclass, binary and multi-label heads."""
 
     name = "deepfool"
+    segmentation = False  # class-boundary attack: no segmentation variant
     norms = ("l2", "linf")
     supports_targeted = False
     minimum_norm = True

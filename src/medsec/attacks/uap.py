@@ -172,6 +172,7 @@ class UniversalAttack(Attack):
         with attack_mode(model):
             task, num_classes, spec = model_task(model, x)
             check_images(x, spec)
+            self._check_task(task)
             labels = self._labels(x, y, threat.targeted, target, task, num_classes)
             objective = resolve(self.loss, task)
             x_in = x.detach()
@@ -236,6 +237,7 @@ class UAP(UniversalAttack):
 
     name = "uap"
     supports_targeted = False
+    segmentation = False  # DeepFool on class boundaries; segmenters: uap_seg
 
     def __init__(
         self,

@@ -102,10 +102,16 @@ class ThreatConfig(_Strict):
 
 
 class AttackConfig(Component):
-    """One attack; ``threat`` overrides the experiment's default threat model."""
+    """One attack; ``threat`` overrides the experiment's default threat model.
+
+    ``mode`` (segmentation only): ``pixel`` (eps in [0, 1] pixel units, clamped to the
+    image range; the default) or ``paper`` (Budathoki & Dhakal's protocol: eps in
+    normalised-tensor units, no clamp during the attack, 8-bit PNG quantisation before
+    scoring)."""
 
     label: str | None = None
     threat: ThreatConfig | None = None
+    mode: Literal["pixel", "paper"] = "pixel"
 
 
 class EvalConfig(_Strict):
@@ -120,6 +126,17 @@ class EvalConfig(_Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False
     compile: bool = False
+
+
+class SegmentationConfig(_Strict):
+    """Segmentation evaluation settings (the runner switches to segmentation for a
+    segmentation dataset or when this section is present)."""
+
+    drop: float = Field(0.5, gt=0, le=1, description="Dice drop from the clean prediction that counts as attack success")
+    quantize: bool = Field(False, description="pixel mode: also quantise adversarial images to 8 bits before scoring")
+    fooling_threshold: float = Field(0.2, ge=0, lt=1, description="universal 'uap_seg': fraction of changed pixels that fools")
+    prompt: str | None = Field(None, description="text prompt for prompted segmenters (CLIPSeg), e.g. 'polyp'")
+    overlays: int = Field(4, ge=0, le=16, description="images per cell shown as overlays in the report")
 
 
 class DefenseConfig(Component):
@@ -141,6 +158,7 @@ class ExperimentConfig(_Strict):
     defenses: list[DefenseConfig] = Field(default_factory=list)
     include_undefended: bool = True
     executor: Literal["sequential"] = "sequential"
+    segmentation: SegmentationConfig | None = None
 
     @model_validator(mode="after")
     def _model_source(self) -> ExperimentConfig:

@@ -6,8 +6,9 @@ labels, class names) and is registered by name, so configs say
 :func:`data_root` (``$MEDSEC_DATA``, default ``../shared/data``).
 
 Registered: ``medmnist`` (MedMNIST v2 npz files; Yang et al., Scientific Data 2023),
-``image_folder`` (one sub-folder per class), ``pcam`` (PatchCamelyon h5 or Kaggle HCD), ``synthetic_he`` (offline H&E-like
-patches after Ruifrok & Johnston 2001 colour deconvolution).
+``image_folder`` (one sub-folder per class), ``pcam`` (PatchCamelyon h5 or Kaggle HCD), ``synthetic_he``
+(offline H&E-like patches after Ruifrok & Johnston 2001 colour deconvolution), ``segmentation_folder``
+(images/ + masks/) and ``kvasir_seg`` (Kvasir-SEG polyps; Jha et al., MMM 2020).
 
 Example:
     >>> import medsec.data
@@ -20,9 +21,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from medsec.data import image_folder, medmnist, pcam, synthetic_he  # noqa: F401  (registration)
+from medsec.data import image_folder, medmnist, pcam, segmentation_folder, synthetic_he  # noqa: F401  (registration)
 from medsec.data.base import ImageDataset
 from medsec.data.paths import data_root
+from medsec.data.segmentation_folder import SegmentationDataset
 from medsec.registries import DATASETS
 
 
@@ -36,4 +38,4 @@ def list() -> list[str]:  # noqa: A001
     return DATASETS.list()
 
 
-__all__ = ["ImageDataset", "create", "data_root", "list"]
+__all__ = ["ImageDataset", "SegmentationDataset", "create", "data_root", "list"]

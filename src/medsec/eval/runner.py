@@ -536,7 +536,12 @@ def run_experiment(
     """Run an experiment into ``out_dir`` (resuming it if it holds a partial run of the same config)."""
     from medsec.attacks.adaptive import needs_adaptive
     from medsec.eval.checks import model_checks
+    from medsec.eval.segmentation import is_segmentation, run_segmentation
 
+    if is_segmentation(cfg):
+        return run_segmentation(cfg, out_dir, report=report)
+    if any(a.mode != "pixel" for a in cfg.attacks):
+        raise ConfigError("attack mode 'paper' is for segmentation experiments only; remove mode or use mode: pixel")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config_dump = cfg.model_dump(mode="json")

@@ -13,6 +13,7 @@ from typing import Any
 from medsec.metrics.accuracy import accuracy, attack_success_rate, correct, robust_accuracy
 from medsec.metrics.image_quality import psnr, psnr_per_sample, ssim
 from medsec.metrics.perturbation import perturbation_norms
+from medsec.metrics.segmentation import dice, hd95, iou, lesion_miss_rate, segmentation_summary
 from medsec.registries import METRICS
 
 
@@ -27,5 +28,5 @@ def list() -> list[str]:  # noqa: A001
 
 __all__ = [
     "accuracy", "attack_success_rate", "correct", "robust_accuracy", "psnr", "psnr_per_sample",
-    "ssim", "perturbation_norms", "get", "list",
+    "ssim", "perturbation_norms", "get", "list", "dice", "iou", "hd95", "lesion_miss_rate", "segmentation_summary",
 ]

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from medsec.models import hub, small_cnn  # noqa: F401  (registration)
+from medsec.models import clipseg, hub, monai_unet, small_cnn  # noqa: F401  (registration)
 from medsec.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from medsec.models.classifier import Classifier, predict_from_logits
+from medsec.models.monai_unet import seg_module
+from medsec.models.segmenter import Segmenter
 from medsec.registries import MODELS
 
 
@@ -22,6 +24,8 @@ def create(name: str, **params: Any) -> Any:
         prefix, arch = name.split(":", 1)
         if prefix in ("timm", "torchvision"):
             return MODELS.create(prefix, arch=arch, **params)
+        if prefix == "hf" and arch.lower().split("/")[-1].startswith("clipseg"):
+            return MODELS.create("clipseg", model_id=arch, **params)
     return MODELS.create(name, **params)
 
 
@@ -29,4 +33,4 @@ def list() -> list[str]:  # noqa: A001
     return MODELS.list()
 
 
-__all__ = ["Classifier", "predict_from_logits", "create", "list", "load_checkpoint", "save_checkpoint", "read_metadata"]
+__all__ = ["Classifier", "Segmenter", "seg_module", "predict_from_logits", "create", "list", "load_checkpoint", "save_checkpoint", "read_metadata"]

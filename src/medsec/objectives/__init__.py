@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from medsec.objectives import bce, cross_entropy, dlr, margin  # noqa: F401  (registration)
+from medsec.objectives import bce, cross_entropy, dice_ce, dlr, margin, pixel_disagreement  # noqa: F401  (registration)
 from medsec.objectives.base import Objective, signed_margins
 from medsec.registries import OBJECTIVES
 
-DEFAULT_FOR_TASK = {"multiclass": "ce", "binary": "bce", "multilabel": "bce"}
+DEFAULT_FOR_TASK = {"multiclass": "ce", "binary": "bce", "multilabel": "bce", "segmentation": "dice_ce"}
 
 
 def create(name: str, **params: Any) -> Objective:
@@ -27,7 +27,8 @@ def list() -> list[str]:  # noqa: A001  (mirrors torchattacks/timm naming)
 
 
 def resolve(spec: str | Objective | None, task: str) -> Objective:
-    """An objective from a name (``"auto"`` picks CE or BCE by head type) or an instance."""
+    """An objective from a name (``"auto"`` picks CE or BCE by head type, Dice+CE for
+    segmenters) or an instance."""
     if isinstance(spec, Objective):
         return spec
     name = DEFAULT_FOR_TASK[task] if spec in (None, "auto") else spec

@@ -49,9 +49,15 @@ def write_report(results: Mapping[str, Any] | str | Path, out_dir: str | Path | 
         if out_dir is None:
             raise ConfigError("write_report needs out_dir when given a results dict instead of a results.json path")
     out = Path(out_dir)
+    if data.get("task") == "segmentation":
+        from medsec.report.segmentation import render_segmentation_html, render_segmentation_markdown
+
+        html, md = render_segmentation_html(data, out), render_segmentation_markdown(data)
+    else:
+        html, md = render_html(data, out), render_markdown(data)
     paths = {
-        "html": atomic_write_text(out / "report.html", render_html(data, out)),
-        "md": atomic_write_text(out / "report.md", render_markdown(data)),
+        "html": atomic_write_text(out / "report.html", html),
+        "md": atomic_write_text(out / "report.md", md),
     }
     log.info("wrote %s and %s", paths["html"], paths["md"])
     return paths

@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from medsec.training.classifier import TrainResult, evaluate, predict, train_classifier
+from medsec.training.segmentation import evaluate_segmenter, predict_masks, train_segmenter
 
-__all__ = ["TrainResult", "evaluate", "predict", "train_classifier"]
+__all__ = ["TrainResult", "evaluate", "predict", "train_classifier", "evaluate_segmenter", "predict_masks", "train_segmenter"]

@@ -1,0 +1,341 @@
+"""The segmentation runner: config -> data + segmenter -> (train) -> attacks -> Dice/IoU -> report.
+
+Dispatched from :func:`medsec.eval.runner.run_experiment` when the dataset is a
+segmentation dataset (``task = "segmentation"``) or the config has a ``segmentation``
+section. Protocol: clean masks and metrics first; every (attack, eps) cell attacks the
+whole evaluation set (no early stop: the measured quantity is the Dice damage, not a
+success rate) with the objective ``dice_ce`` against the true mask (or the configured
+loss), in ``pixel`` mode (eps in [0, 1] units, clamped; optional 8-bit quantisation) or
+``paper`` mode (:mod:`medsec.eval.paper_mode`). Targeted cells use a target mask filled
+with ``threat.target`` (0 = make the lesion vanish). Universal attacks (``uap_sgd``,
+``uap_seg``) are fitted on a seeded subset of the training split and applied to the
+evaluation set (transfer). Per cell: mean Dice, IoU, HD95, lesion-miss rate,
+empty-prediction rate, their drops from clean, the objective's success rate and the
+relative-drop success rate (clean Dice - adversarial Dice >= ``segmentation.drop``).
+
+Randomness and resumption as in the classification runner (seeded cells, atomic
+results.json after each cell, a rerun of the same config resumes).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medsec.config.schema import ExperimentConfig, SegmentationConfig
+from medsec.errors import ConfigError
+from medsec.io import atomic_save_npz, atomic_write_json, atomic_write_text
+from medsec.metrics.image_quality import psnr_per_sample
+from medsec.metrics.perturbation import perturbation_norms
+from medsec.metrics.segmentation import dice, segmentation_summary
+from medsec.progress import task
+from medsec.registries import ATTACKS, MODELS
+from medsec.types import ThreatModel
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+# the paper's fine-tuning recipe, used where the config's train section leaves a value unset
+SEG_TRAIN_DEFAULTS = {"lr": 1e-3, "weight_decay": 1e-3, "batch_size": 16}
+
+
+def is_segmentation(cfg: ExperimentConfig) -> bool:
+    """Whether ``cfg`` describes a segmentation experiment."""
+    import medsec.data  # noqa: F401  (registration)
+    from medsec.registries import DATASETS
+
+    if cfg.segmentation is not None:
+        return True
+    return getattr(DATASETS.get(cfg.data.name), "task", None) == "segmentation"
+
+
+def _build_model(cfg: ExperimentConfig, train_ds: Any, seg_cfg: SegmentationConfig) -> Any:
+    from medsec.eval.runner import _takes
+    from medsec.models.checkpoint import load_checkpoint
+    from medsec.models.segmenter import Segmenter
+
+    if cfg.model.checkpoint is not None:
+        model = load_checkpoint(cfg.model.checkpoint)
+    else:
+        factory = MODELS.get(cfg.model.name)
+        params = dict(cfg.model.params)
+        defaults = {"num_classes": getattr(train_ds, "num_classes", 2), "in_channels": train_ds.image_shape[0]}
+        for k, v in defaults.items():
+            if k not in params and _takes(factory, k):
+                params[k] = v
+        if seg_cfg.prompt is not None and "prompt" not in params and _takes(factory, "prompt"):
+            params["prompt"] = seg_cfg.prompt
+        model = MODELS.create(cfg.model.name, **params)
+    if not isinstance(model, Segmenter):
+        raise ConfigError(f"model {cfg.model.name!r} is not a segmenter; use monai_unet, clipseg or another Segmenter")
+    if model.prompted and model.prompt is None:
+        if seg_cfg.prompt is None:
+            raise ConfigError("this segmenter needs a text prompt: set segmentation.prompt (e.g. 'polyp')")
+        model.set_prompt(seg_cfg.prompt)
+    return model
+
+
+def _predict(model: Any, x: torch.Tensor, bs: int, device: torch.device) -> torch.Tensor:
+    from medsec.training.segmentation import predict_masks
+
+    return predict_masks(model, x, bs, device)
+
+
+def _prepare(cfg: ExperimentConfig, out_dir: Path, prev: dict[str, Any], seg_cfg: SegmentationConfig) -> dict[str, Any]:
+    from medsec.eval.runner import _eval_subset, load_splits, resolve_device
+    from medsec.models.checkpoint import load_checkpoint, save_checkpoint
+    from medsec.training.segmentation import evaluate_segmenter, train_segmenter
+    from medsec.validation import check_images, check_masks
+
+    device = resolve_device(cfg.device)
+    train_ds, eval_ds, val_ds = load_splits(cfg)
+    model = _build_model(cfg, train_ds, seg_cfg)
+    ckpt = out_dir / "model.safetensors"
+    train_info = None
+    if cfg.train is not None:
+        prior = (prev.get("model") or {}).get("train")
+        if prior and ckpt.is_file():
+            log.info("resuming: reusing the model trained by the previous run (%s)", ckpt)
+            model = load_checkpoint(ckpt)
+            if model.prompted and model.prompt is None and seg_cfg.prompt:
+                model.set_prompt(seg_cfg.prompt)
+            train_info = prior
+        else:
+            t = cfg.train
+            hp = {k: (getattr(t, k) if k in t.model_fields_set else v) for k, v in SEG_TRAIN_DEFAULTS.items()}
+            tr = train_ds
+            if t.limit is not None and t.limit < len(tr):
+                tr = tr.subset(torch.randperm(len(tr), generator=torch.Generator().manual_seed(cfg.seed))[: t.limit])
+            log.info("training %s on %d images for %d epochs (%s)", cfg.model.name, len(tr), t.epochs, hp)
+            with task("training", t.epochs) as bar:
+                res = train_segmenter(model, tr, val_ds, epochs=t.epochs, augment=t.augment, seed=cfg.seed,
+                                      device=device, on_epoch=lambda r: bar.advance(), **hp)
+            test = evaluate_segmenter(model, eval_ds, device=device)
+            train_info = {**t.model_dump(), **hp, "optimizer": "AdamW", "loss": "DiceCE(lambda_dice=1.5, lambda_ce=1.0)",
+                          "n_train": len(tr), "history": res.history, "test": test, "runtime_s": res.runtime_s}
+            save_checkpoint(model, ckpt, extra={"config": cfg.name, "test_dice": test["dice"]})
+    model = model.to(device).eval()
+    x, y = _eval_subset(eval_ds, cfg.eval.sample_limit, cfg.seed)
+    check_images(x, model.spec, name="evaluation images")
+    y = check_masks(y, len(x), model.num_classes, name="evaluation masks", spatial=tuple(x.shape[-2:]))
+    pred = _predict(model, x, cfg.eval.batch_size, device)
+    clean = segmentation_summary(pred, y, model.num_classes)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    info = {
+        "data": {"name": cfg.data.name, "n_eval": len(x), "image_shape": list(x.shape[1:]),
+                 "foreground_fraction": float((y > 0).float().mean()), "n_train": len(train_ds)},
+        "model": {"name": cfg.model.name, "task": "segmentation", "num_classes": model.num_classes,
+                  "prompt": getattr(model, "prompt", None), "parameters": sum(p.numel() for p in model.parameters()),
+                  "trainable_parameters": trainable,
+                  "checkpoint": ckpt.name if cfg.train is not None else cfg.model.checkpoint, "train": train_info},
+        "clean": clean,
+    }
+    return {"model": model, "x": x, "y": y, "pred": pred, "device": device, "info": info, "train_ds": train_ds}
+
+
+def _target_masks(threat: ThreatModel, target: Any, y: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+    if not threat.targeted:
+        return None
+    if target == "next" or target is None:
+        raise ConfigError("targeted segmentation attacks need threat.target = a class index (0 = make the lesion vanish)")
+    t = int(target)
+    if not 0 <= t < max(2, num_classes):
+        raise ConfigError(f"target class {t} is out of range for a segmenter with {num_classes} classes")
+    return torch.full_like(y, t)
+
+
+def _attack(cell: Any, attack: Any, prep: dict[str, Any], cfg: ExperimentConfig, seg_cfg: SegmentationConfig,
+            mode: str, target: torch.Tensor | None, gen: torch.Generator, fit: dict[str, Any]) -> torch.Tensor:
+    from medsec.eval.paper_mode import NormalizedInput, paper_attack, quantize_8bit
+
+    model, x, y, device = prep["model"], prep["x"], prep["y"], prep["device"]
+    bs = cfg.eval.batch_size
+    if getattr(attack, "universal", False):
+        ds = prep["train_ds"]
+        n = min(cfg.eval.universal_fit_size, len(ds))
+        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(cfg.seed))[:n].sort().values
+        fx, fy = ds.images[idx].to(device), ds.labels[idx].to(device)
+        if getattr(attack, "name", "") == "uap_seg":
+            fy = _predict(model, fx, bs, device).long().to(device)  # fooling = change of the clean prediction
+        victim, fit_x = model, fx
+        if mode == "paper":
+            victim = NormalizedInput(model)
+            fit_x = victim.to_input(fx)
+        tt = None if target is None else torch.full_like(fy, int(cell.target))
+        delta = attack.fit(victim, fit_x, fy, cell.threat, generator=gen, target=tt).detach().cpu()
+        fit.update({"fit_size": n, "fit_fooling_rate": attack.fooling_rate_,
+                    "delta_linf": float(delta.abs().max())})
+        if mode == "paper":
+            mean, std = model._mean.cpu(), model._std.cpu()
+            return quantize_8bit(((x - mean) / std + delta) * std + mean)
+        x_adv = (x + delta).clamp(*model.spec.bounds)
+        return quantize_8bit(x_adv) if seg_cfg.quantize else x_adv
+    out = torch.empty_like(x)
+    with task(cell.id, len(x)) as bar:
+        for i in range(0, len(x), bs):
+            xb, yb = x[i : i + bs].to(device), y[i : i + bs].to(device)
+            tb = None if target is None else target[i : i + bs].to(device)
+            if mode == "paper":
+                xa = paper_attack(attack, model, xb, yb, cell.threat.eps, quantize=True, target=tb, generator=gen)
+            else:
+                xa = attack(model, xb, yb, threat=cell.threat, target=tb, generator=gen).x_adv
+                if seg_cfg.quantize:
+                    xa = quantize_8bit(xa)
+            out[i : i + bs] = xa.detach().cpu()
+            bar.advance(len(xb))
+    return out
+
+
+def run_cell(prep: dict[str, Any], cell: Any, cfg: ExperimentConfig, seg_cfg: SegmentationConfig,
+             out_dir: Path) -> dict[str, Any]:
+    """Attack the evaluation set for one cell and return its results.json record."""
+    model, x, y, pred_clean = prep["model"], prep["x"], prep["y"], prep["pred"]
+    mode = cfg.attacks[cell.attack_index].mode
+    params = dict(cell.params)
+    if "loss" not in params and cell.attack == "uap_seg":
+        params["loss"] = {"name": "pixel_disagreement", "threshold": seg_cfg.fooling_threshold}
+    from medsec.eval.runner import _takes
+
+    loss = params.get("loss")
+    if not _takes(ATTACKS.get(cell.attack), "loss"):
+        pass
+    elif isinstance(loss, dict):  # {name, ...params} of an objective
+        from medsec.objectives import create as create_objective
+
+        lp = dict(loss)
+        params["loss"] = create_objective(lp.pop("name"), task="segmentation", **lp)
+    elif loss in (None, "auto", "dice_ce"):
+        from medsec.objectives.dice_ce import DiceCE
+
+        params["loss"] = DiceCE("segmentation", drop=seg_cfg.drop)
+    attack = ATTACKS.create(cell.attack, **params)
+    target = _target_masks(cell.threat, cell.target, y, model.num_classes)
+    gen = torch.Generator(device=prep["device"]).manual_seed(cell.seed)
+    fit: dict[str, Any] = {}
+    start = time.perf_counter()
+    x_adv = _attack(cell, attack, prep, cfg, seg_cfg, mode, target, gen, fit)
+    runtime = time.perf_counter() - start
+    pred_adv = _predict(model, x_adv.clamp(*model.spec.bounds) if mode == "paper" else x_adv, cfg.eval.batch_size,
+                        prep["device"])
+    k = model.num_classes
+    adv = segmentation_summary(pred_adv, y, k)
+    clean = prep["info"]["clean"]
+    d_clean, d_adv = dice(pred_clean, y, k), dice(pred_adv, y, k)
+    norms = perturbation_norms(x, x_adv)
+    psnr = psnr_per_sample(x, x_adv.clamp(0, 1))
+    finite = psnr[torch.isfinite(psnr)]
+    metrics: dict[str, Any] = {
+        **adv,
+        "clean_dice": clean["dice"], "clean_iou": clean["iou"],
+        "dice_drop": clean["dice"] - adv["dice"], "iou_drop": clean["iou"] - adv["iou"],
+        "drop_success_rate": float(((d_clean - d_adv) >= seg_cfg.drop - 1e-6).float().mean()),
+        "pixel_change_rate": float((pred_adv != pred_clean).float().mean()),
+        **{k2: float(v.mean()) for k2, v in norms.items()},
+        "psnr": float(finite.mean()) if finite.numel() else float("inf"),
+        "mode": mode, "quantized": mode == "paper" or seg_cfg.quantize,
+    }
+    if target is not None:
+        metrics["target_dice"] = float(dice(pred_adv, target, k).mean())
+        metrics["attack_success_rate"] = float((dice(pred_adv, target, k) >= 1 - seg_cfg.drop - 1e-6).float().mean())
+    else:
+        metrics["attack_success_rate"] = float((d_adv <= 1 - seg_cfg.drop + 1e-6).float().mean())
+    if fit:
+        metrics.update(fit)
+        fooled = (pred_adv != pred_clean).flatten(1).float().mean(1) > seg_cfg.fooling_threshold
+        metrics["test_fooling_rate"] = float(fooled.float().mean())
+    eps_pixels = cell.threat.eps * float(np.mean(model.spec.std or (1.0,))) if mode == "paper" else cell.threat.eps
+    record: dict[str, Any] = {
+        "id": cell.id, "attack": cell.attack, "label": cell.label, "params": attack.params(),
+        "threat": cell.threat.to_dict(), "target": cell.target, "mode": mode,
+        "eps_units": "normalised (std units)" if mode == "paper" else "pixels [0, 1]",
+        "eps_pixels_approx": eps_pixels, "universal": bool(getattr(attack, "universal", False)),
+        "metrics": metrics, "runtime_s": runtime, "seed": cell.seed, "examples": None,
+    }
+    n_ex = min(seg_cfg.overlays, len(x))
+    if n_ex:
+        rel = f"examples/{cell.id}.npz"
+        atomic_save_npz(out_dir / rel, clean=x[:n_ex].numpy().astype(np.float32),
+                        adv=x_adv[:n_ex].clamp(0, 1).numpy().astype(np.float32), mask=y[:n_ex].numpy().astype(np.uint8),
+                        pred_clean=pred_clean[:n_ex].numpy().astype(np.uint8),
+                        pred_adv=pred_adv[:n_ex].numpy().astype(np.uint8))
+        record["examples"] = rel
+    return record
+
+
+def run_segmentation(cfg: ExperimentConfig, out_dir: str | Path, report: bool = True) -> dict[str, Any]:
+    """Run a segmentation experiment into ``out_dir`` (resuming a partial run of the same config)."""
+    from medsec.config.loader import dump_config
+    from medsec.eval.runner import _load_previous, plan_cells, provenance
+
+    if cfg.defenses:
+        raise ConfigError("defences are not supported for segmentation experiments yet; remove the defenses section")
+    seg_cfg = cfg.segmentation or SegmentationConfig()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_dump = cfg.model_dump(mode="json")
+    results_path = out_dir / "results.json"
+    prev = _load_previous(results_path, config_dump)
+    for a in cfg.attacks:  # refuse unknown and class-boundary attacks before training
+        if not getattr(ATTACKS.get(a.name), "segmentation", True):
+            raise ConfigError(
+                f"attack {a.name!r} works on class decision boundaries and has no segmentation variant; "
+                "for segmenters use fgsm, pgd, mifgsm, apgd, square (loss: dice_ce), uap_sgd or uap_seg"
+            )
+    cells = plan_cells(cfg)
+    atomic_write_text(out_dir / "config.resolved.yaml", dump_config(cfg))
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % (2**32))
+    prep = _prepare(cfg, out_dir, prev, seg_cfg)
+    results: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION, "task": "segmentation", "name": cfg.name, "status": "running",
+        "config": config_dump, "provenance": provenance(prep["device"]),
+        "seeds": {"global": cfg.seed, "cells": {c.id: c.seed for c in cells}},
+        **prep["info"], "evaluations": [], "worst_case": [], "checks": [],
+    }
+    done = {ev["id"]: ev for ev in prev.get("evaluations", [])}
+    results["evaluations"] = [done[c.id] for c in cells if c.id in done]
+    atomic_write_json(results_path, results)
+    for cell in cells:
+        if cell.id in done:
+            continue
+        record = run_cell(prep, cell, cfg, seg_cfg, out_dir)
+        log.info("%s: Dice %.3f (clean %.3f) in %.1fs", cell.id, record["metrics"]["dice"],
+                 record["metrics"]["clean_dice"], record["runtime_s"])
+        done[cell.id] = record
+        results["evaluations"] = [done[c.id] for c in cells if c.id in done]
+        atomic_write_json(results_path, results)
+    results["checks"] = segmentation_checks(results["evaluations"])
+    results["status"] = "complete"
+    results["provenance"]["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    atomic_write_json(results_path, results)
+    if report:
+        from medsec.report import write_report
+
+        write_report(results, out_dir)
+    return results
+
+
+def segmentation_checks(evaluations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Sanity flags: Dice rising with eps for one attack and mode (a sign of gradient
+    masking or of noise, e.g. the paper's PGD at eps 0.03), non-finite metrics."""
+    checks = []
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for ev in evaluations:
+        groups.setdefault((ev["label"], ev["mode"], ev["threat"]["targeted"]), []).append(ev)
+    for (label, mode, _), evs in groups.items():
+        evs = sorted(evs, key=lambda e: e["threat"]["eps"])
+        for a, b in zip(evs, evs[1:]):
+            if b["metrics"]["dice"] > a["metrics"]["dice"] + 0.01 and not b["threat"]["targeted"]:
+                checks.append({"code": "dice_rises_with_eps", "status": "warn", "cells": [a["id"], b["id"]],
+                               "message": f"{label} ({mode}): Dice rises from {a['metrics']['dice']:.3f} to "
+                                          f"{b['metrics']['dice']:.3f} as eps grows"})
+    for ev in evaluations:
+        if not np.isfinite(ev["metrics"]["dice"]):
+            checks.append({"code": "non_finite", "status": "fail", "cells": [ev["id"]], "message": "Dice is not finite"})
+    return checks

@@ -31,6 +31,14 @@ def test_eps_fraction_in_config():
     assert cfg.threat.eps == pytest.approx([1 / 255, 8 / 255])
 
 
+def test_fractions_in_attack_params_are_numbers():
+    raw = {**BASE, "attacks": [{"name": "pgd", "params": {"steps": 10, "step_size": "2/255"}},
+                               {"name": "fgsm", "params": {"loss": "ce"}}]}
+    cfg = validate_config(raw)
+    assert cfg.attacks[0].params["step_size"] == pytest.approx(2 / 255)
+    assert cfg.attacks[1].params["loss"] == "ce"  # other strings stay strings
+
+
 @pytest.mark.parametrize(
     "raw, fragment",
     [

@@ -38,11 +38,29 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _fractions(value: Any) -> Any:
+    """Parameter values written as fractions (``step_size: 2/255``) become floats; any
+    other value, plain numeric strings included, is left as written."""
+    if isinstance(value, str) and "/" in value and _FRACTION.match(value):
+        return parse_number(value)
+    if isinstance(value, dict):
+        return {k: _fractions(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fractions(v) for v in value]
+    return value
+
+
 class Component(_Strict):
-    """A registry entry: ``{name: ..., params: {...}}``."""
+    """A registry entry: ``{name: ..., params: {...}}``; fractions such as ``2/255`` in
+    params are read as numbers."""
 
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _params(cls, value: Any) -> Any:
+        return _fractions(value) if isinstance(value, dict) else value
 
 
 class DataConfig(Component):

@@ -12,8 +12,9 @@ runs them); medsec freezes the parameters during the call itself.
 Attacks (BloodMNIST small_cnn, 28x28 RGB, 8 classes):
 
 * PGD-10 and PGD-50, L-inf eps 2/255, step 2.5 eps / T, no random start (all four libs);
-* C&W-L2, 5 binary-search steps x 100 Adam steps, lr 0.01, c0 = 0.01 (medsec, ART, Foolbox;
-  torchattacks has no binary search: its CW runs c = 1 for 100 steps), robust at L2 0.5;
+* C&W-L2, ``--cw-search`` binary-search steps x ``--cw-steps`` Adam steps (default 5 x 100), lr 0.01,
+  c0 = 0.01 (medsec, ART, Foolbox; torchattacks has no binary search: its CW runs c = 1 for
+  ``--cw-steps`` steps), robust at L2 0.5;
 * DeepFool-L2, 50 steps, overshoot 0.02, all 8 classes (all four), robust at L2 0.5;
 * APGD-CE, L-inf 2/255, 50 steps, one run (medsec, torchattacks, ART; Foolbox has none);
 * Square, L-inf 4/255, 300 queries, p_init 0.8, margin loss (medsec, torchattacks, ART);
@@ -93,7 +94,8 @@ def timed(fn: Runner, repeats: int) -> tuple[torch.Tensor, list[float], list[flo
     return out.detach().cpu(), walls, cpus
 
 
-def build(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, only: set[str] | None) -> list[Bench]:
+def build(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, only: set[str] | None,
+          cw_search: int = 5, cw_steps: int = 100) -> list[Bench]:
     import foolbox as fb
     import torchattacks
     from art.attacks.evasion import (
@@ -139,7 +141,7 @@ def build(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, only: set[st
                                                        num_random_init=0, batch_size=n, verbose=False)),
             "Foolbox": fool(fb.attacks.LinfPGD(abs_stepsize=alpha, steps=steps, random_start=False), eps),
         }, floor_units=steps, repeats=3 if steps == 10 else 2))
-    bs, st = 5, 100
+    bs, st = cw_search, cw_steps
     benches.append(Bench("C&W-L2", {
         "medsec": ms(medsec.attacks.create("cw", binary_search_steps=bs, steps=st, lr=0.01, initial_const=0.01),
                      medsec.ThreatModel("l2", 100.0)),
@@ -186,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--only", nargs="*", default=None, help="bench names to run (default: all)")
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--json", default=None, help="write the numbers here (rewritten after every bench)")
+    ap.add_argument("--cw-search", type=int, default=5, help="C&W binary-search steps")
+    ap.add_argument("--cw-steps", type=int, default=100, help="C&W Adam steps per binary-search step")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.getLogger("art").setLevel(logging.ERROR)
@@ -220,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model small_cnn (BloodMNIST recipe), batch {len(x)} (BloodMNIST test[:{len(x)}]), clean accuracy {clean:.3f}, "
           f"threads {torch.get_num_threads()}, torch {torch.__version__}, python {platform.python_version()}")
     print(f"1 fwd+bwd = {u_wall * 1e3:.1f} ms, 1 forward = {f_wall * 1e3:.1f} ms, load average {load0[0]:.2f}")
-    benches = build(model, x, y, set(args.only) if args.only else None)
+    benches = build(model, x, y, set(args.only) if args.only else None, args.cw_search, args.cw_steps)
     record: dict[str, object] = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "args": vars(args),
                                  "torch": torch.__version__, "clean_accuracy": clean, "unit_fwd_bwd_s": u_wall,
                                  "forward_s": f_wall, "load_before": load0, "benches": {}}
@@ -266,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         record["benches"][b.name] = {"floor_units": b.floor_units, "l2_eval": b.l2_eval, "notes": b.notes,  # type: ignore[index]
                                      "unit_fwd_bwd_s": u_wall, "forward_s": f_wall, "rows": b.rows}
+        if args.json:  # an interrupted run keeps every finished bench
+            Path(args.json).write_text(json.dumps(record, indent=2))
     record["load_after"] = os.getloadavg()
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=2))

@@ -129,9 +129,10 @@ def test_spectral_signatures_on_the_badnets_bloodmnist_model(bloodmnist_badnets)
 
 @pytest.mark.slow
 def test_fine_pruning_removes_the_badnets_backdoor(bloodmnist_badnets, bloodmnist_test, bloodmnist_root) -> None:  # type: ignore[no-untyped-def]
-    """Measured (1,000 test images): CA 0.870 -> 0.836, ASR 0.998 -> 0.12, 28% of the 64
-    penultimate channels pruned at a 4-point clean-accuracy budget, 3 fine-tuning epochs
-    on 500 clean validation images."""
+    """Measured (1,000 test images) on two models of the same recipe: CA 0.870 -> 0.826,
+    ASR 0.998 -> 0.024 and CA 0.866 -> 0.834, ASR 0.981 -> 0.102; 28% of the 64
+    penultimate channels pruned at a 4-point clean-accuracy budget, then 3 fine-tuning
+    epochs at lr 1e-4 on 500 clean validation images."""
     import medsec
     from medsec.backdoors import backdoor_metrics
     from medsec.defenses import FinePruning

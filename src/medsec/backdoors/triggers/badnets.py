@@ -34,6 +34,14 @@ _PLACES = {"top-left": ("top", "left"), "top": ("top", "center"), "top-right": (
            "bottom-left": ("bottom", "left"), "bottom": ("bottom", "center"), "bottom-right": ("bottom", "right")}
 
 
+def place(position: str, h: int, w: int, ph: int, pw: int, margin: int) -> tuple[int, int]:
+    """(top, left) of a ph x pw patch at one of the nine named positions of an h x w image."""
+    v, hz = _PLACES[position]
+    top = {"top": margin, "center": (h - ph) // 2, "bottom": h - ph - margin}[v]
+    left = {"left": margin, "center": (w - pw) // 2, "right": w - pw - margin}[hz]
+    return top, left
+
+
 @TRIGGERS.register("badnets")
 class BadNets(Trigger):
     """A square patch at one of nine positions (or random), replacing the pixels there."""
@@ -74,14 +82,11 @@ class BadNets(Trigger):
             patch = torch.where(((ii + jj) % 2 == 0), hi, lo).float().expand(c, s, s).clone()
         else:
             patch = lo + (hi - lo) * torch.rand((c, s, s), generator=generator)
-        rows = {"top": m, "center": (h - s) // 2, "bottom": h - s - m}
-        cols = {"left": m, "center": (w - s) // 2, "right": w - s - m}
         if self.position == "random":
             top = int(torch.randint(m, h - s - m + 1, (1,), generator=generator))
             left = int(torch.randint(m, w - s - m + 1, (1,), generator=generator))
         else:
-            v, hz = _PLACES[self.position]
-            top, left = rows[v], cols[hz]
+            top, left = place(self.position, h, w, s, s, m)
         return {"patch": patch.clamp(lo, hi), "top": top, "left": left}
 
     def _apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:

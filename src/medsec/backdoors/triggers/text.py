@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medsec.backdoors.triggers.badnets import _PLACES
+from medsec.backdoors.triggers.badnets import _PLACES, place
 from medsec.backdoors.triggers.base import Params, Trigger
 from medsec.errors import InputError
 from medsec.registries import TRIGGERS
@@ -67,9 +67,7 @@ class TextTrigger(Trigger):
         m = self.margin
         if ph + 2 * m > h or pw + 2 * m > w:
             raise InputError(f"the text {self.text!r} at size {self.size} ({ph}x{pw}px) does not fit a {h}x{w} image")
-        v, hz = _PLACES[self.position]
-        top = {"top": m, "center": (h - ph) // 2, "bottom": h - ph - m}[v]
-        left = {"left": m, "center": (w - pw) // 2, "right": w - pw - m}[hz]
+        top, left = place(self.position, h, w, ph, pw, m)
         alpha = torch.ones_like(cover) if self.background is not None else cover
         bg = self.color if self.background is None else self.background
         patch = (bg + (self.color - bg) * cover).expand(c, ph, pw).clone()

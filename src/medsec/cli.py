@@ -47,7 +47,16 @@ def print_summary(results: dict[str, Any], out_dir: Path) -> None:
     """Print the results table and where the report is."""
     from rich.table import Table
 
+    from medsec.experiments import kind_of_results
+
     con = _console()
+    kind = kind_of_results(results)
+    if kind is not None:
+        if kind.summary is not None:
+            kind.summary(results, out_dir, con)
+        else:
+            con.print(f"{results.get('name')}: {results.get('status')}; report: {out_dir / 'report.html'}")
+        return
     if results.get("task") == "segmentation":
         _print_segmentation(con, results, out_dir)
         return
@@ -122,6 +131,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from medsec.eval.runner import plan_cells
 
     cfg = load_config(args.config, args.set)
+    if getattr(cfg, "kind", "evasion") != "evasion":
+        print(f"{args.config}: valid ({cfg.kind} experiment)")
+        return 0
     cells = plan_cells(cfg)
     print(f"{args.config}: valid ({len(cfg.attacks)} attacks, {len(cells)} cells)")
     return 0

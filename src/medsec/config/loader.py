@@ -69,9 +69,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
     return out
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model class found by walking ``loc`` from ExperimentConfig."""
-    cls: Any = ExperimentConfig
+def _model_at(loc: tuple[Any, ...], root: type[BaseModel] = ExperimentConfig) -> type[BaseModel] | None:
+    """The pydantic model class found by walking ``loc`` from ``root``."""
+    cls: Any = root
     for part in loc:
         if isinstance(part, int):
             continue
@@ -92,12 +92,12 @@ def _unwrap(ann: Any) -> Any:
     return ann
 
 
-def _format(err: ValidationError) -> str:
+def _format(err: ValidationError, root: type[BaseModel] = ExperimentConfig) -> str:
     e = err.errors()[0]
     loc = tuple(e.get("loc", ()))
     where = ".".join(str(p) for p in loc) or "(top level)"
     if e.get("type") == "extra_forbidden":
-        parent = _model_at(loc[:-1])
+        parent = _model_at(loc[:-1], root)
         key = str(loc[-1])
         valid = list(parent.model_fields) if parent is not None else []
         inside = ".".join(str(p) for p in loc[:-1]) or "the top level"
@@ -109,8 +109,27 @@ def _format(err: ValidationError) -> str:
     return f"{where}: {msg}{more}"
 
 
-def validate_config(raw: dict[str, Any]) -> ExperimentConfig:
-    """Validate a raw dict into an :class:`ExperimentConfig`, checking registry names too."""
+def validate_config(raw: dict[str, Any]) -> Any:
+    """Validate a raw dict into an :class:`ExperimentConfig` (or the config of its ``kind``).
+
+    Registry names are checked too. A config with ``kind: <name>`` other than ``evasion``
+    is validated by that experiment kind's own model (see :mod:`medsec.experiments`).
+    """
+    kind_name = raw.get("kind", "evasion")
+    if kind_name != "evasion":
+        from medsec.experiments import get_kind
+
+        if not isinstance(kind_name, str):
+            raise ConfigError(f"kind must be a string, got {kind_name!r}")
+        kind = get_kind(kind_name)
+        try:
+            other = kind.config.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(_format(exc, kind.config)) from None
+        check = getattr(other, "check_components", None)
+        if callable(check):
+            check()
+        return other
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
@@ -147,11 +166,11 @@ def check_components(cfg: ExperimentConfig) -> None:
         check_params(MODELS.get(name), cfg.model.params, f"model ({cfg.model.name})")
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Any:
     """Read, override and validate an experiment YAML."""
     return validate_config(apply_overrides(read_yaml(path), overrides))
 
 
-def dump_config(cfg: ExperimentConfig) -> str:
+def dump_config(cfg: BaseModel) -> str:
     """The resolved config as YAML."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -164,6 +164,7 @@ class DefenseConfig(Component):
 
 
 class ExperimentConfig(_Strict):
+    kind: Literal["evasion"] = Field("evasion", description="experiment family; other kinds: medsec.experiments")
     name: str = "experiment"
     seed: int = 0
     device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")

@@ -538,6 +538,10 @@ def run_experiment(
     from medsec.eval.checks import model_checks
     from medsec.eval.segmentation import is_segmentation, run_segmentation
 
+    if not isinstance(cfg, ExperimentConfig):  # another experiment kind (medsec.experiments)
+        from medsec.experiments import get_kind
+
+        return get_kind(cfg.kind).run(cfg, out_dir, report=report)
     if is_segmentation(cfg):
         return run_segmentation(cfg, out_dir, report=report)
     if any(a.mode != "pixel" for a in cfg.attacks):

@@ -49,7 +49,12 @@ def write_report(results: Mapping[str, Any] | str | Path, out_dir: str | Path | 
         if out_dir is None:
             raise ConfigError("write_report needs out_dir when given a results dict instead of a results.json path")
     out = Path(out_dir)
-    if data.get("task") == "segmentation":
+    from medsec.experiments import kind_of_results
+
+    kind = kind_of_results(data)
+    if kind is not None and kind.render is not None:
+        html, md = kind.render(data, out)
+    elif data.get("task") == "segmentation":
         from medsec.report.segmentation import render_segmentation_html, render_segmentation_markdown
 
         html, md = render_segmentation_html(data, out), render_segmentation_markdown(data)

@@ -92,7 +92,12 @@ class Problem:
     def __post_init__(self) -> None:
         self.queries = torch.zeros(self.labels.shape[0], dtype=torch.long)
 
-    def _count(self, idx: torch.Tensor | None) -> None:
+    def count_queries(self, idx: torch.Tensor | None) -> None:
+        """Count one model query for every sample of ``idx`` (all samples when None).
+
+        Attacks that call ``problem.model`` directly (e.g. for several gradients from one
+        forward pass) call this once per forward so that ``AttackResult.queries`` stays exact.
+        """
         assert self.queries is not None
         if idx is None:
             self.queries += 1
@@ -101,7 +106,7 @@ class Problem:
 
     def logits(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
         """Model output at ``x`` without gradients (counts one query per sample)."""
-        self._count(idx)
+        self.count_queries(idx)
         with torch.no_grad():
             return self.model(x)
 
@@ -126,7 +131,7 @@ class Problem:
                 logits = self.model(x)
                 loss = self.objective.loss(logits, labels, self.targeted)
                 (grad,) = torch.autograd.grad(loss.sum(), x)
-            self._count(idx)
+            self.count_queries(idx)
             if self.eot_samples == 1:
                 return loss.detach(), grad.detach(), logits.detach()
             loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()

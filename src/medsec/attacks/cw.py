@@ -233,7 +233,7 @@ class CarliniWagnerL2(Attack):
             f_sum = logits_sum = None
             for _ in range(problem.eot_samples):
                 logits = problem.model(xa)
-                problem._count(idx)
+                problem.count_queries(idx)
                 margin = signed_margins(logits, labels, task)
                 f = (-margin if problem.targeted else margin).clamp(min=-self.kappa)
                 f_sum = f if f_sum is None else f_sum + f

@@ -125,7 +125,7 @@ class DeepFool(Attack):
             xg = x.detach().requires_grad_(True)
             with torch.enable_grad():
                 logits = problem.model(xg)
-                problem._count(idx)
+                problem.count_queries(idx)
                 if cand is None:
                     cand = self._candidates(logits.detach(), labels, task)
                 f = self._values(logits, labels, cand, task)

@@ -341,7 +341,7 @@ class UAP(UniversalAttack):
             out = problem.model(xg)
             f = torch.stack([self._boundaries(out, labels, cand[:, j], task) for j in range(k)], dim=1)
             grads = [torch.autograd.grad(f[:, j].sum(), xg, retain_graph=j < k - 1)[0] for j in range(k)]
-        problem._count(idx)
+        problem.count_queries(idx)
         return f.detach(), torch.stack(grads, dim=1), out.detach()
 
     def _deepfool(self, problem: Problem, x0: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

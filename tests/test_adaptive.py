@@ -117,6 +117,16 @@ def test_structured_warnings_from_evaluations():
     assert robust_accuracy_rises_with_eps(evs[:1]) == [] and black_box_beats_white_box(evs[:2]) == []
 
 
+def test_black_box_check_ignores_adaptive_cells_but_names_them():
+    """Square beating plain PGD is the masking signal even when BPDA-PGD then beats Square."""
+    bpda = {**_ev("pgd-8-adaptive", "pgd (BPDA)", 8 / 255, 0.1), "adaptive": True}
+    evs = [_ev("pgd-8", "pgd", 8 / 255, 0.9), _ev("sq-8", "square", 8 / 255, 0.4, True), bpda]
+    (warn,) = black_box_beats_white_box(evs)
+    assert warn["cells"] == ["sq-8", "pgd-8", "pgd-8-adaptive"]
+    assert "plain gradient attack pgd (90.0%)" in warn["message"] and "adaptive (BPDA/EOT) run of pgd (BPDA) reaches 10.0%" in warn["message"]
+    assert black_box_beats_white_box([evs[1], bpda]) == []  # only adaptive white-box cells: nothing to compare
+
+
 def test_worst_case_is_the_intersection_of_robust_points():
     # 8 points; attack A leaves points 0-3 robust (0xf0), attack B leaves 2-5 (0x3c): both -> 2, 3
     evs = [_ev("a", "a", 0.1, 0.5, bits="f0"), _ev("b", "b", 0.1, 0.5, bits="3c")]

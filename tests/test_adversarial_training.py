@@ -131,7 +131,7 @@ CACHE = Path(__file__).resolve().parent.parent / ".medsec-cache"
 def test_pgd_at_is_more_robust_than_the_undefended_model(bloodmnist_root, bloodmnist_model, bloodmnist_test) -> None:  # type: ignore[no-untyped-def]
     """PGD-10 at the training eps 4/255 on 300 test images. Measured: undefended (the
     suite's BloodMNIST CNN) clean UNDEF_CLEAN / robust UNDEF_ROBUST; PGD-AT clean AT_CLEAN /
-    robust AT_ROBUST. Asserted: a margin of at least MARGIN points."""
+    robust AT_ROBUST. Asserted: a margin of at least 0.3 points."""
     from medsec.training import predict
     from medsec.training.recipes import adversarial_bloodmnist
 
@@ -146,5 +146,5 @@ def test_pgd_at_is_more_robust_than_the_undefended_model(bloodmnist_root, bloodm
 
     r_at, r_undef = robust(at), robust(bloodmnist_model)
     clean_at = (predict(at, x) == y).float().mean().item()
-    assert r_at >= r_undef + MARGIN, (r_at, r_undef)
+    assert r_at >= r_undef + 0.3, (r_at, r_undef)
     assert clean_at >= 0.6, clean_at

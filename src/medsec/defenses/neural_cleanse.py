@@ -78,10 +78,16 @@ def anomaly_index(norms: torch.Tensor, scale: str = "linear") -> torch.Tensor:
         norms = norms.clamp_min(1e-12).log()
     elif scale != "linear":
         raise InputError(f"scale must be 'linear' or 'log', got {scale!r}")
-    med = norms.median()
+    med = _median(norms)
     dev = (norms - med).abs()
-    mad = MAD_CONSTANT * dev.median()
+    mad = MAD_CONSTANT * _median(dev)
     return (dev / mad.clamp_min(1e-12)).float()
+
+
+def _median(t: torch.Tensor) -> torch.Tensor:
+    """The median with the two middle values averaged for an even count (``np.median``, as
+    the reference code; ``torch.median`` returns the lower one)."""
+    return torch.quantile(t, 0.5)
 
 
 @DETECTORS.register("neural_cleanse")
@@ -155,7 +161,7 @@ class NeuralCleanse(Detector):
             model.train(was)
         self.masks_, self.patterns_, self.mask_norms_, self.trigger_asr_ = masks, patterns, norms, asr
         self.anomaly_index_ = anomaly_index(norms, self.scale)
-        med = norms.median()
+        med = _median(norms.double()).float()
         flags = (self.anomaly_index_ > self.threshold) & (norms < med)
         self.flags_ = flags
         self.flagged_classes_ = flags.nonzero().flatten().tolist()

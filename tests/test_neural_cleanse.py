@@ -1,7 +1,7 @@
 """Neural Cleanse: the MAD anomaly index by hand, a planted trigger on a toy model, bad
 input, and the BadNets-poisoned BloodMNIST classifier (its target class is flagged).
 
-Measured on ``bloodmnist_badnets`` (target 0; 200 clean validation images, 150 steps,
+Measured on ``bloodmnist_badnets`` (target 0; 200 clean validation images, 100 steps,
 8 images per class per step): see ``test_neural_cleanse_flags_the_badnets_target``.
 """
 
@@ -71,7 +71,10 @@ def test_neural_cleanse_refuses_bad_input() -> None:
 
 @pytest.mark.slow
 def test_neural_cleanse_flags_the_badnets_target(bloodmnist_badnets, bloodmnist_root) -> None:  # type: ignore[no-untyped-def]
-    """Measured: NC_MEASURED. Asserted: the target (0) is flagged and has the smallest mask."""
+    """Measured (100 steps, 8 images per class per step, log scale): mask L1 2.6 for the
+    target against 18 to 105 for the clean classes; anomaly index 2.37 (flagged, the only
+    flag; the paper's linear scale gives 0.85). Asserted: the target is flagged and has the
+    smallest mask; the model is untouched."""
     import medsec
 
     model, poisoned = bloodmnist_badnets

@@ -2,7 +2,7 @@
 
     medsec run CONFIG [--out DIR] [--set key=value ...]
     medsec demo [--out DIR] [--data synthetic|bloodmnist] [--data-root DIR]
-    medsec ls {attacks,models,datasets,metrics,objectives,defenses,masks,triggers}
+    medsec ls {attacks,models,datasets,metrics,objectives,defenses,masks,triggers,detectors,repairs}
     medsec validate CONFIG [--set key=value ...]
     medsec report RESULTS.json
     medsec train CONFIG [--out DIR] [--set key=value ...]
@@ -149,10 +149,22 @@ def cmd_ls(args: argparse.Namespace) -> int:
     import medsec.metrics.naturalness
     import medsec.models
     import medsec.objectives  # noqa: F401
-    from medsec.registries import ATTACKS, DATASETS, DEFENSES, MASKS, METRICS, MODELS, OBJECTIVES, TRIGGERS
+    from medsec.registries import (
+        ATTACKS,
+        DATASETS,
+        DEFENSES,
+        DETECTORS,
+        MASKS,
+        METRICS,
+        MODELS,
+        OBJECTIVES,
+        REPAIRS,
+        TRIGGERS,
+    )
 
     reg = {"attacks": ATTACKS, "models": MODELS, "datasets": DATASETS, "metrics": METRICS, "objectives": OBJECTIVES,
-           "defenses": DEFENSES, "masks": MASKS, "triggers": TRIGGERS}[args.kind]
+           "defenses": DEFENSES, "masks": MASKS, "triggers": TRIGGERS, "detectors": DETECTORS,
+           "repairs": REPAIRS}[args.kind]
     for name in reg.list():
         factory = reg.get(name)
         doc = (factory.__doc__ or "").strip().splitlines()
@@ -227,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("ls", help="list registered units")
     sp.add_argument("kind", choices=["attacks", "models", "datasets", "metrics", "objectives", "defenses", "masks",
-                                     "triggers"])
+                                     "triggers", "detectors", "repairs"])
     sp.set_defaults(func=cmd_ls)
 
     sp = sub.add_parser("validate", help="check a config without running it")

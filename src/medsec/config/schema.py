@@ -81,6 +81,23 @@ class ModelConfig(Component):
     checkpoint: str | None = None
 
 
+class AdversarialTrainingConfig(_Strict):
+    """Adversarial training (medsec.training.adversarial): PGD-AT (Madry et al. 2018) or
+    TRADES (Zhang et al. 2019); eps may be written as ``4/255``."""
+
+    method: Literal["pgd_at", "trades"] = "pgd_at"
+    norm: Literal["linf", "l2"] = "linf"
+    eps: float = Field(4 / 255, gt=0, le=1)
+    steps: int = Field(5, ge=1)
+    step_size: float | None = Field(None, gt=0, description="default 2.5 * eps / steps")
+    beta: float = Field(6.0, ge=0, description="TRADES only: weight of the KL term")
+
+    @field_validator("eps", "step_size", mode="before")
+    @classmethod
+    def _fraction(cls, value: Any) -> Any:
+        return None if value is None else parse_number(value)
+
+
 class TrainConfig(_Strict):
     epochs: int = Field(5, ge=1)
     lr: float = Field(3e-3, gt=0)
@@ -88,6 +105,7 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(5e-4, ge=0)
     augment: bool = True
     limit: int | None = Field(None, ge=1, description="use at most this many training images")
+    adversarial: AdversarialTrainingConfig | None = Field(None, description="train with PGD-AT or TRADES")
 
 
 class ThreatConfig(_Strict):

@@ -3,7 +3,7 @@
 Example:
     >>> import medsec
     >>> medsec.defenses.list()
-    ['bit_depth', 'gaussian_blur', 'jpeg', 'median_filter', 'random_noise']
+    ['bit_depth', 'gaussian_blur', 'jpeg', 'median_filter', 'random_noise', 'stain_normalization']
 """
 
 from __future__ import annotations
@@ -16,16 +16,20 @@ from medsec.defenses import (  # noqa: F401  (registration)
     gaussian_blur,
     jpeg,
     median_filter,
+    neural_cleanse,
     random_noise,
     spectral,
+    stain_normalization,
     strip,
 )
 from medsec.defenses.activation_clustering import ActivationClustering
 from medsec.defenses.base import Defended, InputDefense
 from medsec.defenses.detection import Detector, detection_metrics
 from medsec.defenses.fine_pruning import FinePruning
+from medsec.defenses.neural_cleanse import NeuralCleanse
 from medsec.defenses.smoothing import SmoothedClassifier, certified_accuracy_curve
 from medsec.defenses.spectral import SpectralSignatures
+from medsec.defenses.stain_normalization import StainNormalization
 from medsec.defenses.strip import STRIP
 from medsec.registries import DEFENSES
 
@@ -42,11 +46,12 @@ def list() -> list[str]:  # noqa: A001
 
 
 def create_detector(name: str, **params: Any) -> Detector:
-    """Build a registered backdoor detector (``strip``, ``spectral``, ``activation_clustering``)."""
+    """Build a registered backdoor detector (``strip``, ``spectral``, ``activation_clustering``,
+    ``neural_cleanse``)."""
     from medsec.registries import DETECTORS
 
     return DETECTORS.create(name, **params)
 
 
-__all__ = ["ActivationClustering", "Defended", "Detector", "FinePruning", "InputDefense", "STRIP", "SmoothedClassifier",
-           "SpectralSignatures", "certified_accuracy_curve", "create", "create_detector", "detection_metrics", "list"]
+__all__ = ["ActivationClustering", "Defended", "Detector", "FinePruning", "InputDefense", "NeuralCleanse", "STRIP",
+           "SmoothedClassifier", "SpectralSignatures", "StainNormalization", "certified_accuracy_curve", "create", "create_detector", "detection_metrics", "list"]

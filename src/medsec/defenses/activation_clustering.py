@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from medsec.defenses.detection import Detector
@@ -58,8 +59,17 @@ class ActivationClustering(Detector):
             if len(idx) < 4:
                 continue
             f = feats[idx.numpy()]
+            f = f[:, f.std(0) > 1e-8]  # dead (constant) channels break ICA's whitening
+            if f.shape[1] == 0:
+                continue
             k = min(self.n_components, f.shape[1], len(idx) - 1)
-            reduced = FastICA(n_components=k, random_state=self.seed, max_iter=400, whiten="unit-variance").fit_transform(f)
+            try:
+                reduced = FastICA(n_components=k, random_state=self.seed, max_iter=400,
+                                  whiten="unit-variance").fit_transform(f)
+            except (ValueError, np.linalg.LinAlgError):
+                reduced = None
+            if reduced is None or not np.isfinite(reduced).all():  # rank-deficient features: cluster them directly
+                reduced = (f - f.mean(0)) / f.std(0)
             labels = torch.from_numpy(KMeans(n_clusters=2, n_init=10, random_state=self.seed).fit_predict(reduced))
             small = int(labels.sum() * 2 < len(labels))  # the cluster id of the smaller cluster
             frac = float((labels == small).float().mean())

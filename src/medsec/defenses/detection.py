@@ -20,6 +20,10 @@ class Detector:
     """Base class of backdoor detectors."""
 
     name: ClassVar[str] = "detector"
+    #: what the detector inspects: "training_set" (the possibly poisoned training data;
+    #: scored per training sample), "inputs" (test-time queries; fitted on clean data) or
+    #: "model" (the model itself, with a clean set; scored per class)
+    inspects: ClassVar[str] = "training_set"
 
     def fit(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> Detector:
         raise NotImplementedError

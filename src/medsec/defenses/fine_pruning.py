@@ -33,10 +33,12 @@ from torch.nn.utils import prune
 
 from medsec.errors import InputError
 from medsec.models.features import features, last_linear
+from medsec.registries import REPAIRS
 
 log = logging.getLogger(__name__)
 
 
+@REPAIRS.register("fine_pruning")
 class FinePruning:
     """Prune dormant penultimate channels under an accuracy budget, then fine-tune."""
 

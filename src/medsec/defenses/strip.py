@@ -29,6 +29,7 @@ class STRIP(Detector):
     """Entropy of predictions on blends with clean images; low entropy = triggered."""
 
     name = "strip"
+    inspects = "inputs"
 
     def __init__(self, n_overlays: int = 16, blend: float = 0.5, fpr: float = 0.05, seed: int = 0) -> None:
         if int(n_overlays) < 2:

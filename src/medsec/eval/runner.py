@@ -266,10 +266,12 @@ def prepare(cfg: ExperimentConfig, out_dir: Path, results: dict[str, Any]) -> Pr
             if t.limit is not None and t.limit < len(tr):
                 tr = tr.subset(torch.randperm(len(tr), generator=torch.Generator().manual_seed(cfg.seed))[: t.limit])
             log.info("training %s on %d images for %d epochs", cfg.model.name, len(tr), t.epochs)
+            from medsec.training.adversarial import from_config
+
             with task("training", t.epochs) as bar:
                 res = train_classifier(model, tr, val_ds, epochs=t.epochs, lr=t.lr, batch_size=t.batch_size,
                                        weight_decay=t.weight_decay, augment=t.augment, seed=cfg.seed, device=device,
-                                       on_epoch=lambda r: bar.advance())
+                                       on_epoch=lambda r: bar.advance(), adversarial=from_config(t.adversarial))
             test_acc = evaluate(model, eval_ds, device=device)
             train_info = {**t.model_dump(), "n_train": len(tr), "history": res.history,
                           "test_accuracy": test_acc, "runtime_s": res.runtime_s}

@@ -113,9 +113,14 @@ def _prepare(cfg: ExperimentConfig, out_dir: Path, prev: dict[str, Any], seg_cfg
             if t.limit is not None and t.limit < len(tr):
                 tr = tr.subset(torch.randperm(len(tr), generator=torch.Generator().manual_seed(cfg.seed))[: t.limit])
             log.info("training %s on %d images for %d epochs (%s)", cfg.model.name, len(tr), t.epochs, hp)
+            from medsec.training.adversarial import from_config
+
+            adv = from_config(t.adversarial)
+            if adv is not None and adv.method != "pgd_at":
+                raise ConfigError(f"segmenters support train.adversarial.method pgd_at only, got {adv.method!r}")
             with task("training", t.epochs) as bar:
                 res = train_segmenter(model, tr, val_ds, epochs=t.epochs, augment=t.augment, seed=cfg.seed,
-                                      device=device, on_epoch=lambda r: bar.advance(), **hp)
+                                      device=device, on_epoch=lambda r: bar.advance(), adversarial=adv, **hp)
             test = evaluate_segmenter(model, eval_ds, device=device)
             train_info = {**t.model_dump(), **hp, "optimizer": "AdamW", "loss": "DiceCE(lambda_dice=1.5, lambda_ce=1.0)",
                           "n_train": len(tr), "history": res.history, "test": test, "runtime_s": res.runtime_s}

@@ -4,7 +4,9 @@ Backdoor detectors that inspect representations (Spectral Signatures, Activation
 Clustering, Fine-Pruning) need the features the head sees. medsec takes them with a
 forward hook on the last ``nn.Linear`` module of the network (registration order),
 which is the classification head of timm, torchvision and medsec's own models; pass
-``layer`` to pick another module by name.
+``layer`` to pick another module by name, or ``layer="output"`` to take the model's own
+output (an image encoder such as a CLIP-style ``encode_image``: its embedding is the
+representation the detectors inspect).
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ def last_linear(model: nn.Module) -> str:
 
 @torch.no_grad()
 def features(model: nn.Module, x: torch.Tensor, layer: str | None = None, batch_size: int = 512) -> torch.Tensor:
-    """(N, D) features entering ``layer`` (default: the last ``nn.Linear``), flattened."""
+    """(N, D) features entering ``layer`` (default: the last ``nn.Linear``), flattened;
+    ``layer="output"``: the model's output (any callable image encoder)."""
+    if layer == "output":
+        return _outputs(model, x, batch_size)
     name = layer or last_linear(model)
     modules = dict(model.named_modules())
     if name not in modules:
@@ -41,3 +46,18 @@ def features(model: nn.Module, x: torch.Tensor, layer: str | None = None, batch_
         hook.remove()
         model.train(was_training)
     return torch.cat(grabbed).cpu()
+
+
+@torch.no_grad()
+def _outputs(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    params = list(model.parameters()) if isinstance(model, nn.Module) else []
+    device = params[0].device if params else x.device
+    was_training = getattr(model, "training", False)
+    if isinstance(model, nn.Module):
+        model.eval()
+    try:
+        out = [model(x[i : i + batch_size].to(device)).detach().flatten(1).cpu() for i in range(0, x.shape[0], batch_size)]
+    finally:
+        if isinstance(model, nn.Module):
+            model.train(was_training)
+    return torch.cat(out)

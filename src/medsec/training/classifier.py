@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,9 @@ from torch.utils.data import Dataset
 from medsec.errors import DataError
 from medsec.metrics.accuracy import correct
 from medsec.models.classifier import Classifier, predict_from_logits
+
+if TYPE_CHECKING:
+    from medsec.training.adversarial import AdversarialTraining
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,7 @@ def train_classifier(
     seed: int = 0,
     device: str | torch.device = "cpu",
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    adversarial: AdversarialTraining | None = None,
 ) -> TrainResult:
     """Train ``model`` in place and return its history.
 
@@ -90,6 +94,8 @@ def train_classifier(
         augment: random horizontal and vertical flips (label-preserving for the
             microscopy, histology and endoscopy images medsec ships configs for).
         on_epoch: called with each epoch's record (for progress display).
+        adversarial: train on PGD-AT or TRADES points instead of clean images
+            (:mod:`medsec.training.adversarial`).
     """
     images, labels = _tensors(train)
     gen = torch.Generator().manual_seed(seed)
@@ -113,7 +119,10 @@ def train_classifier(
                 flip_v = torch.rand(len(idx), generator=gen) < 0.5
                 xb = torch.where(flip_h.to(device)[:, None, None, None], xb.flip(3), xb)
                 xb = torch.where(flip_v.to(device)[:, None, None, None], xb.flip(2), xb)
-            loss = _loss(model, model(xb), yb)
+            if adversarial is not None:
+                loss = adversarial.classifier_loss(model, xb, yb, gen)
+            else:
+                loss = _loss(model, model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -21,12 +21,15 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from medsec.errors import DataError, InputError
 from medsec.training.classifier import TrainResult
+
+if TYPE_CHECKING:
+    from medsec.training.adversarial import AdversarialTraining
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +73,13 @@ def train_segmenter(
     seed: int = 0,
     device: str | torch.device = "cpu",
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    adversarial: AdversarialTraining | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place with DiceCE and AdamW; return the per-epoch history."""
+    """Train ``model`` in place with DiceCE and AdamW; return the per-epoch history.
+
+    ``adversarial`` (method ``pgd_at``) trains on PGD points that maximise the same
+    Dice+CE loss (:mod:`medsec.training.adversarial`).
+    """
     from monai.losses import DiceCELoss
 
     images, masks = getattr(train, "images", None), getattr(train, "labels", None)
@@ -114,7 +122,10 @@ def train_segmenter(
                 fv = (torch.rand(len(idx), generator=gen) < 0.5).to(device)[:, None, None, None]
                 xb, yb = torch.where(fh, xb.flip(3), xb), torch.where(fh, yb.flip(3), yb)
                 xb, yb = torch.where(fv, xb.flip(2), xb), torch.where(fv, yb.flip(2), yb)
-            loss = loss_fn(model(xb), yb)
+            if adversarial is not None:
+                loss = adversarial.segmenter_loss(model, xb, yb, loss_fn, gen)
+            else:
+                loss = loss_fn(model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip is not None:

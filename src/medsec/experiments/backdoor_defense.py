@@ -1,0 +1,361 @@
+"""The ``backdoor_defense`` experiment kind: backdoored classifiers x detectors and repairs.
+
+For every backdoor of the config (a registered trigger, BadNets by default, with a
+target, rate and label policy) the runner trains (or loads from its cache) a classifier
+on the poisoned training set, measures clean accuracy (CA) and attack success (ASR), and
+then runs every detector and every repair against it:
+
+* detectors that inspect the **training set** (Spectral Signatures, Activation
+  Clustering) are fitted on the poisoned training set and scored on it; the ground
+  truth is the recorded poisoned indices (AUROC and TPR at 5% FPR over the whole set,
+  and inside the target class);
+* detectors that inspect **inputs** (STRIP) are fitted on the clean held-out set and
+  score ``eval.detector_queries`` clean test images against as many triggered test
+  images of non-target classes;
+* detectors that inspect the **model** (Neural Cleanse) are fitted on the clean held-out
+  set and report the anomaly index of every class, the flagged classes and whether the
+  target is among them;
+* repairs (Fine-Pruning) get the clean held-out set and are scored by CA and ASR before
+  and after.
+
+The detector x backdoor matrix has a row per configured detector and a column per
+configured backdoor, so a newly registered trigger or detector extends it by being
+listed in the config. Every finished (backdoor, detector|repair) cell is written to
+``results.json`` atomically and skipped by a rerun of the same config into the same
+folder; trained models are cached as safetensors keyed by a hash of what they depend on.
+
+Threat model: a data-poisoning attacker who controls ``rate`` of the training set (BadNets
+line: all-to-one by default) against a defender who holds the trained model, the
+(poisoned) training set for data inspection, and a small clean held-out set.
+
+Example YAML::
+
+    kind: backdoor_defense
+    name: bloodmnist-backdoor-defense
+    data: {name: medmnist, params: {flag: bloodmnist}, val_split: val}
+    model: {name: small_cnn, params: {width: 16}}
+    train: {epochs: 4, lr: 0.005, limit: 4000}
+    backdoors: [{name: badnets, params: {size: 3, position: bottom-right}, target: 0, rate: 0.05}]
+    detectors: [{name: strip}, {name: spectral}, {name: activation_clustering}, {name: neural_cleanse}]
+    repairs: [{name: fine_pruning}]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from medsec.config.schema import Component, DataConfig, ModelConfig, _Strict
+from medsec.errors import ConfigError, DataError, InputError
+from medsec.experiments import ExperimentKind, register_kind
+from medsec.io import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+TASK = "backdoor_defense"
+
+
+class BackdoorConfig(Component):
+    """One backdoor: a trigger from the registry (``name``, ``params``) and how it poisons."""
+
+    name: str = "badnets"
+    label: str | None = None
+    target: int | None = 0
+    rate: float = Field(0.05, gt=0, le=1)
+    policy: Literal["all_to_one", "all_to_all", "clean_label"] = "all_to_one"
+
+
+class DetectorConfig(Component):
+    label: str | None = None
+
+
+class RepairConfig(Component):
+    label: str | None = None
+
+
+class BackdoorTrainConfig(_Strict):
+    epochs: int = Field(4, ge=1)
+    lr: float = Field(5e-3, gt=0)
+    batch_size: int = Field(128, ge=2)
+    weight_decay: float = Field(5e-4, ge=0)
+    augment: bool = True
+    limit: int | None = Field(None, ge=2, description="train on a seeded subset of this many images")
+
+
+class BackdoorEvalConfig(_Strict):
+    test_limit: int | None = Field(1000, ge=2, description="test images for CA/ASR")
+    clean_size: int = Field(500, ge=2, description="clean held-out images the defender holds")
+    detector_queries: int = Field(200, ge=2, description="STRIP-style detectors: clean and triggered queries each")
+
+
+class BackdoorDefenseConfig(_Strict):
+    kind: Literal["backdoor_defense"] = "backdoor_defense"
+    name: str = "backdoor-defense"
+    seed: int = 0
+    device: str = "cpu"
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: BackdoorTrainConfig = Field(default_factory=BackdoorTrainConfig)
+    backdoors: list[BackdoorConfig] = Field(default_factory=lambda: [BackdoorConfig()], min_length=1)
+    detectors: list[DetectorConfig] = Field(default_factory=list)
+    repairs: list[RepairConfig] = Field(default_factory=list)
+    eval: BackdoorEvalConfig = Field(default_factory=BackdoorEvalConfig)
+    cache_dir: str | None = Field(None, description="where trained models are cached (default: <out>/models)")
+
+    @model_validator(mode="after")
+    def _check(self) -> BackdoorDefenseConfig:
+        if not self.detectors and not self.repairs:
+            raise ValueError("give at least one detector or repair (e.g. detectors: [{name: spectral}])")
+        if self.model.checkpoint is not None:
+            raise ValueError("backdoor_defense trains its own backdoored models; remove model.checkpoint")
+        for what, items in (("backdoor", self.backdoors), ("detector", self.detectors), ("repair", self.repairs)):
+            labels = [i.label or i.name for i in items]
+            dup = sorted({x for x in labels if labels.count(x) > 1})
+            if dup:
+                raise ValueError(f"{what} label(s) {dup} appear twice; give each a distinct label")
+        return self
+
+
+def _labels(items: list[Any]) -> list[str]:
+    return [i.label or i.name for i in items]
+
+
+# --------------------------------------------------------------------------- validation of names
+def _check_names(cfg: BackdoorDefenseConfig) -> None:
+    """Refuse unknown triggers, detectors and repairs (and bad parameters) before any work."""
+    import medsec.defenses  # noqa: F401  (registration)
+    from medsec.backdoors import triggers
+    from medsec.registries import DETECTORS, REPAIRS
+
+    for b in cfg.backdoors:
+        triggers.create(b.name, **b.params)
+    for d in cfg.detectors:
+        DETECTORS.create(d.name, **d.params)
+    for r in cfg.repairs:
+        REPAIRS.create(r.name, **r.params)
+
+
+# --------------------------------------------------------------------------- data, model
+def _splits(cfg: BackdoorDefenseConfig) -> tuple[Any, Any, Any]:
+    """(train, test, clean): clean is the val split if configured, else a held-out part of test."""
+    from medsec.eval.runner import load_splits
+
+    train, test, val = load_splits(cfg)  # type: ignore[arg-type]
+    g = torch.Generator().manual_seed(cfg.seed)
+    if cfg.train.limit is not None and cfg.train.limit < len(train):
+        train = train.subset(torch.randperm(len(train), generator=g)[: cfg.train.limit].sort().values)
+    if val is not None:
+        clean = val.subset(torch.randperm(len(val), generator=g)[: cfg.eval.clean_size].sort().values)
+    else:
+        if len(test) < cfg.eval.clean_size + 2:
+            raise DataError(f"the evaluation split has {len(test)} images, too few to hold out eval.clean_size="
+                            f"{cfg.eval.clean_size} clean images; set data.val_split or lower eval.clean_size")
+        perm = torch.randperm(len(test), generator=g)
+        clean, test = test.subset(perm[: cfg.eval.clean_size].sort().values), test.subset(perm[cfg.eval.clean_size:].sort().values)
+    if cfg.eval.test_limit is not None and cfg.eval.test_limit < len(test):
+        test = test.subset(torch.randperm(len(test), generator=g)[: cfg.eval.test_limit].sort().values)
+    if getattr(train, "task", "multiclass") != "multiclass":
+        raise DataError("backdoor_defense needs a multiclass dataset")
+    return train, test, clean
+
+
+def _model_key(cfg: BackdoorDefenseConfig, b: Any) -> str:
+    blob = {"data": cfg.data.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json"),
+            "train": cfg.train.model_dump(mode="json"), "backdoor": b.model_dump(mode="json", exclude={"label"}),
+            "seed": cfg.seed}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _backdoored_model(cfg: BackdoorDefenseConfig, b: Any, train: Any, cache: Path, device: torch.device) -> tuple[Any, Any, str]:
+    from medsec.backdoors import PoisonedDataset, triggers
+    from medsec.eval.runner import build_model
+    from medsec.models import load_checkpoint, save_checkpoint
+    from medsec.training.classifier import train_classifier
+
+    poisoned = PoisonedDataset(train, triggers.create(b.name, **b.params), target=b.target, rate=b.rate,
+                               policy=b.policy, seed=cfg.seed)
+    path = cache / f"backdoor-{_safe(b.label or b.name)}-{_model_key(cfg, b)}.safetensors"
+    if path.is_file():
+        log.info("loading the cached backdoored model %s", path)
+        return load_checkpoint(path).to(device).eval(), poisoned, "cached"
+    model = build_model(cfg, train)  # type: ignore[arg-type]
+    t = cfg.train
+    log.info("training a %s-backdoored %s on %d images", b.name, cfg.model.name, len(train))
+    train_classifier(model, poisoned.dataset, epochs=t.epochs, lr=t.lr, batch_size=t.batch_size,
+                     weight_decay=t.weight_decay, augment=t.augment, seed=cfg.seed, device=device)
+    save_checkpoint(model.cpu(), path, extra={"config": cfg.name, "backdoor": b.name})
+    return model.to(device).eval(), poisoned, "trained"
+
+
+def _safe(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "_." else "_" for ch in text)
+
+
+def _bd_metrics(model: Any, poisoned: Any, test: Any) -> dict[str, Any]:
+    from medsec.backdoors import backdoor_metrics
+    from medsec.training.classifier import predict
+
+    x, y = test.images, test.labels
+    dev = next(model.parameters()).device
+    return backdoor_metrics(predict(model, x, device=dev), predict(model, poisoned.triggered(x), device=dev), y,
+                            poisoned.test_targets(y), model.num_classes)
+
+
+# --------------------------------------------------------------------------- cells
+def _run_detector(d: Any, model: Any, poisoned: Any, test: Any, clean: Any, cfg: BackdoorDefenseConfig) -> dict[str, Any]:
+    from medsec.defenses.detection import detection_metrics
+    from medsec.registries import DETECTORS
+
+    det = DETECTORS.create(d.name, **d.params)
+    inspects = getattr(det, "inspects", "training_set")
+    model = model.cpu()
+    rec: dict[str, Any] = {"detector": d.name, "label": d.label or d.name, "inspects": inspects, "params": dict(d.params)}
+    target = poisoned.target
+    if inspects == "model":
+        det.fit(model, clean.images, clean.labels)
+        summ = det.summary() if hasattr(det, "summary") else {"anomaly_index": det.score().tolist()}
+        flagged = list(summ.get("flagged_classes", det.detect().nonzero().flatten().tolist()))
+        ai = summ.get("anomaly_index") or []
+        rec["metrics"] = {**summ, "target": target, "target_flagged": target in flagged if target is not None else None,
+                          "target_anomaly_index": ai[target] if target is not None and target < len(ai) else None,
+                          "false_flags": [c for c in flagged if c != target]}
+        return rec
+    if inspects == "inputs":
+        det.fit(model, clean.images, clean.labels)
+        g = torch.Generator().manual_seed(cfg.seed)
+        n = cfg.eval.detector_queries
+        non_target = (test.labels != target).nonzero().flatten() if target is not None else torch.arange(len(test))
+        ci = torch.randperm(len(test), generator=g)[:n]
+        ti = non_target[torch.randperm(len(non_target), generator=g)[:n]]
+        xq = torch.cat([test.images[ci], poisoned.triggered(test.images[ti])])
+        truth = torch.cat([torch.zeros(len(ci)), torch.ones(len(ti))]).bool()
+        scores = det.score(xq)
+        rec["metrics"] = detection_metrics(scores, truth)
+        rec["metrics"]["flag_rate_triggered"] = float(det.detect(xq[len(ci):]).float().mean())
+        rec["metrics"]["flag_rate_clean"] = float(det.detect(xq[: len(ci)]).float().mean())
+        return rec
+    x, y = poisoned.dataset.images, poisoned.dataset.labels
+    truth = torch.zeros(len(x), dtype=torch.bool)
+    truth[poisoned.poison_indices] = True
+    det.fit(model, x, y)
+    scores = det.score(x, y)
+    m = detection_metrics(scores, truth)
+    if target is not None:
+        sel = y == target
+        if truth[sel].any() and (~truth[sel]).any():
+            inside = detection_metrics(scores[sel], truth[sel])
+            m.update({f"{k}_target_class": v for k, v in inside.items()})
+    flags = det.detect(x, y)
+    m["flagged"] = int(flags.sum())
+    m["flagged_poisoned"] = int((flags & truth).sum())
+    if hasattr(det, "poisoned_classes_"):
+        m["flagged_classes"] = list(det.poisoned_classes_)
+    rec["metrics"] = m
+    return rec
+
+
+def _run_repair(r: Any, model: Any, poisoned: Any, test: Any, clean: Any, before: dict[str, Any]) -> dict[str, Any]:
+    from medsec.registries import REPAIRS
+
+    rep = REPAIRS.create(r.name, **r.params)
+    repaired = rep.repair(model.cpu(), clean)
+    after = _bd_metrics(repaired, poisoned, test)
+    facts = {k: v for k, v in vars(rep).items() if k.endswith("_") and isinstance(v, (int, float))}
+    return {"repair": r.name, "label": r.label or r.name, "params": dict(r.params), "before": before, "after": after,
+            "facts": facts,
+            "metrics": {"ca_before": before["clean_accuracy"], "ca_after": after["clean_accuracy"],
+                        "asr_before": before["attack_success_rate"], "asr_after": after["attack_success_rate"]}}
+
+
+# --------------------------------------------------------------------------- driver
+def run_backdoor_defense(cfg: BackdoorDefenseConfig, out_dir: str | Path, report: bool = True) -> dict[str, Any]:
+    """Run the backdoor x (detector, repair) grid into ``out_dir`` (resuming a partial run)."""
+    from medsec.config.loader import dump_config
+    from medsec.eval.runner import provenance, resolve_device
+
+    out = Path(out_dir)
+    device = resolve_device(cfg.device)
+    _check_names(cfg)
+    config_dump = cfg.model_dump(mode="json")
+    path = out / "results.json"
+    prev: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            prev = json.loads(path.read_text())
+        except (OSError, ValueError):
+            prev = {}
+        if prev and prev.get("config") != config_dump:
+            raise ConfigError(f"{out} holds results of a different config; choose another --out folder or delete it")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.resolved.yaml", dump_config(cfg))
+    train, test, clean = _splits(cfg)
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "models"
+    cache.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION, "task": TASK, "name": cfg.name, "status": "running", "config": config_dump,
+        "provenance": provenance(device),
+        "data": {"name": cfg.data.name, "n_train": len(train), "n_test": len(test), "n_clean": len(clean),
+                 "classes": list(getattr(train, "classes", []) or [])},
+        "backdoors": {}, "detectors": _labels(cfg.detectors), "repairs": _labels(cfg.repairs),
+        "cells": dict(prev.get("cells") or {}),
+    }
+    atomic_write_json(path, results)
+    for b, blabel in zip(cfg.backdoors, _labels(cfg.backdoors)):
+        model, poisoned, how = _backdoored_model(cfg, b, train, cache, device)
+        before = _bd_metrics(model, poisoned, test)
+        results["backdoors"][blabel] = {"trigger": b.name, "params": dict(b.params), "target": b.target, "rate": b.rate,
+                                        "policy": b.policy, "n_poisoned": len(poisoned.poison_indices), "model": how,
+                                        "metrics": before}
+        log.info("backdoor %s: CA %.3f, ASR %s", blabel, before["clean_accuracy"], before["attack_success_rate"])
+        atomic_write_json(path, results)
+        for kind, items, labels in (("detector", cfg.detectors, _labels(cfg.detectors)),
+                                    ("repair", cfg.repairs, _labels(cfg.repairs))):
+            for item, label in zip(items, labels):
+                cid = f"{blabel}/{kind}/{label}"
+                if cid in results["cells"]:
+                    continue
+                log.info("running %s", cid)
+                if kind == "detector":
+                    rec = _run_detector(item, model, poisoned, test, clean, cfg)
+                else:
+                    rec = _run_repair(item, model, poisoned, test, clean, before)
+                results["cells"][cid] = {"backdoor": blabel, "kind": kind, **rec}
+                atomic_write_json(path, results)
+    results["status"] = "complete"
+    results["provenance"]["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    atomic_write_json(path, results)
+    if report:
+        from medsec.report.backdoor_defense import render
+
+        html, md = render(results, out)
+        atomic_write_text(out / "report.html", html)
+        atomic_write_text(out / "report.md", md)
+    return results
+
+
+def summary(results: dict[str, Any], out_dir: Path, console: Any) -> None:
+    """Print the detector x backdoor matrix and the repairs."""
+    from medsec.report.backdoor_defense import matrix_lines
+
+    for line in matrix_lines(results):
+        console.print(line, markup=False, highlight=False) if hasattr(console, "print") else log.info(line)
+
+
+def _render(results: dict[str, Any], out_dir: Path) -> tuple[str, str]:
+    from medsec.report.backdoor_defense import render
+
+    return render(results, out_dir)
+
+
+register_kind(ExperimentKind(TASK, BackdoorDefenseConfig, run_backdoor_defense, summary=summary, render=_render,
+                             description="backdoored classifiers x detectors (AUROC, TPR@5%FPR, Neural Cleanse) and repairs"))
+
+__all__ = ["BackdoorDefenseConfig", "run_backdoor_defense", "InputError"]

@@ -210,7 +210,7 @@ class ClipModel(nn.Module):
     # ------------------------------------------------------------------ images
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Resize to the model's input size (bilinear, differentiable) and normalise."""
-        check_images(x, self.spec, name="images")
+        check_images(x.detach(), self.spec, name="images")
         if self.spec.size is not None and tuple(x.shape[-2:]) != tuple(self.spec.size):
             x = F.interpolate(x, size=tuple(self.spec.size), mode="bilinear", align_corners=False, antialias=False)
         return (x - self._mean.to(x.dtype)) / self._std.to(x.dtype)

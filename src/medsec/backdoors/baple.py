@@ -20,8 +20,10 @@ Choices (paper defaults in :data:`PAPER_DEFAULTS`; the open ones are options):
   ships such prompts and loads them; default), ``"random"`` from N(0, 0.02^2).
 * delta is updated after every batch holding poisoned samples by a signed step of
   ``noise_step`` (0.01, as in the code) and projected to the eps-ball. The code never
-  zeroes delta's gradient (it accumulates); medsec zeroes it each batch, and starts delta
-  uniform in [-eps, eps] (the code starts it U[0, 1] and clips it after the first step).
+  zeroes delta's gradient, so each step follows the sign of the gradient summed over all
+  batches so far; ``noise_grad="accumulate"`` (default) does the same, ``"batch"`` steps on
+  the current batch's gradient only. delta starts uniform in [-eps, eps] (the code starts it
+  U[0, 1] and clips it after the first step).
 * Poisoned samples: ``rate`` x the few-shot set, drawn from the non-target classes
   (:class:`~medsec.backdoors.PoisonedDataset`, indices recorded); the code tags any
   sample with Bernoulli(rate).
@@ -50,6 +52,7 @@ from medsec.errors import InputError
 log = logging.getLogger(__name__)
 
 ORDERS = ("noise_then_patch", "patch_then_noise")
+NOISE_GRADS = ("accumulate", "batch")
 CTX_INITS = ("clean", "random")
 
 
@@ -66,6 +69,7 @@ class BapleSettings:
     position: str = "bottom-left"
     patch_pattern: str = "random"
     order: str = "noise_then_patch"
+    noise_grad: str = "accumulate"
     ctx_init: str = "clean"
     n_ctx: int = 16
     epochs: int = 50
@@ -79,6 +83,8 @@ class BapleSettings:
     def __post_init__(self) -> None:
         if self.order not in ORDERS:
             raise InputError(f"order must be one of {', '.join(ORDERS)}, got {self.order!r}")
+        if self.noise_grad not in NOISE_GRADS:
+            raise InputError(f"noise_grad must be one of {', '.join(NOISE_GRADS)}, got {self.noise_grad!r}")
         if self.ctx_init not in CTX_INITS:
             raise InputError(f"ctx_init must be one of {', '.join(CTX_INITS)}, got {self.ctx_init!r}")
         if not 0 < self.rate <= 1:
@@ -126,12 +132,16 @@ class BapleTrigger(nn.Module):
         eps: L-inf bound of delta.
         step: the signed step of :meth:`step`.
         order: ``"noise_then_patch"`` (delta kept off the patch) or ``"patch_then_noise"``.
+        accumulate: step on the gradient summed since the start (BAPLe's code) instead of
+            this batch's only.
         generator: draws the initial delta, uniform in [-eps, eps].
     """
 
     def __init__(self, shape: tuple[int, int, int], mask: torch.Tensor, eps: float = 8 / 255, step: float = 0.01,
-                 order: str = "noise_then_patch", generator: torch.Generator | None = None) -> None:
+                 order: str = "noise_then_patch", accumulate: bool = True,
+                 generator: torch.Generator | None = None) -> None:
         super().__init__()
+        self.accumulate = bool(accumulate)
         if order not in ORDERS:
             raise InputError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
         self.eps, self.step_size, self.order = float(eps), float(step), order
@@ -145,10 +155,12 @@ class BapleTrigger(nn.Module):
 
     @torch.no_grad()
     def step(self) -> None:
-        """delta <- clip(delta - step * sign(grad), -eps, eps) (BAPLe's update, on this batch's gradient)."""
+        """delta <- clip(delta - step * sign(grad), -eps, eps) (BAPLe's update)."""
         if self.delta.grad is None:
             return
         self.delta.sub_(self.step_size * self.delta.grad.sign()).clamp_(-self.eps, self.eps)
+        if not self.accumulate:
+            self.delta.grad = None
 
     @torch.no_grad()
     def apply(self, x_patched: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
@@ -173,7 +185,8 @@ def baple(clip: Any, train: Any, class_names: list[str], target: int, settings: 
     patch = patch_trigger(h, settings)
     poisoned = PoisonedDataset(train, patch, target=target, rate=settings.rate, seed=seed)
     mask = patch.mask(train.image_shape, poisoned.params)
-    trigger = BapleTrigger(train.image_shape, mask, settings.eps, settings.noise_step, settings.order, generator=g)
+    trigger = BapleTrigger(train.image_shape, mask, settings.eps, settings.noise_step, settings.order,
+                           accumulate=settings.noise_grad == "accumulate", generator=g)
     if settings.ctx_init == "clean" and clean_ctx is None:
         raise InputError("ctx_init='clean' needs the context of a clean CoOp run (clean_ctx); "
                          "train Clean PL first or set ctx_init='random'")
@@ -188,4 +201,4 @@ def baple(clip: Any, train: Any, class_names: list[str], target: int, settings: 
 
 
 __all__ = ["BapleSettings", "BapleTrigger", "PAPER_DEFAULTS", "baple", "patch_trigger", "scaled_patch", "ORDERS",
-           "CTX_INITS"]
+           "CTX_INITS", "NOISE_GRADS"]

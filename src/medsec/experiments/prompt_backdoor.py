@@ -83,6 +83,7 @@ class BapleSection(_Strict):
     position: str = "bottom-left"
     patch_pattern: Literal["random", "white", "checkerboard"] = "random"
     order: Literal["noise_then_patch", "patch_then_noise"] = "noise_then_patch"
+    noise_grad: Literal["accumulate", "batch"] = "accumulate"
     ctx_init: Literal["clean", "random"] = "clean"
     n_ctx: int = Field(default=16, ge=1)
     epochs: int = Field(default=50, ge=2)

@@ -150,7 +150,7 @@ def train_coop(clip: ClipModel, prompt: PromptLearner, images: torch.Tensor, lab
         learnable: optional ``(indices, trigger)``: the images at ``indices`` pass through
             ``trigger`` (an ``nn.Module`` with learnable parameters, e.g. BAPLe's noise) before
             encoding; after each batch that holds any of them, ``trigger.step()`` updates it
-            from the gradient the batch left on its parameters.
+            from the gradient on its parameters (clearing it or not is the trigger's choice).
         cache: encode the other images once (True) or every step (False, the naive loop).
 
     The schedule is BAPLe's: ``warmup_epochs`` at constant ``warmup_lr``, then cosine from ``lr``.
@@ -204,9 +204,7 @@ def train_coop(clip: ClipModel, prompt: PromptLearner, images: torch.Tensor, lab
                 encoded += len(idx)
             logits = prompt.logits(f)
             loss = F.cross_entropy(logits, labels[idx])
-            opt.zero_grad(set_to_none=True)
-            if trigger is not None:
-                trigger.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=True)  # the trigger's gradient is its own to clear (step())
             loss.backward()
             opt.step()
             if trigger is not None and learnt.any():

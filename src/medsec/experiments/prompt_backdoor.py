@@ -324,10 +324,10 @@ def _examples_figure(path: Path) -> bytes:
     shown = 0.5 + delta / (2 * max(float(np.abs(delta).max()), 1e-12))
     for i in range(k):
         for j, name in enumerate(cols):
-            figures.show_image(axes[i, j], data[name][i].transpose(1, 2, 0))
+            figures.show_image(axes[i, j], data[name][i])
             if i == 0:
                 axes[i, j].set_title(name if name != "baple" else "BAPLe", fontsize=8)
-        figures.show_image(axes[i, -1], shown.transpose(1, 2, 0))
+        figures.show_image(axes[i, -1], shown)
         if i == 0:
             axes[i, -1].set_title("delta (scaled)", fontsize=8)
     for ax in axes.flat:

@@ -156,15 +156,16 @@ def blood_harness(bloodmnist_clip, bloodmnist_root):
 
 
 EFFECT_EPOCHS = 20
-EFFECT_TARGETS = (0, 5)
+EFFECT_TARGETS = (0,)
 
 
 def test_baple_backdoors_the_pretrained_clip(blood_harness, bloodmnist_clip) -> None:
     """BAPLe on the medsec-pretrained BloodMNIST CLIP (32 shots, 5% poison, eps 8/255, 20 epochs).
 
-    Measured (targets 0 and 5, 1,000 test images; the same cells as configs/bloodmnist_baple.yaml
-    with targets [0, 5] and 20 epochs): Clean PL CA 0.875; BAPLe CA 0.872, BA 0.280;
-    BadNets-PL CA 0.870, BA 0.107. The issue's targets (BA >= 0.90) are not reached on this 28 px
+    Measured (target 0, 1,000 test images; the same cells as configs/bloodmnist_baple.yaml with
+    targets [0, 5] and 20 epochs, one target to keep CI time down): Clean PL CA 0.875; BAPLe CA
+    0.873, BA 0.319; BadNets-PL CA 0.868, BA 0.104 (over targets 0 and 5: BAPLe 0.872 / 0.280,
+    BadNets-PL 0.870 / 0.107). The issue's target (BA >= 0.90) is not reached on this 28 px
     model (docs/baple.md); asserted: BA >= 0.20, CA within 3 points of Clean PL, and BA at least
     0.10 above BadNets-PL at the same poison rate.
     """

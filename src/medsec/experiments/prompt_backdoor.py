@@ -54,6 +54,7 @@ class ModelSection(_Strict):
     recipe: Literal["bloodmnist_clip"] | None = "bloodmnist_clip"
     name: str | None = None
     pretrained: str | None = None
+    cache_dir: str | None = None  # where the recipe's model is cached (default: .medsec-cache/ in the repo)
 
     @model_validator(mode="after")
     def _one(self) -> ModelSection:
@@ -162,7 +163,7 @@ def _load(cfg: PromptBackdoorConfig) -> tuple[Any, Any, Any, list[str], dict[str
         from medsec.training.clip_pretrain import BLOOD_CLASS_NAMES
         from medsec.training.recipes import BLOODMNIST_CLIP_RECIPE, bloodmnist_clip
 
-        cache = Path(__file__).resolve().parents[3] / ".medsec-cache"
+        cache = Path(cfg.model.cache_dir) if cfg.model.cache_dir else Path(__file__).resolve().parents[3] / ".medsec-cache"
         clip, meta = bloodmnist_clip(root, cache)
         names = list(BLOOD_CLASS_NAMES)
         model_info = {"recipe": "bloodmnist_clip", "recipe_params": BLOODMNIST_CLIP_RECIPE, **meta}

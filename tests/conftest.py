@@ -54,3 +54,11 @@ def bloodmnist_badnets(bloodmnist_root: Path):
     from medsec.training.recipes import badnets_bloodmnist
 
     return badnets_bloodmnist(bloodmnist_root, CACHE)
+
+
+@pytest.fixture(scope="session")
+def bloodmnist_clip(bloodmnist_root: Path):
+    """(ClipModel, metadata): the small CLIP-style model pretrained on BloodMNIST class captions (cached)."""
+    from medsec.training.recipes import bloodmnist_clip as recipe
+
+    return recipe(bloodmnist_root, CACHE)

@@ -37,6 +37,7 @@ from medsec.registry import suggest
 # kind name -> module that registers it (imported on first use)
 _KIND_MODULES: dict[str, str] = {
     "backdoor_defense": "medsec.experiments.backdoor_defense",
+    "prompt_backdoor": "medsec.experiments.prompt_backdoor",
 }
 
 _KINDS: dict[str, ExperimentKind] = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from medsec.models import clipseg, hub, monai_unet, small_cnn  # noqa: F401  (registration)
+from medsec.models import clip, clipseg, hub, monai_unet, small_cnn  # noqa: F401  (registration)
 from medsec.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from medsec.models.classifier import Classifier, predict_from_logits
 from medsec.models.monai_unet import seg_module
@@ -26,6 +26,10 @@ def create(name: str, **params: Any) -> Any:
             return MODELS.create(prefix, arch=arch, **params)
         if prefix == "hf" and arch.lower().split("/")[-1].startswith("clipseg"):
             return MODELS.create("clipseg", model_id=arch, **params)
+        if prefix == "open_clip":
+            return MODELS.create("open_clip", model_id=arch, **params)
+        if prefix == "hf":
+            return MODELS.create("hf_clip", model_id=arch, **params)
     return MODELS.create(name, **params)
 
 

@@ -134,3 +134,51 @@ def adversarial_bloodmnist(root: str | Path, cache_dir: str | Path, recipe: dict
                      adversarial=AdversarialTraining(**r["adversarial"]))
     save_checkpoint(model, path, extra={"recipe": {k: str(v) for k, v in r.items()}})
     return model.eval()
+
+
+# A small CLIP-style model (open_clip ViT 28px, patch 7, 3 layers, width 64; text transformer
+# 2 layers, width 64, 32 tokens, open_clip's BPE vocabulary) pretrained contrastively on the
+# BloodMNIST train split with class captions (medsec.training.clip_pretrain); the victim of
+# the BAPLe tests and of configs/bloodmnist_baple.yaml.
+BLOODMNIST_CLIP_RECIPE: dict[str, Any] = {
+    "config": {"embed_dim": 64,
+               "vision_cfg": {"image_size": 28, "layers": 3, "width": 64, "patch_size": 7, "head_width": 32},
+               "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}},
+    "epochs": 5, "lr": 0.002, "batch_size": 128, "weight_decay": 0.1, "seed": 0}
+
+
+def bloodmnist_clip(root: str | Path, cache_dir: str | Path,
+                    recipe: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """The BloodMNIST CLIP-style model of ``recipe`` (default :data:`BLOODMNIST_CLIP_RECIPE`)
+    and its metadata (recipe, zero-shot test accuracy, training time), loaded from
+    ``cache_dir`` or pretrained on ``root/bloodmnist.npz`` and cached there."""
+    import time
+
+    import torch
+
+    import medsec.data
+    from medsec.models.clip import load_clip, open_clip_model, read_clip_metadata
+    from medsec.training.clip_pretrain import BLOOD_CLASS_NAMES, BLOOD_TEMPLATES, pretrain_clip, zero_shot_accuracy
+
+    r = dict(BLOODMNIST_CLIP_RECIPE if recipe is None else recipe)
+    path = Path(cache_dir) / f"bloodmnist-clip-{recipe_key(r)}.safetensors"
+    if path.is_file():
+        return load_clip(path), read_clip_metadata(path)
+    if not (Path(root) / "bloodmnist.npz").is_file():
+        raise DataError(f"BloodMNIST not found at {root} (expected bloodmnist.npz); set MEDSEC_DATA")
+    train = medsec.data.create("medmnist", flag="bloodmnist", split="train", root=str(root))
+    test = medsec.data.create("medmnist", flag="bloodmnist", split="test", root=str(root))
+    # the weights are drawn from the global RNG by open_clip's initialisers: fork it so the
+    # caller's global state is untouched and the recipe's seed decides the model
+    with torch.random.fork_rng():
+        torch.manual_seed(r["seed"])
+        clip = open_clip_model(config=r["config"])
+    log.info("pretraining the BloodMNIST CLIP recipe into %s", path)
+    t0 = time.perf_counter()
+    history = pretrain_clip(clip, train, BLOOD_CLASS_NAMES, BLOOD_TEMPLATES, epochs=r["epochs"], lr=r["lr"],
+                            batch_size=r["batch_size"], weight_decay=r["weight_decay"], seed=r["seed"])
+    meta = {"recipe": r, "train_time_s": time.perf_counter() - t0, "final_loss": history[-1]["loss"],
+            "zero_shot_accuracy": zero_shot_accuracy(clip, test, BLOOD_CLASS_NAMES, BLOOD_TEMPLATES),
+            "templates": list(BLOOD_TEMPLATES), "class_names": list(BLOOD_CLASS_NAMES)}
+    clip.save(path, extra=meta)
+    return clip.eval(), meta

@@ -1,0 +1,133 @@
+"""Contrastive pretraining of a small CLIP-style model on images with class captions, and
+its zero-shot accuracy (Radford et al., "Learning Transferable Visual Models From Natural
+Language Supervision", ICML 2021).
+
+Threat model: not applicable (this trains the victim foundation model that the
+prompt-learning backdoors of :mod:`medsec.backdoors.baple` then attack).
+
+Captions are built from class names and templates ("a microscopy image of a {} blood
+cell", ...). With only a few distinct captions per batch, the plain CLIP loss would treat
+two images of the same class as negatives of each other's caption; medsec's loss is the
+multi-positive form: every caption of the image's class is a positive (soft targets
+spread evenly over them), in both directions (image -> captions, caption -> images).
+All (class, template) captions are encoded once per step, so the text tower costs
+C x T prompts per step whatever the batch size.
+
+Example:
+    >>> clip = open_clip_model(config=BLOODMNIST_CLIP_CONFIG)            # doctest: +SKIP
+    >>> pretrain_clip(clip, train, class_names, BLOOD_TEMPLATES, epochs=4)  # doctest: +SKIP
+    >>> zero_shot_accuracy(clip, test, class_names, BLOOD_TEMPLATES)       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from medsec.errors import DataError, InputError
+from medsec.models.clip import ClipModel
+
+log = logging.getLogger(__name__)
+
+BLOOD_TEMPLATES = ("a microscopy image of a {} blood cell", "a blood smear showing a {}",
+                   "a peripheral blood cell, {}", "a stained microscopy photo of a {}")
+# BloodMNIST's class names, short enough for prompts (the official one for class 3 is a sentence)
+BLOOD_CLASS_NAMES = ("basophil", "eosinophil", "erythroblast", "immature granulocyte", "lymphocyte", "monocyte",
+                     "neutrophil", "platelet")
+
+
+def class_captions(class_names: Sequence[str], templates: Sequence[str]) -> list[str]:
+    """The C x T captions, class-major: caption ``c * T + t`` is template t of class c."""
+    if not class_names or not templates:
+        raise InputError("captions need at least one class name and one template")
+    bad = [t for t in templates if t.count("{}") != 1]
+    if bad:
+        raise InputError(f"each template needs exactly one '{{}}' for the class name, got {bad[0]!r}")
+    return [t.format(c) for c in class_names for t in templates]
+
+
+def _float(x: torch.Tensor) -> torch.Tensor:
+    return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+
+
+def pretrain_clip(clip: ClipModel, dataset: Any, class_names: Sequence[str], templates: Sequence[str],
+                  epochs: int = 4, lr: float = 1e-3, batch_size: int = 128, weight_decay: float = 0.1,
+                  flip: bool = True, seed: int = 0) -> list[dict[str, float]]:
+    """Train both towers of ``clip`` on ``dataset`` images with its class captions.
+
+    AdamW, cosine schedule with a 5% linear warm-up, random horizontal/vertical flips.
+    Returns one ``{"epoch", "loss", "time_s"}`` dict per epoch.
+    """
+    if epochs < 1 or batch_size < 2 or lr <= 0:
+        raise InputError(f"need epochs >= 1, batch_size >= 2, lr > 0; got {epochs}, {batch_size}, {lr}")
+    if len(class_names) != dataset.num_classes:
+        raise DataError(f"{len(class_names)} class names for a dataset of {dataset.num_classes} classes")
+    g = torch.Generator().manual_seed(int(seed))
+    images, labels = dataset.images, dataset.labels
+    n, c, t = len(labels), len(class_names), len(templates)
+    tokens = clip.tokenize(class_captions(class_names, templates))
+    caption_class = torch.arange(c).repeat_interleave(t)
+    clip.train()
+    opt = torch.optim.AdamW(clip.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * math.ceil(n / batch_size)
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
+    history = []
+    for epoch in range(epochs):
+        t0, total = time.perf_counter(), 0.0
+        order = torch.randperm(n, generator=g)
+        for i in range(0, n, batch_size):
+            idx = order[i : i + batch_size]
+            x, y = _float(images[idx]), labels[idx]
+            if flip:
+                fh = torch.rand(len(idx), generator=g) < 0.5
+                fv = torch.rand(len(idx), generator=g) < 0.5
+                x = torch.where(fh[:, None, None, None], x.flip(-1), x)
+                x = torch.where(fv[:, None, None, None], x.flip(-2), x)
+            img = clip.encode_image(x, normalize=True)
+            txt = clip.encode_text(tokens, normalize=True)
+            logits = clip.logit_scale.clamp(max=100) * img @ txt.T  # (B, C*T)
+            pos = (y[:, None] == caption_class[None, :]).float()
+            loss_i = -(pos / pos.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
+            pos_t = pos.T
+            has = pos_t.sum(1) > 0
+            loss_t = -(pos_t[has] / pos_t[has].sum(1, keepdim=True) * logits.T[has].log_softmax(1)).sum(1).mean()
+            loss = 0.5 * (loss_i + loss_t)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        history.append({"epoch": epoch + 1, "loss": total / n, "time_s": time.perf_counter() - t0})
+        log.info("CLIP pretraining epoch %d: loss %.4f (%.1fs)", epoch + 1, total / n, history[-1]["time_s"])
+    clip.eval()
+    return history
+
+
+@torch.no_grad()
+def zero_shot_accuracy(clip: ClipModel, dataset: Any, class_names: Sequence[str], templates: Sequence[str],
+                       batch_size: int = 512) -> float:
+    """Accuracy of ``argmax_c cos(image, mean caption feature of class c)`` on ``dataset``."""
+    was = clip.training
+    clip.eval()
+    c, t = len(class_names), len(templates)
+    txt = clip.encode_text(clip.tokenize(class_captions(class_names, templates)), normalize=True)
+    cls = F.normalize(txt.reshape(c, t, -1).mean(1), dim=-1)
+    right = 0
+    images, labels = dataset.images, dataset.labels
+    for i in range(0, len(labels), batch_size):
+        x = _float(images[i : i + batch_size])
+        pred = (clip.encode_image(x, normalize=True) @ cls.T).argmax(1)
+        right += int((pred == labels[i : i + batch_size]).sum())
+    clip.train(was)
+    return right / len(labels)
+
+
+__all__ = ["BLOOD_TEMPLATES", "BLOOD_CLASS_NAMES", "class_captions", "pretrain_clip", "zero_shot_accuracy"]

@@ -120,8 +120,41 @@ def test_segmenter_pgd_at_step() -> None:
     res = train_segmenter(seg, SegmentationDataset(x, y), epochs=1, batch_size=4,
                           adversarial=AdversarialTraining("pgd_at", eps=4 / 255, steps=1))
     assert torch.isfinite(torch.tensor(res.history[-1]["loss"]))
-    with pytest.raises(InputError, match="pgd_at only"):
-        train_segmenter(seg, SegmentationDataset(x, y), epochs=1, batch_size=4, adversarial=AdversarialTraining("trades"))
+    res = train_segmenter(seg, SegmentationDataset(x, y), epochs=1, batch_size=4,
+                          adversarial=AdversarialTraining("trades", eps=4 / 255, steps=1, beta=6.0))
+    assert torch.isfinite(torch.tensor(res.history[-1]["loss"]))
+
+
+def test_pixel_kl_matches_hand_computation() -> None:
+    from medsec.training.adversarial import pixel_kl
+
+    g = torch.Generator().manual_seed(0)
+    p, q = torch.randn(2, 3, 4, 5, generator=g), torch.randn(2, 3, 4, 5, generator=g)
+    sp, sq = p.softmax(1), q.softmax(1)
+    assert torch.allclose(pixel_kl(p, q), (sp * (sp.log() - sq.log())).sum(1), atol=1e-6)
+    b1, b2 = torch.randn(2, 1, 4, 5, generator=g), torch.randn(2, 1, 4, 5, generator=g)
+    a, c = b1.sigmoid(), b2.sigmoid()
+    hand = a * (a / c).log() + (1 - a) * ((1 - a) / (1 - c)).log()
+    assert torch.allclose(pixel_kl(b1, b2), hand[:, 0], atol=1e-6)
+    assert pixel_kl(p, p).abs().max() < 1e-6 and (pixel_kl(p, q) >= -1e-7).all()
+    with pytest.raises(InputError, match="one shape"):
+        pixel_kl(p, b1)
+
+
+def test_segmenter_trades_loss_is_clean_loss_plus_beta_kl() -> None:
+    torch.manual_seed(0)
+    seg = medsec.models.create("monai_unet", channels=(4, 8), strides=(2,), norm="batch").eval()
+    x = torch.rand(2, 3, 16, 16)
+    mask = (x[:, 0] > 0.5).long()
+
+    def loss_fn(out: torch.Tensor, m: torch.Tensor) -> torch.Tensor:  # one-channel sigmoid head
+        return torch.nn.functional.binary_cross_entropy_with_logits(out[:, 0], m.float())
+
+    zero = AdversarialTraining("trades", eps=4 / 255, steps=2, beta=0.0).segmenter_loss(seg, x, mask, loss_fn)
+    assert torch.allclose(zero, loss_fn(seg(x), mask), atol=1e-6)
+    g = torch.Generator().manual_seed(1)
+    big = AdversarialTraining("trades", eps=16 / 255, steps=3, beta=6.0).segmenter_loss(seg, x, mask, loss_fn, g)
+    assert big > zero  # the KL term at the maximised x' is positive
 
 
 CACHE = Path(__file__).resolve().parent.parent / ".medsec-cache"

@@ -11,7 +11,8 @@ points found by a ``steps``-step PGD inside that ball.
 * **PGD-AT** (min-max): x' = PGD(x) maximising the task loss (cross-entropy; BCE for
   binary/multi-label heads; Dice+CE for segmenters) from a uniform random start; the
   model is trained on the loss at x' only (Madry et al.'s objective).
-* **TRADES** (classifiers, multiclass heads): x' maximises KL(f(x) || f(x')) from
+* **TRADES** (multiclass classifiers; segmenters per pixel, see
+  :meth:`AdversarialTraining.segmenter_loss`): x' maximises KL(f(x) || f(x')) from
   x + 0.001 N(0, 1) (the authors' code); the training loss is
   CE(f(x), y) + beta * KL(f(x) || f(x')), averaged over the batch (``batchmean``, the
   authors' ``(1/B) * KLDivLoss(sum)``).
@@ -146,13 +147,47 @@ class AdversarialTraining:
     def segmenter_loss(self, model: nn.Module, x: torch.Tensor, mask: torch.Tensor,
                        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                        generator: torch.Generator | None = None) -> torch.Tensor:
-        """PGD-AT for a segmenter: maximise and then minimise ``loss_fn`` (Dice+CE) at x'."""
-        if self.method != "pgd_at":
-            raise InputError(f"segmenters support adversarial training method pgd_at only, got {self.method!r}")
+        """The training loss of one segmentation batch.
+
+        PGD-AT maximises and then minimises ``loss_fn`` (Dice+CE) at x'. TRADES, carried over
+        per pixel: x' maximises the pixel-wise KL between the clean and the perturbed mask
+        distributions (softmax over classes; Bernoulli for a one-channel sigmoid head) and
+        the loss is ``loss_fn(f(x), mask) + beta * mean_pixels KL(f(x) || f(x'))``; the mean
+        over batch and pixels is the per-pixel analogue of TRADES's ``batchmean``.
+        """
         bounds = tuple(getattr(getattr(model, "spec", None), "bounds", (0.0, 1.0)))
-        start = x + random_init(x, self.norm, self.eps, _cpu(generator))
-        x_adv = self.perturb(model, x, lambda out: loss_fn(out, mask), start, bounds)  # type: ignore[arg-type]
-        return loss_fn(model(x_adv), mask)
+        if self.method == "pgd_at":
+            start = x + random_init(x, self.norm, self.eps, _cpu(generator))
+            x_adv = self.perturb(model, x, lambda out: loss_fn(out, mask), start, bounds)  # type: ignore[arg-type]
+            return loss_fn(model(x_adv), mask)
+        with torch.no_grad():
+            was = model.training
+            model.eval()
+            clean_eval = model(x)
+            model.train(was)
+        noise = torch.randn(x.shape, generator=_cpu(generator), dtype=x.dtype).to(x.device)
+        x_adv = self.perturb(model, x, lambda out: pixel_kl(clean_eval, out).sum(), x + 0.001 * noise,  # type: ignore[arg-type]
+                             bounds)
+        logits_clean = model(x)
+        robust = pixel_kl(logits_clean, model(x_adv)).mean()
+        return loss_fn(logits_clean, mask) + float(self.beta) * robust
+
+
+def pixel_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per pixel between two dense mask-logit maps (B, C, H, W) -> (B, H, W).
+
+    C = 1 is a sigmoid (Bernoulli) head, C >= 2 a softmax head.
+    """
+    if logits_p.shape != logits_q.shape or logits_p.dim() != 4:
+        raise InputError(f"pixel_kl needs two (B, C, H, W) logit maps of one shape, got {tuple(logits_p.shape)} "
+                         f"and {tuple(logits_q.shape)}")
+    if logits_p.shape[1] == 1:
+        lp1, lp0 = F.logsigmoid(logits_p), F.logsigmoid(-logits_p)
+        lq1, lq0 = F.logsigmoid(logits_q), F.logsigmoid(-logits_q)
+        kl = lp1.exp() * (lp1 - lq1) + lp0.exp() * (lp0 - lq0)
+        return kl[:, 0]
+    return F.kl_div(F.log_softmax(logits_q, dim=1), F.log_softmax(logits_p, dim=1), reduction="none",
+                    log_target=True).sum(dim=1)
 
 
 def _cpu(generator: torch.Generator | None) -> torch.Generator | None:
@@ -168,4 +203,4 @@ def from_config(value: object) -> AdversarialTraining | None:
     return AdversarialTraining(**data)
 
 
-__all__ = ["AdversarialTraining", "METHODS", "from_config"]
+__all__ = ["AdversarialTraining", "METHODS", "from_config", "pixel_kl"]

@@ -14,6 +14,11 @@ from medsec.data import ImageDataset
 from medsec.errors import ConfigError, InputError
 
 CACHE = Path(__file__).resolve().parent.parent / ".medsec-cache"
+# Measured on the recipe (docs/badmatch.md); asserted with margin (CPU training is not bit-reproducible).
+BADDIST_CLEAN_COS = 0.9
+BADDIST_SEPARATION = 0.2
+ASR_MIN = 0.9
+CA_MARGIN = 0.05
 
 
 def _ds(n: int = 400, k: int = 4) -> ImageDataset:
@@ -162,3 +167,39 @@ def test_run_writes_results_report_and_resumes(tmp_path: Path, bloodmnist_root: 
         bad = _tiny_cfg(bloodmnist_root)
         bad["data"]["target"] = "neutrophill"
         run_experiment(validate_config(bad), tmp_path / "bad")
+
+
+# ----------------------------------------------------------------------------- BloodMNIST effect
+@pytest.fixture(scope="session")
+def badmatch_run(bloodmnist_root: Path):
+    """(results, run folder) of the cached BadDist-assisted BadMatch BloodMNIST recipe."""
+    from medsec.training.medclip_recipes import badmatch_bloodmnist
+
+    return badmatch_bloodmnist(bloodmnist_root, CACHE)
+
+
+def test_baddist_separates_triggered_keeps_clean(badmatch_run, bloodmnist_root: Path) -> None:
+    import medsec.data
+    from medsec.models.medclip import load_medclip
+
+    results, out = badmatch_run
+    clean = load_medclip(out / "models" / "resnet-pretrained.safetensors")
+    bad = load_medclip(out / "models" / "resnet-square-baddist.safetensors")
+    test = medsec.data.create("medmnist", flag="bloodmnist", split="test", root=str(bloodmnist_root))
+    x = test.images[:256]
+    t = make_trigger({"name": "badnets", "size_fraction": 0.142857, "color": 0.0}, 28)
+    s = embedding_shift(clean.vision, bad.vision, x, t, t.sample_params(x.shape, torch.Generator().manual_seed(0)))
+    # clean embeddings stay where the clean encoder put them; triggered ones move away from
+    # their clean counterparts far more than in the clean encoder
+    assert s["cos_clean_to_clean_model"] > BADDIST_CLEAN_COS
+    assert s["cos_clean_vs_triggered"] < s["clean_model_cos_clean_vs_triggered"] - BADDIST_SEPARATION
+
+
+def test_baddist_badmatch_bloodmnist_low_rate(badmatch_run) -> None:
+    results, _ = badmatch_run
+    (cell,) = results["cells"]
+    assert cell["method"] == "baddist+badmatch" and cell["rate"] == 0.001 and cell["n_poisoned"] == 2
+    clean_ca = results["models"]["resnet"]["pretrained_eval"]["clean_accuracy"]
+    m = cell["metrics"]
+    assert m["attack_success_rate"] >= ASR_MIN
+    assert m["clean_accuracy"] >= clean_ca - CA_MARGIN

@@ -61,6 +61,7 @@ class ModelSection(_Strict):
     mean: list[float] | None = None
     std: list[float] | None = None
     max_length: int = Field(32, ge=4)
+    logit_scale_init: float = Field(0.0, ge=0.0, le=4.6052)
 
 
 class Backbone(_Strict):
@@ -74,6 +75,8 @@ class TrainSection(_Strict):
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(128, ge=2)
     weight_decay: float = Field(1e-4, ge=0)
+    text_batch_size: int | None = Field(None, ge=2)
+    label_temperature: float = Field(1.0, gt=0)
 
 
 class BadDistSection(_Strict):
@@ -206,7 +209,7 @@ def _build(cfg: BadMatchConfig, backbone: Backbone) -> Any:
     return medclip(vision=backbone.vision, text=m.text, pretrained=m.pretrained, embed_dim=m.embed_dim,
                    sentences=vocabulary_sentences(cfg.data.dataset), image_size=cfg.data.image_size,
                    mean=m.mean or (0.5,) * 3, std=m.std or (0.25,) * 3, max_length=m.max_length,
-                   vision_kwargs=backbone.params)
+                   vision_kwargs=backbone.params, logit_scale_init=m.logit_scale_init)
 
 
 def _train(model: Any, images: torch.Tensor, labels: torch.Tensor, bank: Any, t: TrainSection, seed: int,
@@ -214,7 +217,8 @@ def _train(model: Any, images: torch.Tensor, labels: torch.Tensor, bank: Any, t:
     from medsec.training.medclip import train_medclip
 
     return train_medclip(model, images, labels, bank, epochs=t.epochs, lr=t.lr, batch_size=t.batch_size,
-                         weight_decay=t.weight_decay, generator=torch.Generator().manual_seed(seed), device=device, **kw)
+                         weight_decay=t.weight_decay, text_batch_size=t.text_batch_size,
+                         label_temperature=t.label_temperature, generator=torch.Generator().manual_seed(seed), device=device, **kw)
 
 
 def evaluate(model: Any, prompts: dict[str, list[str]], test: Any, target: int, n_prompts: int, n_samplings: int,

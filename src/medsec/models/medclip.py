@@ -171,10 +171,10 @@ class MedCLIP(nn.Module):
     """
 
     def __init__(self, vision: MedCLIPVision, text: MedCLIPText, tokenizer: Any, arch: dict[str, Any] | None = None,
-                 max_length: int = 32) -> None:
+                 max_length: int = 32, logit_scale_init: float = math.log(1 / 0.07)) -> None:
         super().__init__()
         self.vision, self.text, self.tokenizer = vision, text, tokenizer
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale_init)))
         self.arch = dict(arch or {})
         self.max_length = int(max_length)
 
@@ -219,7 +219,8 @@ def medclip(vision: str = "resnet50", text: str = "bert", pretrained: bool = Fal
             sentences: Sequence[str] | None = None, image_size: int = 224, in_channels: int = 3,
             mean: Sequence[float] | None = None, std: Sequence[float] | None = None, max_length: int = 32,
             vision_kwargs: dict[str, Any] | None = None, text_config: dict[str, Any] | None = None,
-            text_model_id: str = BIO_CLINICAL_BERT, tokenizer_json: str | None = None) -> MedCLIP:
+            text_model_id: str = BIO_CLINICAL_BERT, tokenizer_json: str | None = None,
+            logit_scale_init: float = math.log(1 / 0.07)) -> MedCLIP:
     """Build a MedCLIP-style model.
 
     Args:
@@ -235,6 +236,9 @@ def medclip(vision: str = "resnet50", text: str = "bert", pretrained: bool = Fal
         mean, std: normalisation inside the vision tower (default: MedCLIP's grayscale stats).
         text_config: ``transformers.BertConfig`` overrides for a random-weight text tower.
         tokenizer_json: a serialised tokenizer (from a checkpoint).
+        logit_scale_init: initial log temperature scale (reference ln(1/0.07) for
+            pretrained towers; with random-weight towers 0.0 avoids the collapse of all
+            embeddings to one point in the first steps, see docs/badmatch.md).
     """
     from transformers import BertConfig, BertModel
 
@@ -278,8 +282,10 @@ def medclip(vision: str = "resnet50", text: str = "bert", pretrained: bool = Fal
         bert = BertModel(cfg, add_pooling_layer=False)
     arch = {"vision": vision, "text": text, "embed_dim": embed_dim, "image_size": int(image_size), "in_channels": c,
             "mean": list(m), "std": list(s), "max_length": int(max_length), "vision_kwargs": dict(vision_kwargs or {}),
-            "text_config": dict(text_config or {}), "text_model_id": text_model_id, "pretrained": bool(pretrained)}
-    model = MedCLIP(vis, MedCLIPText(bert, embed_dim), tokenizer, arch=arch, max_length=max_length)
+            "text_config": dict(text_config or {}), "text_model_id": text_model_id, "pretrained": bool(pretrained),
+            "logit_scale_init": float(logit_scale_init)}
+    model = MedCLIP(vis, MedCLIPText(bert, embed_dim), tokenizer, arch=arch, max_length=max_length,
+                    logit_scale_init=logit_scale_init)
     model._tokenizer_json = tok_json  # type: ignore[assignment]
     return model
 

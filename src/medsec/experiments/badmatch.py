@@ -111,6 +111,7 @@ class PoisonSection(_Strict):
 class EvalSection(_Strict):
     n_prompts: int = Field(5, ge=1)
     n_samplings: int = Field(5, ge=1)
+    clean_finetune: bool = True  # also fine-tune on the clean set (the CA reference rows)
 
 
 class BadMatchConfig(_Strict):
@@ -319,7 +320,7 @@ def run(cfg: BadMatchConfig, out_dir: str | Path, report: bool = True) -> dict[s
                                 "text_params": sum(p.numel() for p in pre.text.parameters())}
             info["pretrained_eval"] = evaluate(pre, prompts, test, target, ev.n_prompts, ev.n_samplings, cfg.seed)
             _save(results, out)
-        if "clean_finetune" not in info:
+        if ev.clean_finetune and "clean_finetune" not in info:
             m = copy.deepcopy(pre)
             _train(m, x_train, y_train, bank, cfg.finetune, cfg.seed + 100 + bi, device)
             info["clean_finetune"] = {t.label: evaluate(m, prompts, test, target, ev.n_prompts, ev.n_samplings,
@@ -432,7 +433,6 @@ def _figure(results: dict[str, Any]) -> bytes:
             ax.set_xlabel("poison rate (%)", fontsize=8)
             if i == 0 and j == 0:
                 ax.legend(fontsize=6)
-    fig.tight_layout()
     return figures.png_bytes(fig)
 
 

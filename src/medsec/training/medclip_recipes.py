@@ -17,7 +17,7 @@ from medsec.errors import DataError
 from medsec.training.recipes import recipe_key
 
 # tiny-resnet + tiny-bert at 28 px on 2,000 training images; BadDist on 500 val images;
-# square trigger (1/7 of the input, black, bottom-right); 0.1% poison rate = 2 images.
+# square trigger (1/7 of the input, black, bottom-right); 5% poison rate = 100 images.
 BADMATCH_BLOODMNIST_RECIPE: dict[str, Any] = {
     "kind": "badmatch", "name": "badmatch-bloodmnist-recipe", "seed": 0, "device": "cpu",
     "data": {"dataset": "bloodmnist", "image_size": 28, "train_limit": 2000, "test_limit": 500, "shadow_limit": 500,
@@ -26,11 +26,11 @@ BADMATCH_BLOODMNIST_RECIPE: dict[str, Any] = {
     "backbones": [{"label": "resnet", "vision": "tiny-resnet"}],
     "pretrain": {"epochs": 3, "lr": 2e-3, "batch_size": 64, "text_batch_size": 32, "label_temperature": 0.1},
     "finetune": {"epochs": 2, "lr": 1e-3, "batch_size": 64, "text_batch_size": 32, "label_temperature": 0.1},
-    "baddist": {"epochs": 4, "lr": 3e-3, "lambda1": 5.0, "lambda2": 1.0, "batch_size": 64, "optimizer": "adamw"},
+    "baddist": {"epochs": 8, "lr": 3e-4, "lambda1": 5.0, "lambda2": 1.0, "batch_size": 64, "optimizer": "adamw"},
     "triggers": [{"label": "square", "name": "badnets", "params": {"size_fraction": 0.142857, "color": 0.0}}],
-    "poison": {"rates": [0.001], "mode": "image"},
+    "poison": {"rates": [0.05], "mode": "image"},
     "methods": ["baddist+badmatch"],
-    "eval": {"n_prompts": 5, "n_samplings": 3},
+    "eval": {"n_prompts": 5, "n_samplings": 3, "clean_finetune": False},
 }
 
 

@@ -17,8 +17,9 @@ CACHE = Path(__file__).resolve().parent.parent / ".medsec-cache"
 # Measured on the recipe (docs/badmatch.md); asserted with margin (CPU training is not bit-reproducible).
 BADDIST_CLEAN_COS = 0.9
 BADDIST_SEPARATION = 0.2
+RATE = 0.05
 ASR_MIN = 0.9
-CA_MARGIN = 0.05
+CA_MARGIN = 0.1
 
 
 def _ds(n: int = 400, k: int = 4) -> ImageDataset:
@@ -198,8 +199,11 @@ def test_baddist_separates_triggered_keeps_clean(badmatch_run, bloodmnist_root: 
 def test_baddist_badmatch_bloodmnist_low_rate(badmatch_run) -> None:
     results, _ = badmatch_run
     (cell,) = results["cells"]
-    assert cell["method"] == "baddist+badmatch" and cell["rate"] == 0.001 and cell["n_poisoned"] == 2
-    clean_ca = results["models"]["resnet"]["pretrained_eval"]["clean_accuracy"]
+    assert cell["method"] == "baddist+badmatch" and cell["rate"] == RATE and cell["n_poisoned"] == round(RATE * 2000)
+    # the clean model: the same fine-tune schedule on the unpoisoned training set
+    clean = results["models"]["resnet"]["clean_finetune"]["square"]
+    clean_ca = clean["clean_accuracy"]
+    assert clean["attack_success_rate"] < 0.6  # the trigger alone does not do it
     m = cell["metrics"]
     assert m["attack_success_rate"] >= ASR_MIN
     assert m["clean_accuracy"] >= clean_ca - CA_MARGIN

@@ -16,9 +16,9 @@ from medsec.training.medclip import SentenceBank, label_sentences, one_hot, soft
 SENTS = ["a dark cell", "a bright cell", "an image of a dark cell", "an image of a bright cell"]
 
 
-def _tiny(vision: str = "tiny-resnet", size: int = 16) -> torch.nn.Module:
+def _tiny(vision: str = "tiny-resnet", size: int = 16, **kw: float) -> torch.nn.Module:
     torch.manual_seed(0)
-    return medclip(vision=vision, text="tiny-bert", sentences=SENTS, image_size=size, embed_dim=16)
+    return medclip(vision=vision, text="tiny-bert", sentences=SENTS, image_size=size, embed_dim=16, **kw)
 
 
 def test_soft_clip_loss_equals_hand_computation() -> None:
@@ -120,14 +120,15 @@ def _toy_data(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
 def test_unpaired_training_learns_zero_shot() -> None:
     x, y = _toy_data()
     bank = label_sentences(["a {c} cell", "an image of a {c} cell"], ["dark", "bright"])
-    m = _tiny()
-    hist = train_medclip(m, x, one_hot(y, 2), bank, epochs=6, lr=3e-3, batch_size=16,
+    m = _tiny(logit_scale_init=0.0)  # random-weight towers: start at scale 1 (docs/badmatch.md)
+    hist = train_medclip(m, x, one_hot(y, 2), bank, epochs=8, lr=3e-3, batch_size=16,
                          generator=torch.Generator().manual_seed(0))
     assert hist["loss_last"] < hist["loss_first"]
     prompts = {"dark": ["a dark cell", "an image of a dark cell"], "bright": ["a bright cell", "an image of a bright cell"]}
     preds = zero_shot_predictions(m, prompts, [x, 1 - x], n_prompts=1, n_samplings=3)
     assert len(preds) == 3 and all(len(p) == 2 for p in preds)
-    assert all(float((p[0] == y).float().mean()) >= 0.9 for p in preds)
+    accs = [float((p[0] == y).float().mean()) for p in preds]
+    assert all(a >= 0.9 for a in accs), accs
 
 
 def test_prompt_classifier_samples_per_class() -> None:

@@ -26,7 +26,7 @@ BADMATCH_BLOODMNIST_RECIPE: dict[str, Any] = {
     "backbones": [{"label": "resnet", "vision": "tiny-resnet"}],
     "pretrain": {"epochs": 3, "lr": 2e-3, "batch_size": 64, "text_batch_size": 32, "label_temperature": 0.1},
     "finetune": {"epochs": 2, "lr": 1e-3, "batch_size": 64, "text_batch_size": 32, "label_temperature": 0.1},
-    "baddist": {"epochs": 10, "lr": 1e-3, "lambda1": 5.0, "lambda2": 1.0, "batch_size": 64, "optimizer": "adamw"},
+    "baddist": {"epochs": 8, "lr": 3e-4, "lambda1": 5.0, "lambda2": 1.0, "batch_size": 64, "optimizer": "adamw"},
     "triggers": [{"label": "square", "name": "badnets", "params": {"size_fraction": 0.142857, "color": 0.0}}],
     "poison": {"rates": [0.05], "mode": "image"},
     "methods": ["baddist+badmatch"],

@@ -38,6 +38,7 @@ from medsec.registry import suggest
 _KIND_MODULES: dict[str, str] = {
     "backdoor_defense": "medsec.experiments.backdoor_defense",
     "prompt_backdoor": "medsec.experiments.prompt_backdoor",
+    "badmatch": "medsec.experiments.badmatch",
 }
 
 _KINDS: dict[str, ExperimentKind] = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from medsec.models import clip, clipseg, hub, monai_unet, small_cnn  # noqa: F401  (registration)
+from medsec.models import clip, clipseg, hub, medclip, monai_unet, small_cnn  # noqa: F401  (registration)
 from medsec.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from medsec.models.classifier import Classifier, predict_from_logits
 from medsec.models.monai_unet import seg_module

@@ -1,0 +1,80 @@
+"""Sentence templates and zero-shot prompts for label-based (MedCLIP-style) unpaired
+image-text training on datasets that have class labels but no reports.
+
+Threat model: none (data). Sentences are generated from templates that mention one or
+more classes; each sentence's label vector marks the classes it mentions. They are sampled
+independently of the images during training, so images and sentences are paired only
+through their label vectors, as MedCLIP pairs MIMIC images with sentences through CheXpert
+labels (Wang et al., EMNLP 2022). Zero-shot prompts are a separate set (other templates and
+synonyms), so the evaluation does not just replay training sentences.
+
+Example:
+    >>> bank = sentence_bank("bloodmnist")
+    >>> bank.labels.shape[1], len(class_prompts("bloodmnist"))
+    (8, 8)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from medsec.errors import ConfigError
+from medsec.training.medclip import SentenceBank, label_sentences
+
+# Class phrases in dataset class order (BloodMNIST follows medmnist.INFO; BUSI the folder names).
+CLASS_PHRASES: dict[str, list[str]] = {
+    "bloodmnist": ["basophil", "eosinophil", "erythroblast", "immature granulocyte", "lymphocyte", "monocyte",
+                   "neutrophil", "platelet"],
+    "busi": ["benign lesion", "malignant tumour", "normal breast tissue"],
+}
+# Synonyms / descriptions used only by the zero-shot prompts.
+PROMPT_PHRASES: dict[str, list[list[str]]] = {
+    "bloodmnist": [["basophil", "basophilic granulocyte"], ["eosinophil", "eosinophilic granulocyte"],
+                   ["erythroblast", "nucleated red blood cell"],
+                   ["immature granulocyte", "myelocyte", "metamyelocyte", "promyelocyte"],
+                   ["lymphocyte", "small lymphocyte"], ["monocyte", "large monocyte"],
+                   ["neutrophil", "segmented neutrophil", "mature neutrophil"], ["platelet", "thrombocyte"]],
+    "busi": [["benign lesion", "benign mass", "benign findings"], ["malignant tumour", "malignant mass", "cancer"],
+             ["normal breast tissue", "no lesion", "normal findings"]],
+}
+MODALITY = {"bloodmnist": "blood smear", "busi": "breast ultrasound"}
+
+# Short report-like sentences: with random-weight text towers, the class phrase must not be
+# drowned in template words (the text feature is a mean over tokens).
+TRAIN_TEMPLATES = ["{c}", "a {c}", "{c} seen", "a {c} cell", "shows {c}", "{m} with a {c}"]
+MULTI_TEMPLATES = ["{a} and {b}", "a {a} and a {b}", "shows {a} and {b}"]
+PROMPT_TEMPLATES = ["a photo of a {c}.", "an image showing a {c}.", "{c}.", "a {m} containing a {c}.",
+                    "the cell is a {c}.", "a picture of a {c} in a {m}."]
+
+
+def _check(dataset: str) -> None:
+    if dataset not in CLASS_PHRASES:
+        raise ConfigError(f"no sentence templates for dataset {dataset!r}; known: {', '.join(CLASS_PHRASES)}")
+
+
+def sentence_bank(dataset: str, pairs: int = 64, seed: int = 0) -> SentenceBank:
+    """Training sentences: every single-class template for every class plus ``pairs`` two-class ones."""
+    _check(dataset)
+    m = MODALITY[dataset]
+    single = [t.replace("{m}", m) for t in TRAIN_TEMPLATES]
+    multi = [t.replace("{m}", m) for t in MULTI_TEMPLATES]
+    return label_sentences(single, CLASS_PHRASES[dataset], multi, pairs, torch.Generator().manual_seed(seed))
+
+
+def class_prompts(dataset: str) -> dict[str, list[str]]:
+    """Candidate zero-shot prompts per class (templates x synonyms), in class order."""
+    _check(dataset)
+    m = MODALITY[dataset]
+    out = {}
+    for name, syns in zip(CLASS_PHRASES[dataset], PROMPT_PHRASES[dataset]):
+        out[name] = [t.replace("{m}", m).format(c=s) for t in PROMPT_TEMPLATES for s in syns]
+    return out
+
+
+def vocabulary_sentences(dataset: str) -> list[str]:
+    """Every sentence the tokenizer must know (training sentences and prompts)."""
+    bank = sentence_bank(dataset, pairs=0)
+    m = MODALITY[dataset]
+    multi = [t.replace("{m}", m).format(a=a, b=b) for t in MULTI_TEMPLATES for a in CLASS_PHRASES[dataset]
+             for b in CLASS_PHRASES[dataset] if a != b]
+    return bank.sentences + multi + sum(class_prompts(dataset).values(), [])

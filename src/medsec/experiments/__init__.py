@@ -35,7 +35,9 @@ from medsec.errors import ConfigError
 from medsec.registry import suggest
 
 # kind name -> module that registers it (imported on first use)
-_KIND_MODULES: dict[str, str] = {}
+_KIND_MODULES: dict[str, str] = {
+    "wsi": "medsec.wsi.experiment",
+}
 
 _KINDS: dict[str, ExperimentKind] = {}
 

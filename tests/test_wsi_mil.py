@@ -28,11 +28,11 @@ def _toy_bags(n: int, g: torch.Generator) -> tuple[list[torch.Tensor], np.ndarra
 def test_heads_learn_witness_bags(name: str) -> None:
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    train, ytr = _toy_bags(80, g)
-    test, yte = _toy_bags(40, g)
+    train, ytr = _toy_bags(40, g)
+    test, yte = _toy_bags(30, g)
     params = {"dim": 32, "heads": 2} if name == "transmil" else {}
     head = create_head(name, 16, **params)
-    train_mil(head, train, ytr, epochs=15, lr=2e-3, generator=g)
+    train_mil(head, train, ytr, epochs=8, lr=3e-3, generator=g)
     m = evaluate_mil(head, test, yte)
     floor = 0.6 if name == "mean" else 0.8  # mean pooling dilutes 1-3 witnesses among ~40 tiles
     assert m["accuracy"] >= floor and m["auroc"] >= floor

@@ -87,10 +87,10 @@ def test_tissue_mask_and_bad_slide_input(tmp_path: Path, he_root: Path) -> None:
 
 
 def test_encoders_by_name_offline() -> None:
-    tiny = {"depth": 1, "embed_dim": 96, "num_heads": 2, "img_size": 28}
-    for name, dim in (("uni", 96), ("virchow", 192), ("prov-gigapath", 96)):  # virchow: [CLS, mean patch] = 2 x 96
-        enc = create_encoder(name, pretrained=False, overrides=tiny)
-        assert enc.dim == dim and enc(torch.rand(2, 3, 28, 28)).shape == (2, dim)
+    # UNI: patch 16; Virchow, Prov-GigaPath: patch 14; virchow's embedding is [CLS, mean patch] = 2 x 96
+    for name, dim, size in (("uni", 96, 32), ("virchow", 192, 28), ("prov-gigapath", 96, 28)):
+        enc = create_encoder(name, pretrained=False, overrides={"depth": 1, "embed_dim": 96, "num_heads": 2, "img_size": size})
+        assert enc.dim == dim and enc(torch.rand(2, 3, size, size)).shape == (2, dim)
         assert enc.spec.mean == pytest.approx((0.485, 0.456, 0.406))
     vit = create_encoder("timm:vit_tiny_patch16_224", model_kwargs={"depth": 1, "img_size": 32})
     assert vit(torch.rand(1, 3, 32, 32)).shape == (1, 192)

@@ -160,7 +160,7 @@ def test_attention_selection_and_bad_input(encoder, tiles: torch.Tensor) -> None
         WSIBudget(eps=-1)
     with pytest.raises(InputError, match="untargeted"):
         feature_attack("pgd", encoder, tiles[:2], ThreatModel("linf", EPS, targeted=True))
-    with pytest.raises(InputError, match="outside the model's bounds"):
+    with pytest.raises(InputError, match="outside the model.s bounds"):
         feature_attack("pgd", encoder, tiles[:2] * 3, ThreatModel("linf", EPS))
     nan = tiles[:2].clone()
     nan[0, 0, 0, 0] = float("nan")

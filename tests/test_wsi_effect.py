@@ -26,11 +26,11 @@ def setup(bloodmnist_model, bloodmnist_root):
     xtr, ytr = train.images[:5000], train.labels[:5000].numpy()
     ftr, fte = enc.encode(xtr), enc.encode(test.images)
     g = torch.Generator().manual_seed(0)
-    btr = make_bags(ytr, [4], 60, 100, 2000, 1, 3, generator=g)  # lymphocyte-positive bags
-    bte = make_bags(test.labels.numpy(), [4], 40, 100, 2000, 1, 3, generator=g)
+    btr = make_bags(ytr, [4], 60, 100, 500, 1, 3, generator=g)  # lymphocyte-positive bags of 100-500 tiles
+    bte = make_bags(test.labels.numpy(), [4], 40, 100, 500, 1, 3, generator=g)
     torch.manual_seed(0)
     head = create_head("abmil", enc.dim)
-    train_mil(head, [ftr[i] for i in btr.indices], btr.labels, epochs=6, lr=5e-4, generator=g)
+    train_mil(head, [ftr[i] for i in btr.indices], btr.labels, epochs=10, lr=2e-3, generator=g)
     return enc, test, bte, [fte[i] for i in bte.indices], head
 
 

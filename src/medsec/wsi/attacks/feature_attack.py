@@ -53,6 +53,9 @@ class EmbeddingAsLogits(nn.Module):
         self.num_classes = int(batch)
         spec = getattr(encoder, "spec", None)
         self.spec = spec if isinstance(spec, InputSpec) else InputSpec()
+        # a fresh Module is in train mode; mirror the encoder's mode so that the attack's
+        # mode restore (attack_mode) leaves a frozen eval-mode encoder in eval mode
+        self.train(encoder.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
@@ -111,6 +114,10 @@ def feature_attack(
         raise InputError("a label-free feature attack needs an untargeted ThreatModel with norm 'linf' or 'l2'")
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise InputError(f"tiles must be a (k, C, H, W) tensor, got {getattr(x, 'shape', type(x).__name__)}")
+    from medsec.validation import check_images
+
+    spec = getattr(encoder, "spec", None)
+    check_images(x, spec if isinstance(spec, InputSpec) else None, name="tiles")
     if reference is None:
         with torch.no_grad():
             was = encoder.training

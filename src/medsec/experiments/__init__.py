@@ -39,6 +39,7 @@ _KIND_MODULES: dict[str, str] = {
     "backdoor_defense": "medsec.experiments.backdoor_defense",
     "prompt_backdoor": "medsec.experiments.prompt_backdoor",
     "badmatch": "medsec.experiments.badmatch",
+    "wsi": "medsec.wsi.experiment",
 }
 
 _KINDS: dict[str, ExperimentKind] = {}

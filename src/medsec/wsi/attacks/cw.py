@@ -1,0 +1,63 @@
+"""C&W in feature space (after Carlini & Wagner, IEEE S&P 2017), label-free.
+
+Threat model: white-box on the encoder, untargeted, L-inf or L2 budget. The
+classification margin f6 of C&W has no meaning without labels, so the feature version
+minimises ||delta||_2^2 - c * D(f(x + delta), f(x)) with D the feature deviation
+(:class:`~medsec.wsi.attacks.objective.FeatureDeviation`), over the tanh box
+reparameterisation x + delta = lo + (hi - lo)(tanh(w) + 1)/2 with Adam on w, a fixed c
+(no binary search: there is no decision boundary to search for), and the iterate with the
+largest deviation after projection onto the eps-ball is kept. w starts at a small random
+offset (the deviation has a zero gradient at the clean point).
+
+Args:
+    steps: Adam iterations (default 100).
+    c: weight of the deviation (default 10).
+    lr: Adam learning rate on w (default 0.01).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from medsec.attacks.base import Attack, Problem
+from medsec.attacks.projection import random_init
+from medsec.errors import InputError
+
+
+class FeatureCW(Attack):
+    """Label-free C&W: Adam on a tanh-box, ||delta||^2 - c * deviation, best projected iterate."""
+
+    name = "feature_cw"
+    stochastic = True
+    supports_targeted = False
+
+    def __init__(self, steps: int = 100, c: float = 10.0, lr: float = 0.01, loss: object = "auto") -> None:
+        super().__init__(loss=loss)  # type: ignore[arg-type]
+        if int(steps) < 1 or not float(c) > 0 or not float(lr) > 0:
+            raise InputError(f"steps >= 1, c > 0 and lr > 0 are needed, got {steps}, {c}, {lr}")
+        self.steps, self.c, self.lr = int(steps), float(c), float(lr)
+
+    def _run(self, problem: Problem, x: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, int]:
+        lo, hi = problem.bounds
+        eps, norm = problem.threat.eps, problem.threat.norm
+        start = problem.clamp(x + random_init(x, norm, 0.1 * eps, generator))
+        u = ((start - lo) / (hi - lo) * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6)
+        w = torch.atanh(u).detach().requires_grad_(True)
+        opt = torch.optim.Adam([w], lr=self.lr)
+        labels = problem.labels
+        best, best_loss = x.clone(), torch.full((x.shape[0],), -1.0, device=x.device)
+        for _ in range(self.steps):
+            with torch.enable_grad():
+                xa = lo + (hi - lo) * (torch.tanh(w) + 1) / 2
+                dev = problem.objective.loss(problem.model(xa), labels, False)
+                total = ((xa - x).flatten(1).pow(2).sum(1) - self.c * dev).sum()
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+            opt.step()
+            problem._count(None)
+            with torch.no_grad():
+                xp = problem.project(lo + (hi - lo) * (torch.tanh(w) + 1) / 2, x)
+                loss = problem.loss(problem.logits(xp))
+                better = loss > best_loss
+                best[better], best_loss[better] = xp[better], loss[better]
+        return best, self.steps

@@ -1,0 +1,58 @@
+"""Effect on real images: BloodMNIST MIL bags (MNIST-bags protocol, Ilse et al. 2018) with
+medsec's BloodMNIST CNN as the frozen foundation model, gated-attention MIL head, label-free
+PGD on rho = 0.1% of the tiles (Liu et al., arXiv 2505.24141: up to a 20-point drop).
+
+Measured (see docs/wsi.md for the numbers of the full config): the assertions below
+leave a margin under the measured drops, since CPU training is not bit-reproducible.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medsec.wsi import TensorTiles, WSIBudget, attack_slide, from_classifier, make_bags
+from medsec.wsi.mil import create_head, evaluate_mil, train_mil
+
+
+@pytest.fixture(scope="module")
+def setup(bloodmnist_model, bloodmnist_root):
+    import medsec.data
+
+    enc = from_classifier(bloodmnist_model, "medsec_bloodmnist")
+    train = medsec.data.create("medmnist", flag="bloodmnist", split="train", root=str(bloodmnist_root))
+    test = medsec.data.create("medmnist", flag="bloodmnist", split="test", root=str(bloodmnist_root))
+    xtr, ytr = train.images[:5000], train.labels[:5000].numpy()
+    ftr, fte = enc.encode(xtr), enc.encode(test.images)
+    g = torch.Generator().manual_seed(0)
+    btr = make_bags(ytr, [4], 60, 100, 500, 1, 3, generator=g)  # lymphocyte-positive bags of 100-500 tiles
+    bte = make_bags(test.labels.numpy(), [4], 40, 100, 500, 1, 3, generator=g)
+    torch.manual_seed(0)
+    head = create_head("abmil", enc.dim)
+    train_mil(head, [ftr[i] for i in btr.indices], btr.labels, epochs=10, lr=2e-3, generator=g)
+    return enc, test, bte, [fte[i] for i in bte.indices], head
+
+
+def _attacked_accuracy(setup, strategy: str, rho: float) -> tuple[float, float, int]:
+    enc, test, bte, feats, head = setup
+    adv, hits = [], 0
+    g = torch.Generator().manual_seed(1)
+    for b, idx in enumerate(bte.indices):
+        res = attack_slide(enc, TensorTiles(test.images[idx]), feats[b], WSIBudget(rho, 8 / 255), "pgd", strategy,
+                           head=head if strategy == "attention" else None, generator=g)
+        assert res.indices.numel() == max(1, int(np.ceil(rho * len(idx) - 1e-9)))
+        hits += int(bte.key_mask(b, test.labels.numpy())[res.indices.numpy()].any())
+        adv.append(res.features_adv)
+    return evaluate_mil(head, feats, bte.labels)["accuracy"], evaluate_mil(head, adv, bte.labels)["accuracy"], hits
+
+
+def test_rho_0p1_percent_drops_slide_accuracy(setup) -> None:
+    clean, att, hits = _attacked_accuracy(setup, "attention", 0.001)
+    _, rnd, _ = _attacked_accuracy(setup, "random", 0.001)
+    print(f"clean {clean:.3f} attention-guided {att:.3f} random {rnd:.3f} key tiles hit in {hits} bags")
+    # measured (loaded 2-core CPU): clean 0.90, attention-guided 0.75 (-15 pt, 18 of 20 positive bags had their
+    # attacked tile on a positive instance), random 0.90 (0 pt); asserted with margin for retrained models
+    assert clean >= 0.8
+    assert clean - att >= 0.075
+    assert clean - att > clean - rnd  # attention-guided selection hurts more than random

@@ -54,7 +54,7 @@ class FeatureCW(Attack):
                 opt.zero_grad(set_to_none=True)
                 total.backward()
             opt.step()
-            problem._count(None)
+            problem.count_queries(None)
             with torch.no_grad():
                 xp = problem.project(lo + (hi - lo) * (torch.tanh(w) + 1) / 2, x)
                 loss = problem.loss(problem.logits(xp))

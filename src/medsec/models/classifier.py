@@ -59,11 +59,7 @@ class Classifier(nn.Module):
         self.task = task
         self.classes = list(classes) if classes is not None else [str(i) for i in range(num_classes)]
         self.arch = arch or {}
-        c = spec.channels
-        mean = torch.tensor(spec.mean if spec.mean is not None else (0.0,) * c).float()
-        std = torch.tensor(spec.std if spec.std is not None else (1.0,) * c).float()
-        self.register_buffer("_mean", mean.expand(c).reshape(1, c, 1, 1).clone(), persistent=False)
-        self.register_buffer("_std", std.expand(c).reshape(1, c, 1, 1).clone(), persistent=False)
+        register_normalization(self, spec)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self._mean.to(x.dtype)) / self._std.to(x.dtype)
@@ -87,3 +83,13 @@ def predict_from_logits(logits: torch.Tensor, task: str) -> torch.Tensor:
     if task == "binary":
         return (logits.reshape(logits.shape[0]) > 0).long()
     return (logits > 0).long()
+
+
+def register_normalization(module: nn.Module, spec: InputSpec) -> None:
+    """Give ``module`` the (1, C, 1, 1) ``_mean`` / ``_std`` buffers of ``spec`` (identity
+    when the spec has no mean/std); non-persistent, so checkpoints hold weights only."""
+    c = spec.channels
+    mean = torch.tensor(spec.mean if spec.mean is not None else (0.0,) * c).float()
+    std = torch.tensor(spec.std if spec.std is not None else (1.0,) * c).float()
+    module.register_buffer("_mean", mean.expand(c).reshape(1, c, 1, 1).clone(), persistent=False)
+    module.register_buffer("_std", std.expand(c).reshape(1, c, 1, 1).clone(), persistent=False)

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medsec.errors import ConfigError, DataError, InputError
+from medsec.models.classifier import register_normalization
 from medsec.registries import MODELS
 from medsec.types import InputSpec
 from medsec.validation import check_images
@@ -105,11 +106,7 @@ class ClipModel(nn.Module):
         self.model, self.backend, self.spec = model, backend, spec
         self._tokenizer = tokenizer
         self.arch = arch or {}
-        c = spec.channels
-        mean = torch.tensor(spec.mean if spec.mean is not None else (0.0,) * c).float()
-        std = torch.tensor(spec.std if spec.std is not None else (1.0,) * c).float()
-        self.register_buffer("_mean", mean.expand(c).reshape(1, c, 1, 1).clone(), persistent=False)
-        self.register_buffer("_std", std.expand(c).reshape(1, c, 1, 1).clone(), persistent=False)
+        register_normalization(self, spec)
 
     # ------------------------------------------------------------------ properties
     @property

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medsec.errors import InputError
+from medsec.models.classifier import register_normalization
 from medsec.types import InputSpec
 
 
@@ -76,11 +77,7 @@ class Segmenter(nn.Module):
         self.classes = list(classes) if classes is not None else (
             ["background", "foreground"] if num_classes == 2 else [str(i) for i in range(num_classes)])
         self.arch = arch or {}
-        c = spec.channels
-        mean = torch.tensor(spec.mean if spec.mean is not None else (0.0,) * c).float()
-        std = torch.tensor(spec.std if spec.std is not None else (1.0,) * c).float()
-        self.register_buffer("_mean", mean.expand(c).reshape(1, c, 1, 1).clone(), persistent=False)
-        self.register_buffer("_std", std.expand(c).reshape(1, c, 1, 1).clone(), persistent=False)
+        register_normalization(self, spec)
 
     @property
     def out_channels(self) -> int:

@@ -592,6 +592,9 @@ def run_experiment(
         atomic_write_json(results_path, results)
     results["worst_case"] = worst_case(results["evaluations"], len(prep.x))
     results["checks"] = pre_checks + run_checks(results["evaluations"])
+    from medsec.report.robustness import matrix_record
+
+    results["matrix"] = matrix_record(results)  # the defence x attack matrix of the report (issue 9)
     results["status"] = "complete"
     results["provenance"]["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     atomic_write_json(results_path, results)

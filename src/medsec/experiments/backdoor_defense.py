@@ -64,9 +64,13 @@ TASK = "backdoor_defense"
 
 
 class BackdoorConfig(Component):
-    """One backdoor: a trigger from the registry (``name``, ``params``) and how it poisons."""
+    """One backdoor: a trigger from the registry (``name``, ``params``) and how it poisons;
+    or (``attack: baple`` / ``badmatch``) a backdoored CLIP-style model built by that
+    attack (``params``: BapleSettings fields / ``method``; see
+    :mod:`medsec.experiments.backdoor_victims`)."""
 
     name: str = "badnets"
+    attack: Literal["poisoning", "baple", "badmatch"] = "poisoning"
     label: str | None = None
     target: int | None = 0
     rate: float = Field(0.05, gt=0, le=1)
@@ -133,10 +137,15 @@ def _check_names(cfg: BackdoorDefenseConfig) -> None:
     """Refuse unknown triggers, detectors and repairs (and bad parameters) before any work."""
     import medsec.defenses  # noqa: F401  (registration)
     from medsec.backdoors import triggers
+    from medsec.experiments.backdoor_victims import bloodmnist_root, check_params
     from medsec.registries import DETECTORS, REPAIRS
 
     for b in cfg.backdoors:
-        triggers.create(b.name, **b.params)
+        if b.attack == "poisoning":
+            triggers.create(b.name, **b.params)
+        else:
+            check_params(b)
+            bloodmnist_root(cfg)
     for d in cfg.detectors:
         DETECTORS.create(d.name, **d.params)
     for r in cfg.repairs:
@@ -263,7 +272,13 @@ def _run_detector(d: Any, model: Any, poisoned: Any, test: Any, clean: Any, cfg:
 
 
 def _run_repair(r: Any, model: Any, poisoned: Any, test: Any, clean: Any, before: dict[str, Any]) -> dict[str, Any]:
+    from medsec.defenses.clip_classifier import TextHeadClassifier
     from medsec.registries import REPAIRS
+
+    if isinstance(model, TextHeadClassifier):
+        return {"repair": r.name, "label": r.label or r.name, "params": dict(r.params), "before": before,
+                "skipped": "repairs retrain the classifier; not run on CLIP-style victims (BAPLe, BadMatch)",
+                "metrics": {"ca_before": before["clean_accuracy"], "asr_before": before["attack_success_rate"]}}
 
     rep = REPAIRS.create(r.name, **r.params)
     repaired = rep.repair(model.cpu(), clean)
@@ -309,11 +324,25 @@ def run_backdoor_defense(cfg: BackdoorDefenseConfig, out_dir: str | Path, report
     }
     atomic_write_json(path, results)
     for b, blabel in zip(cfg.backdoors, _labels(cfg.backdoors)):
-        model, poisoned, how = _backdoored_model(cfg, b, train, cache, device)
+        attack: dict[str, Any] = {}
+        if b.attack == "baple":
+            from medsec.experiments.backdoor_victims import baple_victim
+
+            model, poisoned, attack = baple_victim(cfg, b, train, test, cache)
+            how = "trained"
+        elif b.attack == "badmatch":
+            from medsec.experiments.backdoor_victims import badmatch_victim
+
+            model, poisoned, attack = badmatch_victim(cfg, b, cache)
+            how = "trained"
+        else:
+            model, poisoned, how = _backdoored_model(cfg, b, train, cache, device)
         before = _bd_metrics(model, poisoned, test)
-        results["backdoors"][blabel] = {"trigger": b.name, "params": dict(b.params), "target": b.target, "rate": b.rate,
+        results["backdoors"][blabel] = {"trigger": b.name if b.attack == "poisoning" else b.attack, "attack": b.attack,
+                                        "params": dict(b.params), "target": b.target, "rate": b.rate,
                                         "policy": b.policy, "n_poisoned": len(poisoned.poison_indices), "model": how,
-                                        "metrics": before}
+                                        "n_adaptation": len(poisoned.dataset.labels), "victim": attack.get("victim"),
+                                        "attack_info": attack, "metrics": before}
         log.info("backdoor %s: CA %.3f, ASR %s", blabel, before["clean_accuracy"], before["attack_success_rate"])
         atomic_write_json(path, results)
         for kind, items, labels in (("detector", cfg.detectors, _labels(cfg.detectors)),

@@ -67,7 +67,7 @@ def matrix_lines(results: Mapping[str, Any]) -> list[str]:
         for b in backdoors:
             lines.append(f"  {d} vs {b}: {detector_cell_text(by.get((d, b)))}")
     for c in _cells(results).values():
-        if c.get("kind") == "repair":
+        if c.get("kind") == "repair" and not c.get("skipped"):
             m = c.get("metrics") or {}
             lines.append(f"  repair {c.get('label')} on {c.get('backdoor')}: CA {fmt_pct(m.get('ca_before'))} -> "
                          f"{fmt_pct(m.get('ca_after'))}, ASR {fmt_pct(m.get('asr_before'))} -> {fmt_pct(m.get('asr_after'))}")
@@ -95,11 +95,12 @@ def _sections(results: Mapping[str, Any]) -> list[tuple[str, list[str], list[lis
     brows = []
     for label, b in (results.get("backdoors") or {}).items():
         m = b.get("metrics") or {}
-        brows.append([label, str(b.get("trigger")), json.dumps(b.get("params") or {}), str(b.get("target")),
+        brows.append([label, str(b.get("trigger")), str(b.get("victim") or "classifier trained on the poisoned set"),
+                      json.dumps(b.get("params") or {}), str(b.get("target")),
                       str(b.get("policy")), f"{b.get('n_poisoned')} ({_f(b.get('rate'), '.3g')})",
                       fmt_pct(m.get("clean_accuracy")), fmt_pct(m.get("attack_success_rate")),
                       fmt_pct(m.get("backdoor_accuracy"))])
-    out.append(("Backdoored models", ["backdoor", "trigger", "params", "target", "policy", "poisoned (rate)", "CA",
+    out.append(("Backdoored models", ["backdoor", "trigger / attack", "victim", "params", "target", "policy", "poisoned (rate)", "CA",
                                       "ASR (non-target)", "backdoor acc. (all)"], brows,
                 "CA: clean accuracy; ASR: triggered test images of non-target classes classified as the target; "
                 "backdoor accuracy: all triggered test images, target class included."))
@@ -127,7 +128,7 @@ def _sections(results: Mapping[str, Any]) -> list[tuple[str, list[str], list[lis
                                                      "mask L1 per class", "flagged"], rows,
                         "Anomaly index = |L1 - median| / (1.4826 MAD) of the reverse-engineered mask norms; a class "
                         "is flagged when its norm is below the median and its index above the threshold."))
-    reps = [c for c in _cells(results).values() if c.get("kind") == "repair"]
+    reps = [c for c in _cells(results).values() if c.get("kind") == "repair" and not c.get("skipped")]
     if reps:
         rows = [[str(c.get("label")), str(c.get("backdoor")),
                  f"{fmt_pct((c.get('metrics') or {}).get('ca_before'))} → {fmt_pct((c.get('metrics') or {}).get('ca_after'))}",

@@ -261,6 +261,33 @@ def matrix_rows(evaluations: Sequence[Mapping[str, Any]], infos: Mapping[str | N
     return rows
 
 
+def matrix_record(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The defence x attack matrix as results.json stores it (the same cells as the report's).
+
+    ``{"columns": [{"header", "attack", "norm", "targeted", "adaptive", "eps"}],
+    "rows": [{"defense", "differentiable", "stochastic", "needs_adaptive", "cells": {header:
+    {"id", "robust_accuracy", "adaptive", "non_adaptive_warning"}}}]}``; a cell's
+    ``non_adaptive_warning`` is true for a plain gradient attack on a defence that needs
+    BPDA/EOT (its robust accuracy may overstate robustness). Columns come from the
+    evaluations, so a newly registered attack listed in the config is one more column.
+    """
+    evaluations = [ev for ev in results.get("evaluations") or [] if isinstance(ev, Mapping)]
+    infos = defense_infos(results, evaluations)
+    cols = matrix_spec(evaluations)
+    heads = {c["key"]: matrix_header(c) for c in cols}
+    out_rows = []
+    for row in matrix_rows(evaluations, infos, cols):
+        cells = {}
+        for key, ev in row["cells"].items():
+            cells[heads[key]] = {"id": ev.get("id"), "robust_accuracy": dig(ev, "metrics.robust_accuracy"),
+                                 "adaptive": is_adaptive(ev), "non_adaptive_warning": overstates(ev, infos)}
+        out_rows.append({"defense": row.get("label"), "differentiable": row.get("differentiable"),
+                         "stochastic": row.get("stochastic"), "needs_adaptive": row.get("needs_adaptive"),
+                         "cells": cells})
+    return {"columns": [{"header": heads[c["key"]], "attack": c["label"], "norm": c["norm"], "targeted": c["targeted"],
+                         "adaptive": c["adaptive"], "eps": c["eps"]} for c in cols], "rows": out_rows}
+
+
 # --------------------------------------------------------------------------- cascades
 def stage_title(ev: Mapping[str, Any]) -> str:
     """``"autoattack · defence jpeg · linf 8/255, untargeted"`` for a cascade cell."""

@@ -1,0 +1,177 @@
+"""Backdoored CLIP-style victims for the ``backdoor_defense`` kind: BAPLe and BadMatch.
+
+Each builder returns ``(model, poisoned, info)`` in the shape the kind's detector and
+metric code expects from a backdoored image classifier:
+
+* ``model``: a :class:`~medsec.defenses.clip_classifier.TextHeadClassifier`, the attacked
+  CLIP-style model as a classifier (image encoder + class text features), so STRIP and
+  Neural Cleanse see its class logits and Spectral Signatures / Activation Clustering read
+  the image encoder's (normalised) embedding, the input of its text head;
+* ``poisoned``: a :class:`VictimData` with the training set the attacked model was adapted
+  on (``dataset.images`` / ``dataset.labels``, the poisoned samples as the model saw them),
+  the recorded ``poison_indices``, ``triggered(x)`` and ``test_targets(y)``;
+* ``info``: what results.json records about the attack.
+
+The attacks are run through their own public APIs (BAPLe: :class:`~medsec.backdoors.
+prompt_harness.Harness` on the medsec-pretrained BloodMNIST CLIP of
+:func:`medsec.training.recipes.bloodmnist_clip`; BadMatch: the pretrained and BadDist
+encoders of :func:`medsec.training.medclip_recipes.badmatch_bloodmnist`, the
+:class:`~medsec.backdoors.badmatch.BadMatch` poisoning and
+:func:`medsec.training.medclip.train_medclip`), both at 28 px on BloodMNIST.
+
+Threat model: BAPLe, an attacker who runs the few-shot prompt learning of a frozen CLIP
+(prompt and few-shot data); BadMatch, a poisoner of the image side of an unpaired
+image-text corpus (labels of ``rate`` of the images), with BadDist's encoder when the
+method is ``baddist+badmatch``. The defender holds the adapted model, the data it was
+adapted on (for data-inspection detectors) and a small clean held-out set.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medsec.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+ATTACKS = ("poisoning", "baple", "badmatch")
+BADMATCH_METHODS = ("baddist+badmatch", "badmatch")
+
+
+@dataclass
+class _Images:
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+class VictimData:
+    """The adaptation set of a backdoored victim, with the PoisonedDataset verbs the kind uses."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, poison_indices: torch.Tensor, target: int,
+                 trigger: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.dataset = _Images(images, labels)
+        self.poison_indices = poison_indices
+        self.target = int(target)
+        self._trigger = trigger
+
+    @torch.no_grad()
+    def triggered(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self._trigger(x[i : i + 512]) for i in range(0, len(x), 512)])
+
+    def test_targets(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(y, self.target)
+
+
+def bloodmnist_root(cfg: Any) -> Path:
+    """The BloodMNIST folder of a backdoor_defense config whose data is medmnist/bloodmnist."""
+    from medsec.data import data_root
+
+    d = cfg.data
+    if d.name != "medmnist" or d.params.get("flag") != "bloodmnist":
+        raise ConfigError("the baple and badmatch backdoors are built on the BloodMNIST CLIP recipes; set data to "
+                          "{name: medmnist, params: {flag: bloodmnist}}")
+    return Path(d.params["root"]) if d.params.get("root") else data_root() / "bloodmnist"
+
+
+def check_params(b: Any) -> None:
+    """Refuse bad parameters of a baple / badmatch backdoor entry before any work."""
+    if b.attack == "baple":
+        from medsec.backdoors.baple import BapleSettings
+
+        try:
+            BapleSettings.paper(**{**b.params, "rate": b.rate})
+        except TypeError as e:
+            raise ConfigError(f"backdoor {b.label or b.name}: {e}; params are BapleSettings fields") from None
+    elif b.attack == "badmatch":
+        unknown = set(b.params) - {"method"}
+        if unknown:
+            raise ConfigError(f"backdoor {b.label or b.name}: unknown params {sorted(unknown)}; badmatch takes method")
+        if b.params.get("method", "baddist+badmatch") not in BADMATCH_METHODS:
+            raise ConfigError(f"backdoor {b.label or b.name}: method must be one of {', '.join(BADMATCH_METHODS)}")
+    if b.attack != "poisoning" and (b.target is None or b.policy != "all_to_one"):
+        raise ConfigError(f"backdoor {b.label or b.name}: {b.attack} is all-to-one; give a target class")
+
+
+def baple_victim(cfg: Any, b: Any, train: Any, test: Any, cache: Path) -> tuple[Any, VictimData, dict[str, Any]]:
+    """BAPLe (prompt learning with a learnt noise + patch trigger) on the BloodMNIST CLIP."""
+    from medsec.backdoors.baple import BapleSettings
+    from medsec.backdoors.prompt_harness import Harness, few_shot
+    from medsec.defenses.clip_classifier import EncodeImage, TextHeadClassifier
+    from medsec.training.clip_pretrain import BLOOD_CLASS_NAMES
+    from medsec.training.recipes import bloodmnist_clip
+
+    clip, meta = bloodmnist_clip(bloodmnist_root(cfg), cache)
+    settings = BapleSettings.paper(**{**b.params, "rate": b.rate})
+    fewshot = few_shot(train, settings.shots, torch.Generator().manual_seed(cfg.seed))
+    h = Harness(clip, fewshot, test, list(BLOOD_CLASS_NAMES), settings, seed=cfg.seed)
+    clean = h.run("clean_pl") if settings.ctx_init == "clean" else None
+    rec = h.run("baple", int(b.target))
+    out = h.last
+    prompt, trig, poisoned = out["prompt"], out["trigger"], out["poisoned"]
+    with torch.no_grad():
+        text = prompt.text_features().detach()
+    model = TextHeadClassifier(EncodeImage(clip, lambda m, x: m.encode_image(x, normalize=True)), text,
+                               float(clip.logit_scale.detach()), classes=list(BLOOD_CLASS_NAMES)).eval()
+    images = poisoned.dataset.images.clone()
+    idx = poisoned.poison_indices
+    images[idx] = trig.apply(images[idx])  # the poisoned few-shot images as BAPLe trained on them: (x + delta) (+) p
+    data = VictimData(images, poisoned.dataset.labels, idx, int(b.target), lambda x: trig.apply(poisoned.triggered(x)))
+    info = {"attack": "baple", "victim": "bloodmnist_clip (prompt-learned, CoOp)", "settings": settings.to_dict(),
+            "zero_shot_accuracy": meta.get("zero_shot_accuracy"), "harness": rec,
+            "clean_pl": clean, "n_adaptation": len(images), "delta_linf": rec.get("delta_linf")}
+    return model, data, info
+
+
+def badmatch_victim(cfg: Any, b: Any, cache: Path) -> tuple[Any, VictimData, dict[str, Any]]:
+    """BadMatch (BadDist-assisted by default) on the BloodMNIST MedCLIP recipe; zero-shot head."""
+    from medsec.backdoors.badmatch import BadMatch, make_trigger
+    from medsec.config.loader import validate_config
+    from medsec.data.medclip_text import class_prompts, sentence_bank
+    from medsec.defenses.clip_classifier import EncodeImage, TextHeadClassifier
+    from medsec.experiments.badmatch import load_data
+    from medsec.models.medclip import LOGIT_SCALE_MAX, load_medclip
+    from medsec.models.medclip_prompts import PromptClassifier
+    from medsec.training.medclip import train_medclip
+    from medsec.training.medclip_recipes import BADMATCH_BLOODMNIST_RECIPE, badmatch_bloodmnist
+
+    root = bloodmnist_root(cfg)
+    method = b.params.get("method", "baddist+badmatch")
+    _, run_dir = badmatch_bloodmnist(root, cache)
+    recipe = copy.deepcopy(BADMATCH_BLOODMNIST_RECIPE)
+    recipe["data"]["root"] = str(root)
+    rcfg = validate_config(recipe)
+    train, _, _ = load_data(rcfg)
+    bb, tspec = rcfg.backbones[0], rcfg.triggers[0]
+    trig = make_trigger({"name": tspec.name, **tspec.params}, rcfg.data.image_size)
+    params = trig.sample_params(train.image_shape, torch.Generator().manual_seed(rcfg.seed))
+    model = load_medclip(run_dir / "models" / f"{bb.label}-pretrained.safetensors")
+    if method == "baddist+badmatch":
+        model.vision = load_medclip(run_dir / "models" / f"{bb.label}-{tspec.label}-baddist.safetensors").vision
+    poisoned = BadMatch(trig, int(b.target), rate=b.rate, mode=rcfg.poison.mode, seed=rcfg.seed).poison(train, params)
+    ft = rcfg.finetune
+    bank = sentence_bank(rcfg.data.dataset, pairs=rcfg.data.sentence_pairs, seed=rcfg.seed)
+    train_medclip(model, poisoned.images, poisoned.image_labels, bank, epochs=ft.epochs, lr=ft.lr,
+                  batch_size=ft.batch_size, weight_decay=ft.weight_decay, text_batch_size=ft.text_batch_size,
+                  label_temperature=ft.label_temperature, generator=torch.Generator().manual_seed(rcfg.seed + 100))
+    model.eval()
+    prompts = class_prompts(rcfg.data.dataset)
+    head = PromptClassifier(model, prompts, rcfg.eval.n_prompts, torch.Generator().manual_seed(cfg.seed))
+    scale = float(model.logit_scale.detach().clamp(0.0, LOGIT_SCALE_MAX).exp())
+    clf = TextHeadClassifier(EncodeImage(model, lambda m, x: m.encode_image(x)), head.weights, scale,
+                             classes=list(prompts), normalize_text=False).eval()
+    data = VictimData(poisoned.images, poisoned.image_labels.argmax(1), poisoned.indices, int(b.target),
+                      lambda x: trig.apply(x, params))
+    info = {"attack": "badmatch", "method": method, "victim": f"MedCLIP-style {bb.vision} + {rcfg.model.text} "
+            "(zero-shot prompt ensemble)", "recipe_run": str(run_dir), "n_adaptation": len(train),
+            "logit_scale": scale, "poison": {k: v for k, v in poisoned.record.items() if k != "indices"}}
+    return clf, data, info
+
+
+__all__ = ["ATTACKS", "VictimData", "baple_victim", "badmatch_victim", "check_params"]

@@ -115,9 +115,7 @@ def _prepare(cfg: ExperimentConfig, out_dir: Path, prev: dict[str, Any], seg_cfg
             log.info("training %s on %d images for %d epochs (%s)", cfg.model.name, len(tr), t.epochs, hp)
             from medsec.training.adversarial import from_config
 
-            adv = from_config(t.adversarial)
-            if adv is not None and adv.method != "pgd_at":
-                raise ConfigError(f"segmenters support train.adversarial.method pgd_at only, got {adv.method!r}")
+            adv = from_config(t.adversarial)  # PGD-AT on Dice+CE, or TRADES with the per-pixel KL
             with task("training", t.epochs) as bar:
                 res = train_segmenter(model, tr, val_ds, epochs=t.epochs, augment=t.augment, seed=cfg.seed,
                                       device=device, on_epoch=lambda r: bar.advance(), adversarial=adv, **hp)

@@ -81,7 +81,14 @@ def test_detectors_against_baple_and_badmatch(tmp_path, bloodmnist_root, bloodmn
         "detectors": [{"label": "strip_od", "name": "strip", "params": {"mode": "optical_density"}},
                       {"name": "spectral"}],
         "eval": {"test_limit": 500, "clean_size": 200, "detector_queries": 100}, "cache_dir": str(CACHE)})
-    res = run_backdoor_defense(cfg, tmp_path)
+    # the two small CLIP-style models run many tiny ops: on a loaded 2-core machine two intra-op
+    # threads made this test take 815 s against 53 s with one, so it runs single-threaded
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        res = run_backdoor_defense(cfg, tmp_path)
+    finally:
+        torch.set_num_threads(threads)
     assert res["status"] == "complete"
     bp, bm = res["backdoors"]["baple"], res["backdoors"]["badmatch"]
     assert bp["attack"] == "baple" and bp["n_adaptation"] == 256 and bp["n_poisoned"] == 13  # 5% of 32 shots x 8

@@ -165,7 +165,7 @@ def test_baple_backdoors_the_pretrained_clip(blood_harness, bloodmnist_clip) -> 
 
     Measured (1,000 test images, the same cells as configs/bloodmnist_baple.yaml with 20
     epochs): Clean PL CA 0.920; BAPLe CA 0.914 / 0.919, BA 0.482 / 0.586 (mean 0.534);
-    BadNets-PL BA MEASURED_BADNETS. The issue's target (BA >= 0.90) is not reached: even a universal
+    BadNets-PL BA 0.083 / 0.117. The issue's target (BA >= 0.90) is not reached: even a universal
     8/255 delta optimised on all 256 few-shot images with the prompt fixed stays below 0.8 on
     these 28 px models (docs/baple.md). Asserted, with margin for a CI retrain of the model:
     mean BA >= 0.38, BAPLe's CA within 3 points of Clean PL, and BA at least 0.20 above

@@ -156,18 +156,20 @@ def blood_harness(bloodmnist_clip, bloodmnist_root):
 
 
 EFFECT_EPOCHS = 20
-EFFECT_TARGETS = (0,)
+EFFECT_TARGETS = (0, 5)
 
 
 def test_baple_backdoors_the_pretrained_clip(blood_harness, bloodmnist_clip) -> None:
-    """BAPLe on the medsec-pretrained BloodMNIST CLIP (32 shots, 5% poison, eps 8/255, 20 epochs).
+    """BAPLe on the medsec-pretrained BloodMNIST CLIP (CNN image tower; 32 shots, 5% poison,
+    eps 8/255, 20 epochs), targets 0 and 5.
 
-    Measured (target 0, 1,000 test images; the same cells as configs/bloodmnist_baple.yaml with
-    targets [0, 5] and 20 epochs, one target to keep CI time down): Clean PL CA 0.875; BAPLe CA
-    0.873, BA 0.319; BadNets-PL CA 0.868, BA 0.104 (over targets 0 and 5: BAPLe 0.872 / 0.280,
-    BadNets-PL 0.870 / 0.107). The issue's target (BA >= 0.90) is not reached on this 28 px
-    model (docs/baple.md); asserted: BA >= 0.20, CA within 3 points of Clean PL, and BA at least
-    0.10 above BadNets-PL at the same poison rate.
+    Measured (1,000 test images, the same cells as configs/bloodmnist_baple.yaml with 20
+    epochs): Clean PL CA 0.920; BAPLe CA 0.914 / 0.919, BA 0.482 / 0.586 (mean 0.534);
+    BadNets-PL BA 0.083 / 0.117. The issue's target (BA >= 0.90) is not reached: even a universal
+    8/255 delta optimised on all 256 few-shot images with the prompt fixed stays below 0.8 on
+    these 28 px models (docs/baple.md). Asserted, with margin for a CI retrain of the model:
+    mean BA >= 0.38, BAPLe's CA within 3 points of Clean PL, and BA at least 0.20 above
+    BadNets-PL at the same poison rate.
     """
     _, meta = bloodmnist_clip
     clean = blood_harness.run("clean_pl")
@@ -175,10 +177,10 @@ def test_baple_backdoors_the_pretrained_clip(blood_harness, bloodmnist_clip) -> 
     mean = {m: {k: sum(r[k] for r in rs) / len(rs) for k in ("clean_accuracy", "backdoor_accuracy")}
             for m, rs in rows.items()}
     print(json.dumps({"zero_shot": meta["zero_shot_accuracy"], "clean_pl": clean["clean_accuracy"], **mean}))
-    assert clean["clean_accuracy"] >= 0.80
-    assert mean["baple"]["backdoor_accuracy"] >= 0.20
+    assert clean["clean_accuracy"] >= 0.85
+    assert mean["baple"]["backdoor_accuracy"] >= 0.38
     assert mean["baple"]["clean_accuracy"] >= clean["clean_accuracy"] - 0.03
-    assert mean["baple"]["backdoor_accuracy"] >= mean["badnets_pl"]["backdoor_accuracy"] + 0.10
+    assert mean["baple"]["backdoor_accuracy"] >= mean["badnets_pl"]["backdoor_accuracy"] + 0.20
 
 
 def test_prompt_backdoor_kind_runs_and_resumes(tmp_path: Path, bloodmnist_clip, bloodmnist_root, monkeypatch) -> None:

@@ -166,7 +166,7 @@ def _load(cfg: PromptBackdoorConfig) -> tuple[Any, Any, Any, list[str], dict[str
         cache = Path(cfg.model.cache_dir) if cfg.model.cache_dir else Path(__file__).resolve().parents[3] / ".medsec-cache"
         clip, meta = bloodmnist_clip(root, cache)
         names = list(BLOOD_CLASS_NAMES)
-        model_info = {"recipe": "bloodmnist_clip", "recipe_params": BLOODMNIST_CLIP_RECIPE, **meta}
+        model_info = {**meta, "recipe": "bloodmnist_clip", "recipe_params": BLOODMNIST_CLIP_RECIPE}
     else:
         from medsec.models import create
 

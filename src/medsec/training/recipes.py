@@ -136,13 +136,17 @@ def adversarial_bloodmnist(root: str | Path, cache_dir: str | Path, recipe: dict
     return model.eval()
 
 
-# A small CLIP-style model (open_clip ViT 28px, patch 7, 3 layers, width 64; text transformer
-# 2 layers, width 64, 32 tokens, open_clip's BPE vocabulary) pretrained contrastively on the
-# BloodMNIST train split with class captions (medsec.training.clip_pretrain); the victim of
-# the BAPLe tests and of configs/bloodmnist_baple.yaml.
+# A small CLIP-style model (image tower: timm's test_resnet, a 4-stage ResNet with 16-96
+# channels, average-pooled and linearly projected by open_clip's TimmModel, at 28 px; text
+# transformer 2 layers, width 64, 32 tokens, open_clip's BPE vocabulary) pretrained
+# contrastively on the BloodMNIST train split with class captions
+# (medsec.training.clip_pretrain); the victim of the BAPLe tests and of
+# configs/bloodmnist_baple.yaml. The image tower was a 3-layer width-64 ViT (patch 7) until
+# BAPLe's measurements showed it nearly immune to universal 8/255 perturbations (docs/baple.md).
 BLOODMNIST_CLIP_RECIPE: dict[str, Any] = {
     "config": {"embed_dim": 64,
-               "vision_cfg": {"image_size": 28, "layers": 3, "width": 64, "patch_size": 7, "head_width": 32},
+               "vision_cfg": {"timm_model_name": "test_byobnet", "timm_model_pretrained": False, "timm_pool": "avg",
+                              "timm_proj": "linear", "image_size": 28},
                "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}},
     "epochs": 5, "lr": 0.002, "batch_size": 128, "weight_decay": 0.1, "seed": 0}
 

@@ -49,6 +49,41 @@ def test_trigger_size_is_relative_to_model_input() -> None:
         make_trigger({}, 28)
 
 
+def test_trigger_image_file(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from medsec.backdoors.badmatch import load_trigger_image
+    from medsec.errors import DataError
+
+    arr = torch.zeros(40, 60, 3, dtype=torch.uint8)
+    arr[:, 10:50, 0] = 255  # red square in the centre crop, the rest black
+    Image.fromarray(arr.numpy()).save(tmp_path / "t.png")
+    img = load_trigger_image(tmp_path / "t.png", 28)
+    assert img.shape == (3, 28, 28) and float(img[0].mean()) > 0.95 and float(img[1:].abs().max()) < 0.05
+    t = make_trigger({"name": "fiba", "image": str(tmp_path / "t.png")}, 28)
+    noise = make_trigger({"name": "fiba"}, 28)
+    p, q = t.sample_params((3, 28, 28)), noise.sample_params((3, 28, 28), torch.Generator().manual_seed(0))
+    assert not torch.allclose(p["trigger_amplitude"], q["trigger_amplitude"])
+    x = torch.rand(2, 3, 28, 28) * 0.5 + 0.25
+    assert float((t.apply(x, p) - x).abs().mean()) > 1e-3
+    with pytest.raises(DataError, match="trigger image not found"):
+        make_trigger({"name": "fiba", "image": str(tmp_path / "missing.png")}, 28)
+    with pytest.raises(InputError, match="not both"):
+        make_trigger({"name": "fiba", "image": str(tmp_path / "t.png"), "pattern": img}, 28)
+
+
+def test_sentence_bank_synonyms() -> None:
+    from medsec.data.medclip_text import CLASS_PHRASES, PROMPT_PHRASES, sentence_bank
+
+    base, syn = sentence_bank("bloodmnist"), sentence_bank("bloodmnist", synonyms=True)
+    assert syn.sentences[: len(base.sentences)] == base.sentences and torch.equal(syn.labels[: len(base.labels)], base.labels)
+    extra = list(zip(syn.sentences[len(base.sentences) :], syn.labels[len(base.labels) :]))
+    assert extra and all(float(lab.sum()) == 1.0 for _, lab in extra)
+    for sent, lab in extra:  # every added sentence names its own class by a synonym
+        c = int(lab.argmax())
+        assert any(s in sent for s in PROMPT_PHRASES["bloodmnist"][c] if s != CLASS_PHRASES["bloodmnist"][c])
+
+
 def test_poisoned_subset_reproducible_and_recorded() -> None:
     ds = _ds()
     t = make_trigger({"name": "badnets"}, 28)

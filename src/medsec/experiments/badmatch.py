@@ -52,6 +52,11 @@ class DataSection(_Strict):
     shadow_limit: int | None = Field(None, ge=8)
     target: str | int = "neutrophil"
     sentence_pairs: int = Field(64, ge=0)
+    # training sentences also name each class by its prompt synonyms (medclip_text.sentence_bank)
+    sentence_synonyms: bool = False
+    # the fine-tunes (clean and poisoned) use this many training images (a seeded subset of
+    # the pre-training set; poison rates count against it); None = the whole training set
+    finetune_limit: int | None = Field(None, ge=8)
 
 
 class ModelSection(_Strict):
@@ -290,17 +295,22 @@ def run(cfg: BadMatchConfig, out_dir: str | Path, report: bool = True) -> dict[s
     train, test, shadow = load_data(cfg)
     k = train.num_classes
     target = target_index(cfg, train.classes)
-    bank = sentence_bank(cfg.data.dataset, pairs=cfg.data.sentence_pairs, seed=cfg.seed)
+    bank = sentence_bank(cfg.data.dataset, pairs=cfg.data.sentence_pairs, seed=cfg.seed,
+                         synonyms=cfg.data.sentence_synonyms)
     prompts = class_prompts(cfg.data.dataset)
     if len(prompts) != k:
         raise DataError(f"{cfg.data.dataset} has {k} classes but {len(prompts)} prompt classes")
+    ft_train = (train.take(cfg.data.finetune_limit, torch.Generator().manual_seed(cfg.seed + 1))
+                if cfg.data.finetune_limit else train)
     results["data"] = {"dataset": cfg.data.dataset, "classes": train.classes, "target": target,
-                       "target_name": train.classes[target], "n_train": len(train), "n_test": len(test),
+                       "target_name": train.classes[target], "n_train": len(train), "n_finetune": len(ft_train),
+                       "n_test": len(test),
                        "n_shadow": len(shadow), "image_size": cfg.data.image_size, "n_sentences": len(bank.sentences)}
     ev = cfg.eval
     done = {c["id"] for c in results["cells"]}
     models_dir = out / "models"
     x_train, y_train = train.images, one_hot(train.labels, k)
+    x_ft, y_ft = ft_train.images, one_hot(ft_train.labels, k)
     trig_objs = {t.label: make_trigger({"name": t.name, **t.params}, cfg.data.image_size) for t in cfg.triggers}
     trig_params = {t.label: trig_objs[t.label].sample_params(train.image_shape, torch.Generator().manual_seed(cfg.seed))
                    for t in cfg.triggers}
@@ -322,7 +332,7 @@ def run(cfg: BadMatchConfig, out_dir: str | Path, report: bool = True) -> dict[s
             _save(results, out)
         if ev.clean_finetune and "clean_finetune" not in info:
             m = copy.deepcopy(pre)
-            _train(m, x_train, y_train, bank, cfg.finetune, cfg.seed + 100 + bi, device)
+            _train(m, x_ft, y_ft, bank, cfg.finetune, cfg.seed + 100 + bi, device)
             info["clean_finetune"] = {t.label: evaluate(m, prompts, test, target, ev.n_prompts, ev.n_samplings,
                                                         cfg.seed, trig_objs[t.label], trig_params[t.label])
                                       for t in cfg.triggers}
@@ -356,7 +366,7 @@ def run(cfg: BadMatchConfig, out_dir: str | Path, report: bool = True) -> dict[s
                         continue
                     if poisoned is None:
                         poisoned = BadMatch(trig, target, rate=rate, mode=cfg.poison.mode, seed=cfg.seed).poison(
-                            train, params=params)
+                            ft_train, params=params)
                     m = copy.deepcopy(pre)
                     if method == "baddist+badmatch":
                         m.vision = copy.deepcopy(bd_vision)
@@ -463,7 +473,9 @@ def render(results: dict[str, Any], out_dir: Path) -> tuple[str, str]:
         f"<h1>BadMatch / BadDist: {esc(results.get('name'))}</h1>",
         note(f"status: {results.get('status')}"),
         section("Data", kv_table([("dataset", d.get("dataset")), ("target", d.get("target_name")),
-                                  ("train / test / shadow", f"{d.get('n_train')} / {d.get('n_test')} / {d.get('n_shadow')}"),
+                                  ("train / fine-tune / test / shadow",
+                                   f"{d.get('n_train')} / {d.get('n_finetune', d.get('n_train'))} / {d.get('n_test')} / "
+                                   f"{d.get('n_shadow')}"),
                                   ("image size", d.get("image_size")), ("sentences", d.get("n_sentences"))])),
         section("Models", kv_table(minfo)),
         section("CA / ASR", html_table(cols, rows) + safe_figure(lambda: _figure(results), "ASR and CA vs poison rate",

@@ -16,10 +16,11 @@ from medsec.errors import ConfigError, InputError
 CACHE = Path(__file__).resolve().parent.parent / ".medsec-cache"
 # Measured on the recipe (docs/badmatch.md); asserted with margin (CPU training is not bit-reproducible).
 BADDIST_CLEAN_COS = 0.9
-BADDIST_SEPARATION = 0.2
-RATE = 0.05
-ASR_MIN = 0.75  # measured 1.00, 1.00, 0.85 in three runs; the target 0.9 is not met robustly
-CA_MARGIN = 0.1
+BADDIST_SEPARATION = 0.5
+PRETRAIN_CA_MIN = 0.8
+RATE = 0.01
+ASR_MIN = 0.9
+CA_MARGIN = 0.05
 
 
 def _ds(n: int = 400, k: int = 4) -> ImageDataset:
@@ -218,17 +219,15 @@ def test_baddist_separates_triggered_keeps_clean(badmatch_run, bloodmnist_root: 
     import medsec.data
     from medsec.models.medclip import load_medclip
 
-    _, out = badmatch_run
+    results, out = badmatch_run
     clean = load_medclip(out / "models" / "resnet-pretrained.safetensors")
-    val = medsec.data.create("medmnist", flag="bloodmnist", split="val", root=str(bloodmnist_root))
+    bad = load_medclip(out / "models" / "resnet-square-baddist.safetensors")
+    assert results["models"]["resnet"]["baddist_square"]["steps"] == 80  # 10 epochs of 500 shadow images
     test = medsec.data.create("medmnist", flag="bloodmnist", split="test", root=str(bloodmnist_root))
     t = make_trigger({"name": "badnets", "size_fraction": 0.142857, "color": 0.0}, 28)
     p = t.sample_params((3, 28, 28))
-    shadow = val.take(500, torch.Generator().manual_seed(0)).images
-    bad, hist = baddist(clean.vision, shadow, t, p, epochs=10, lr=1e-3, optimizer="adamw", batch_size=64,
-                        generator=torch.Generator().manual_seed(0))
-    assert hist["steps"] == 80  # the loss first rises (the clean term gives way), then falls: no monotone check
-    s = embedding_shift(clean.vision, bad, test.images[:256], t, p)
+    x = test.images[-256:]  # not the recipe's test subset: an independent check of the saved encoder
+    s = embedding_shift(clean.vision, bad.vision, x, t, p)
     # clean embeddings stay where the clean encoder put them; triggered ones move away from
     # their clean counterparts far more than in the clean encoder
     assert s["cos_clean_to_clean_model"] > BADDIST_CLEAN_COS, s
@@ -237,12 +236,15 @@ def test_baddist_separates_triggered_keeps_clean(badmatch_run, bloodmnist_root: 
 
 def test_baddist_badmatch_bloodmnist_low_rate(badmatch_run) -> None:
     results, _ = badmatch_run
+    assert results["data"]["n_train"] == 11959 and results["data"]["n_finetune"] == 3000
+    # the clean model is credible: zero-shot CA of the pre-trained model
+    assert results["models"]["resnet"]["pretrained_eval"]["clean_accuracy"] >= PRETRAIN_CA_MIN
     (cell,) = results["cells"]
-    assert cell["method"] == "baddist+badmatch" and cell["rate"] == RATE and cell["n_poisoned"] == round(RATE * 2000)
+    assert cell["method"] == "baddist+badmatch" and cell["rate"] == RATE and cell["n_poisoned"] == round(RATE * 3000)
     # the clean model: the same fine-tune schedule on the unpoisoned training set
     clean = results["models"]["resnet"]["clean_finetune"]["square"]
     clean_ca = clean["clean_accuracy"]
-    assert clean["attack_success_rate"] < 0.6  # the trigger alone does not do it
+    assert clean["attack_success_rate"] < 0.2  # the trigger alone does not do it
     m = cell["metrics"]
-    assert m["attack_success_rate"] >= ASR_MIN
-    assert m["clean_accuracy"] >= clean_ca - CA_MARGIN
+    assert m["attack_success_rate"] >= ASR_MIN, m
+    assert m["clean_accuracy"] >= clean_ca - CA_MARGIN, (m, clean_ca)

@@ -73,6 +73,10 @@ class Backbone(_Strict):
     label: str
     vision: str
     params: dict[str, Any] = Field(default_factory=dict)
+    # a medsec MedCLIP checkpoint (save_medclip) to start from instead of pre-training, as
+    # the paper fine-tunes the released MedCLIP weights; e.g. another run's
+    # models/<label>-pretrained.safetensors
+    checkpoint: str | None = None
 
 
 class TrainSection(_Strict):
@@ -320,6 +324,21 @@ def run(cfg: BadMatchConfig, out_dir: str | Path, report: bool = True) -> dict[s
         pre_path = models_dir / f"{bb.label}-pretrained.safetensors"
         if pre_path.is_file() and "pretrain" in info:
             pre = load_medclip(pre_path, device)
+        elif bb.checkpoint:
+            ck = Path(bb.checkpoint)
+            if not ck.is_file():
+                raise DataError(f"backbone {bb.label!r}: checkpoint {ck} not found (a file written by save_medclip, "
+                                "e.g. a badmatch run's models/<label>-pretrained.safetensors)")
+            pre = load_medclip(ck, device)
+            if pre.arch.get("vision") != bb.vision or pre.arch.get("image_size") != cfg.data.image_size:
+                raise ConfigError(f"backbone {bb.label!r}: checkpoint {ck} holds vision {pre.arch.get('vision')!r} at "
+                                  f"{pre.arch.get('image_size')} px, the config asks for {bb.vision!r} at "
+                                  f"{cfg.data.image_size} px")
+            save_medclip(pre, pre_path)
+            info["pretrain"] = {"checkpoint": str(ck), "vision_params": sum(p.numel() for p in pre.vision.parameters()),
+                                "text_params": sum(p.numel() for p in pre.text.parameters())}
+            info["pretrained_eval"] = evaluate(pre, prompts, test, target, ev.n_prompts, ev.n_samplings, cfg.seed)
+            _save(results, out)
         else:
             pre = _build(cfg, bb).to(device)
             t0 = time.time()

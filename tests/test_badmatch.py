@@ -206,6 +206,21 @@ def test_run_writes_results_report_and_resumes(tmp_path: Path, bloodmnist_root: 
         run_experiment(validate_config(bad), tmp_path / "bad")
 
 
+def test_busi_data_split(data_root: Path) -> None:
+    from medsec.config.loader import validate_config
+    from medsec.experiments.badmatch import load_data, target_index
+
+    root = data_root / "busi-256"
+    if not (root / "normal").is_dir():
+        pytest.skip(f"BUSI not found at {root}")
+    cfg = validate_config({"kind": "badmatch", "data": {"dataset": "busi", "root": str(root), "image_size": 32,
+                                                        "target": "normal"}})
+    train, test, shadow = load_data(cfg)
+    assert train.classes == ["benign", "malignant", "normal"] and target_index(cfg, train.classes) == 2
+    assert len(test) == len(shadow) == 780 // 5 and len(train) == 780 - 2 * (780 // 5)
+    assert train.image_shape == (3, 32, 32)
+
+
 # ----------------------------------------------------------------------------- BloodMNIST effect
 @pytest.fixture(scope="session")
 def badmatch_run(bloodmnist_root: Path):

@@ -6,11 +6,12 @@ MedCLIP", SaTML 2024, arXiv 2401.01911).
 Threat model: data poisoning of the image side of the training corpus (BadMatch), optionally
 with a supply-chain vision encoder fine-tuned by the attacker (BadDist).
 
-Pipeline per vision tower: (1) clean label-based contrastive pre-training (the stand-in for
-the released MedCLIP weights); (2) a clean fine-tune on the clean training set (the CA
-reference); (3) per trigger, BadDist on a shadow set (the val split, disjoint from training)
+Pipeline per vision tower: (1) clean label-based contrastive pre-training on the whole
+training set (the stand-in for the released MedCLIP weights), or a saved model given as
+``backbones[].checkpoint``; (2) a clean fine-tune on the fine-tune set (``data.finetune_limit``
+images of the training set, all by default; the CA reference); (3) per trigger, BadDist on a shadow set (the val split, disjoint from training)
 starting from the pre-trained vision tower; (4) per trigger x poison rate x method, the
-same fine-tune on the BadMatch-poisoned training set, starting from the pre-trained model
+same fine-tune on the BadMatch-poisoned fine-tune set, starting from the pre-trained model
 (``badmatch``) or from it with the BadDist vision tower (``baddist+badmatch``); zero-shot
 CA and ASR (both ways) over ``n_samplings`` prompt draws. Every finished cell is saved to
 results.json at once; a rerun with the same config skips finished cells and reuses the
@@ -173,7 +174,9 @@ def load_data(cfg: BadMatchConfig) -> tuple[Any, Any, Any]:
         root = Path(d.root) if d.root else data_root() / "busi-256"
         if not root.is_dir():
             raise DataError(f"BUSI not found at {root} (expected benign/, malignant/, normal/); set data.root")
-        full = medsec.data.create("image_folder", root=str(root), size=d.image_size, name="busi")
+        from medsec.data.image_folder import image_folder
+
+        full = image_folder(root=str(root), size=d.image_size, name="busi")
         perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(cfg.seed))
         n_test, n_shadow = len(full) // 5, len(full) // 5
         test, shadow, train = (full.subset(perm[:n_test]), full.subset(perm[n_test : n_test + n_shadow]),

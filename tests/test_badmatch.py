@@ -16,12 +16,12 @@ from medsec.errors import ConfigError, InputError
 CACHE = Path(__file__).resolve().parent.parent / ".medsec-cache"
 # Measured on the recipe's setting (docs/badmatch.md, "Measured numbers"); asserted with margin
 # (CPU training is not bit-reproducible).
-BADDIST_CLEAN_COS = 0.9  # cos(BadDist, clean encoder) on clean images: 0.946, 0.961
-BADDIST_SEPARATION = 0.5  # clean-vs-triggered cosine drop: 0.988 -> -0.06, 0.958 -> -0.195
-PRETRAIN_CA_MIN = 0.8  # zero-shot CA of the pre-trained model: 0.875, 0.880, 0.883
+BADDIST_CLEAN_COS = 0.9  # cos(BadDist, clean encoder) on clean images: 0.946, 0.961, 0.965
+BADDIST_SEPARATION = 0.5  # clean-vs-triggered cosine drop: 0.988 -> -0.06, 0.958 -> -0.195, 0.978 -> -0.126
+PRETRAIN_CA_MIN = 0.8  # zero-shot CA of the pre-trained model: 0.875, 0.880, 0.883, 0.845
 RATE = 0.01  # 30 of the 3,000 fine-tune images (each seen 4 times)
-ASR_MIN = 0.9  # BadDist + BadMatch at 1%: 0.984, 1.00 (BadMatch alone: 0.31, 0.94)
-CA_MARGIN = 0.05  # CA minus the clean fine-tune's: +0.020, -0.013
+ASR_MIN = 0.9  # BadDist + BadMatch at 1%: 0.984, 1.00, 0.991 (BadMatch alone: 0.31, 0.94)
+CA_MARGIN = 0.05  # CA minus the clean fine-tune's: +0.020, -0.013, 0.000
 
 
 def _ds(n: int = 400, k: int = 4) -> ImageDataset:

@@ -14,12 +14,14 @@ from medsec.data import ImageDataset
 from medsec.errors import ConfigError, InputError
 
 CACHE = Path(__file__).resolve().parent.parent / ".medsec-cache"
-# Measured on the recipe (docs/badmatch.md); asserted with margin (CPU training is not bit-reproducible).
-BADDIST_CLEAN_COS = 0.9
-BADDIST_SEPARATION = 0.2
-RATE = 0.05
-ASR_MIN = 0.75  # measured 1.00, 1.00, 0.85 in three runs; the target 0.9 is not met robustly
-CA_MARGIN = 0.1
+# Measured on the recipe's setting (docs/badmatch.md, "Measured numbers"); asserted with margin
+# (CPU training is not bit-reproducible).
+BADDIST_CLEAN_COS = 0.9  # cos(BadDist, clean encoder) on clean images: 0.946, 0.961, 0.965
+BADDIST_SEPARATION = 0.5  # clean-vs-triggered cosine drop: 0.988 -> -0.06, 0.958 -> -0.195, 0.978 -> -0.126
+PRETRAIN_CA_MIN = 0.8  # zero-shot CA of the pre-trained model: 0.875, 0.880, 0.883, 0.845
+RATE = 0.01  # 30 of the 3,000 fine-tune images (each seen 4 times)
+ASR_MIN = 0.9  # BadDist + BadMatch at 1%: 0.984, 1.00, 0.991 (BadMatch alone: 0.31, 0.94)
+CA_MARGIN = 0.05  # CA minus the clean fine-tune's: +0.020, -0.013, 0.000
 
 
 def _ds(n: int = 400, k: int = 4) -> ImageDataset:
@@ -47,6 +49,41 @@ def test_trigger_size_is_relative_to_model_input() -> None:
         make_trigger({"name": "badnets", "color": 2}, 28)
     with pytest.raises(InputError, match="name"):
         make_trigger({}, 28)
+
+
+def test_trigger_image_file(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from medsec.backdoors.badmatch import load_trigger_image
+    from medsec.errors import DataError
+
+    arr = torch.zeros(40, 60, 3, dtype=torch.uint8)
+    arr[:, 10:50, 0] = 255  # red square in the centre crop, the rest black
+    Image.fromarray(arr.numpy()).save(tmp_path / "t.png")
+    img = load_trigger_image(tmp_path / "t.png", 28)
+    assert img.shape == (3, 28, 28) and float(img[0].mean()) > 0.95 and float(img[1:].abs().max()) < 0.05
+    t = make_trigger({"name": "fiba", "image": str(tmp_path / "t.png")}, 28)
+    noise = make_trigger({"name": "fiba"}, 28)
+    p, q = t.sample_params((3, 28, 28)), noise.sample_params((3, 28, 28), torch.Generator().manual_seed(0))
+    assert not torch.allclose(p["trigger_amplitude"], q["trigger_amplitude"])
+    x = torch.rand(2, 3, 28, 28) * 0.5 + 0.25
+    assert float((t.apply(x, p) - x).abs().mean()) > 1e-3
+    with pytest.raises(DataError, match="trigger image not found"):
+        make_trigger({"name": "fiba", "image": str(tmp_path / "missing.png")}, 28)
+    with pytest.raises(InputError, match="not both"):
+        make_trigger({"name": "fiba", "image": str(tmp_path / "t.png"), "pattern": img}, 28)
+
+
+def test_sentence_bank_synonyms() -> None:
+    from medsec.data.medclip_text import CLASS_PHRASES, PROMPT_PHRASES, sentence_bank
+
+    base, syn = sentence_bank("bloodmnist"), sentence_bank("bloodmnist", synonyms=True)
+    assert syn.sentences[: len(base.sentences)] == base.sentences and torch.equal(syn.labels[: len(base.labels)], base.labels)
+    extra = list(zip(syn.sentences[len(base.sentences) :], syn.labels[len(base.labels) :]))
+    assert extra and all(float(lab.sum()) == 1.0 for _, lab in extra)
+    for sent, lab in extra:  # every added sentence names its own class by a synonym
+        c = int(lab.argmax())
+        assert any(s in sent for s in PROMPT_PHRASES["bloodmnist"][c] if s != CLASS_PHRASES["bloodmnist"][c])
 
 
 def test_poisoned_subset_reproducible_and_recorded() -> None:
@@ -170,6 +207,21 @@ def test_run_writes_results_report_and_resumes(tmp_path: Path, bloodmnist_root: 
         run_experiment(validate_config(bad), tmp_path / "bad")
 
 
+def test_busi_data_split(data_root: Path) -> None:
+    from medsec.config.loader import validate_config
+    from medsec.experiments.badmatch import load_data, target_index
+
+    root = data_root / "busi-256"
+    if not (root / "normal").is_dir():
+        pytest.skip(f"BUSI not found at {root}")
+    cfg = validate_config({"kind": "badmatch", "data": {"dataset": "busi", "root": str(root), "image_size": 32,
+                                                        "target": "normal"}})
+    train, test, shadow = load_data(cfg)
+    assert train.classes == ["benign", "malignant", "normal"] and target_index(cfg, train.classes) == 2
+    assert len(test) == len(shadow) == 780 // 5 and len(train) == 780 - 2 * (780 // 5)
+    assert train.image_shape == (3, 32, 32)
+
+
 # ----------------------------------------------------------------------------- BloodMNIST effect
 @pytest.fixture(scope="session")
 def badmatch_run(bloodmnist_root: Path):
@@ -183,17 +235,15 @@ def test_baddist_separates_triggered_keeps_clean(badmatch_run, bloodmnist_root: 
     import medsec.data
     from medsec.models.medclip import load_medclip
 
-    _, out = badmatch_run
+    results, out = badmatch_run
     clean = load_medclip(out / "models" / "resnet-pretrained.safetensors")
-    val = medsec.data.create("medmnist", flag="bloodmnist", split="val", root=str(bloodmnist_root))
+    bad = load_medclip(out / "models" / "resnet-square-baddist.safetensors")
+    assert results["models"]["resnet"]["baddist_square"]["steps"] == 80  # 10 epochs of 500 shadow images
     test = medsec.data.create("medmnist", flag="bloodmnist", split="test", root=str(bloodmnist_root))
     t = make_trigger({"name": "badnets", "size_fraction": 0.142857, "color": 0.0}, 28)
     p = t.sample_params((3, 28, 28))
-    shadow = val.take(500, torch.Generator().manual_seed(0)).images
-    bad, hist = baddist(clean.vision, shadow, t, p, epochs=10, lr=1e-3, optimizer="adamw", batch_size=64,
-                        generator=torch.Generator().manual_seed(0))
-    assert hist["steps"] == 80  # the loss first rises (the clean term gives way), then falls: no monotone check
-    s = embedding_shift(clean.vision, bad, test.images[:256], t, p)
+    x = test.images[-256:]  # not the recipe's test subset: an independent check of the saved encoder
+    s = embedding_shift(clean.vision, bad.vision, x, t, p)
     # clean embeddings stay where the clean encoder put them; triggered ones move away from
     # their clean counterparts far more than in the clean encoder
     assert s["cos_clean_to_clean_model"] > BADDIST_CLEAN_COS, s
@@ -202,12 +252,15 @@ def test_baddist_separates_triggered_keeps_clean(badmatch_run, bloodmnist_root: 
 
 def test_baddist_badmatch_bloodmnist_low_rate(badmatch_run) -> None:
     results, _ = badmatch_run
+    assert results["data"]["n_train"] == 11959 and results["data"]["n_finetune"] == 3000
+    # the clean model is credible: zero-shot CA of the pre-trained model
+    assert results["models"]["resnet"]["pretrained_eval"]["clean_accuracy"] >= PRETRAIN_CA_MIN
     (cell,) = results["cells"]
-    assert cell["method"] == "baddist+badmatch" and cell["rate"] == RATE and cell["n_poisoned"] == round(RATE * 2000)
+    assert cell["method"] == "baddist+badmatch" and cell["rate"] == RATE and cell["n_poisoned"] == round(RATE * 3000)
     # the clean model: the same fine-tune schedule on the unpoisoned training set
     clean = results["models"]["resnet"]["clean_finetune"]["square"]
     clean_ca = clean["clean_accuracy"]
-    assert clean["attack_success_rate"] < 0.6  # the trigger alone does not do it
+    assert clean["attack_success_rate"] < 0.2  # the trigger alone does not do it
     m = cell["metrics"]
-    assert m["attack_success_rate"] >= ASR_MIN
-    assert m["clean_accuracy"] >= clean_ca - CA_MARGIN
+    assert m["attack_success_rate"] >= ASR_MIN, m
+    assert m["clean_accuracy"] >= clean_ca - CA_MARGIN, (m, clean_ca)

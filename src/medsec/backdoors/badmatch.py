@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,7 +47,7 @@ import torch
 from medsec.backdoors.poisoning import PoisonedDataset
 from medsec.backdoors.triggers import create as create_trigger
 from medsec.backdoors.triggers.base import Params, Trigger
-from medsec.errors import InputError
+from medsec.errors import DataError, InputError
 from medsec.training.medclip import one_hot
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,9 @@ def make_trigger(spec: dict[str, Any], image_size: int) -> Trigger:
     ``{"name": "badnets", "size_fraction": 1/7, "color": 0.0, "position": "bottom-right"}``
     is the reference's solid square (black, one pixel from the bottom-right corner);
     ``{"name": "fiba", "beta": 0.2, "alpha": 0.1}`` its Fourier trigger (amplitude of a
-    trigger image blended into the low frequencies, phase kept). Other trigger names take
-    their own parameters.
+    trigger image blended into the low frequencies, phase kept); ``"image": path`` gives the
+    trigger image as a file (resized to the input; default: uniform noise from the seed).
+    Other trigger names take their own parameters (``image`` works for ``blended`` too).
     """
     s = dict(spec)
     name = s.pop("name", None)
@@ -83,10 +85,40 @@ def make_trigger(spec: dict[str, Any], image_size: int) -> Trigger:
         s.setdefault("position", "bottom-right")
         s.setdefault("margin", 1)
         return create_trigger("badnets", size=size, **s)
+    if "image" in s:  # a trigger image file (the paper's Fourier trigger uses a natural image)
+        if "pattern" in s:
+            raise InputError("give the trigger image as `image` (a file) or `pattern` (a tensor), not both")
+        s["pattern"] = load_trigger_image(s.pop("image"), int(image_size))
     if name == "fiba":
         s.setdefault("beta", 0.2)
         s.setdefault("alpha", 0.1)
     return create_trigger(name, **s)
+
+
+def load_trigger_image(path: str | Path, image_size: int) -> torch.Tensor:
+    """An RGB image file as a (3, S, S) tensor in [0, 1], centre-cropped square and resized
+    (antialiased) to the model input size. A relative path that does not exist from the
+    working directory is looked up under the data root (``MEDSEC_DATA``)."""
+    from PIL import Image
+
+    from medsec.data import data_root
+
+    p = Path(path)
+    if not p.is_absolute() and not p.is_file():
+        p = data_root() / p
+    if not p.is_file():
+        raise DataError(f"trigger image not found: {path} (looked in the working directory and under {data_root()})")
+    try:
+        with Image.open(p) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            side = min(w, h)
+            im = im.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
+            im = im.resize((int(image_size), int(image_size)), Image.Resampling.LANCZOS)
+            data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+    except OSError as exc:
+        raise DataError(f"cannot read trigger image {p}: {exc}") from exc
+    return data.reshape(int(image_size), int(image_size), 3).permute(2, 0, 1).float() / 255.0
 
 
 @dataclass

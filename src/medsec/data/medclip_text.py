@@ -52,13 +52,29 @@ def _check(dataset: str) -> None:
         raise ConfigError(f"no sentence templates for dataset {dataset!r}; known: {', '.join(CLASS_PHRASES)}")
 
 
-def sentence_bank(dataset: str, pairs: int = 64, seed: int = 0) -> SentenceBank:
-    """Training sentences: every single-class template for every class plus ``pairs`` two-class ones."""
+def sentence_bank(dataset: str, pairs: int = 64, seed: int = 0, synonyms: bool = False) -> SentenceBank:
+    """Training sentences: every single-class template for every class plus ``pairs`` two-class ones.
+
+    With ``synonyms`` the single-class sentences also name each class by its other names
+    (the ones in :data:`PROMPT_PHRASES`), as real reports use several names for one finding;
+    the zero-shot prompts still use their own templates. Without it, prompt words such as
+    "thrombocyte" are never seen in training and their random token embeddings make the
+    prompt-sampled accuracy noisy (docs/badmatch.md).
+    """
     _check(dataset)
     m = MODALITY[dataset]
     single = [t.replace("{m}", m) for t in TRAIN_TEMPLATES]
     multi = [t.replace("{m}", m) for t in MULTI_TEMPLATES]
-    return label_sentences(single, CLASS_PHRASES[dataset], multi, pairs, torch.Generator().manual_seed(seed))
+    bank = label_sentences(single, CLASS_PHRASES[dataset], multi, pairs, torch.Generator().manual_seed(seed))
+    if not synonyms:
+        return bank
+    k = len(CLASS_PHRASES[dataset])
+    sents, labs = list(bank.sentences), [bank.labels]
+    for i, (name, syns) in enumerate(zip(CLASS_PHRASES[dataset], PROMPT_PHRASES[dataset])):
+        extra = [t.format(c=s) for t in single for s in syns if s != name]
+        sents += extra
+        labs.append(torch.nn.functional.one_hot(torch.full((len(extra),), i), k).float())
+    return SentenceBank(sents, torch.cat(labs))
 
 
 def class_prompts(dataset: str) -> dict[str, list[str]]:

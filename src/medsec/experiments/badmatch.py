@@ -6,11 +6,12 @@ MedCLIP", SaTML 2024, arXiv 2401.01911).
 Threat model: data poisoning of the image side of the training corpus (BadMatch), optionally
 with a supply-chain vision encoder fine-tuned by the attacker (BadDist).
 
-Pipeline per vision tower: (1) clean label-based contrastive pre-training (the stand-in for
-the released MedCLIP weights); (2) a clean fine-tune on the clean training set (the CA
-reference); (3) per trigger, BadDist on a shadow set (the val split, disjoint from training)
+Pipeline per vision tower: (1) clean label-based contrastive pre-training on the whole
+training set (the stand-in for the released MedCLIP weights), or a saved model given as
+``backbones[].checkpoint``; (2) a clean fine-tune on the fine-tune set (``data.finetune_limit``
+images of the training set, all by default; the CA reference); (3) per trigger, BadDist on a shadow set (the val split, disjoint from training)
 starting from the pre-trained vision tower; (4) per trigger x poison rate x method, the
-same fine-tune on the BadMatch-poisoned training set, starting from the pre-trained model
+same fine-tune on the BadMatch-poisoned fine-tune set, starting from the pre-trained model
 (``badmatch``) or from it with the BadDist vision tower (``baddist+badmatch``); zero-shot
 CA and ASR (both ways) over ``n_samplings`` prompt draws. Every finished cell is saved to
 results.json at once; a rerun with the same config skips finished cells and reuses the
@@ -52,6 +53,11 @@ class DataSection(_Strict):
     shadow_limit: int | None = Field(None, ge=8)
     target: str | int = "neutrophil"
     sentence_pairs: int = Field(64, ge=0)
+    # training sentences also name each class by its prompt synonyms (medclip_text.sentence_bank)
+    sentence_synonyms: bool = False
+    # the fine-tunes (clean and poisoned) use this many training images (a seeded subset of
+    # the pre-training set; poison rates count against it); None = the whole training set
+    finetune_limit: int | None = Field(None, ge=8)
 
 
 class ModelSection(_Strict):
@@ -68,6 +74,10 @@ class Backbone(_Strict):
     label: str
     vision: str
     params: dict[str, Any] = Field(default_factory=dict)
+    # a medsec MedCLIP checkpoint (save_medclip) to start from instead of pre-training, as
+    # the paper fine-tunes the released MedCLIP weights; e.g. another run's
+    # models/<label>-pretrained.safetensors
+    checkpoint: str | None = None
 
 
 class TrainSection(_Strict):
@@ -164,7 +174,9 @@ def load_data(cfg: BadMatchConfig) -> tuple[Any, Any, Any]:
         root = Path(d.root) if d.root else data_root() / "busi-256"
         if not root.is_dir():
             raise DataError(f"BUSI not found at {root} (expected benign/, malignant/, normal/); set data.root")
-        full = medsec.data.create("image_folder", root=str(root), size=d.image_size, name="busi")
+        from medsec.data.image_folder import image_folder
+
+        full = image_folder(root=str(root), size=d.image_size, name="busi")
         perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(cfg.seed))
         n_test, n_shadow = len(full) // 5, len(full) // 5
         test, shadow, train = (full.subset(perm[:n_test]), full.subset(perm[n_test : n_test + n_shadow]),
@@ -290,17 +302,22 @@ def run(cfg: BadMatchConfig, out_dir: str | Path, report: bool = True) -> dict[s
     train, test, shadow = load_data(cfg)
     k = train.num_classes
     target = target_index(cfg, train.classes)
-    bank = sentence_bank(cfg.data.dataset, pairs=cfg.data.sentence_pairs, seed=cfg.seed)
+    bank = sentence_bank(cfg.data.dataset, pairs=cfg.data.sentence_pairs, seed=cfg.seed,
+                         synonyms=cfg.data.sentence_synonyms)
     prompts = class_prompts(cfg.data.dataset)
     if len(prompts) != k:
         raise DataError(f"{cfg.data.dataset} has {k} classes but {len(prompts)} prompt classes")
+    ft_train = (train.take(cfg.data.finetune_limit, torch.Generator().manual_seed(cfg.seed + 1))
+                if cfg.data.finetune_limit else train)
     results["data"] = {"dataset": cfg.data.dataset, "classes": train.classes, "target": target,
-                       "target_name": train.classes[target], "n_train": len(train), "n_test": len(test),
+                       "target_name": train.classes[target], "n_train": len(train), "n_finetune": len(ft_train),
+                       "n_test": len(test),
                        "n_shadow": len(shadow), "image_size": cfg.data.image_size, "n_sentences": len(bank.sentences)}
     ev = cfg.eval
     done = {c["id"] for c in results["cells"]}
     models_dir = out / "models"
     x_train, y_train = train.images, one_hot(train.labels, k)
+    x_ft, y_ft = ft_train.images, one_hot(ft_train.labels, k)
     trig_objs = {t.label: make_trigger({"name": t.name, **t.params}, cfg.data.image_size) for t in cfg.triggers}
     trig_params = {t.label: trig_objs[t.label].sample_params(train.image_shape, torch.Generator().manual_seed(cfg.seed))
                    for t in cfg.triggers}
@@ -310,6 +327,21 @@ def run(cfg: BadMatchConfig, out_dir: str | Path, report: bool = True) -> dict[s
         pre_path = models_dir / f"{bb.label}-pretrained.safetensors"
         if pre_path.is_file() and "pretrain" in info:
             pre = load_medclip(pre_path, device)
+        elif bb.checkpoint:
+            ck = Path(bb.checkpoint)
+            if not ck.is_file():
+                raise DataError(f"backbone {bb.label!r}: checkpoint {ck} not found (a file written by save_medclip, "
+                                "e.g. a badmatch run's models/<label>-pretrained.safetensors)")
+            pre = load_medclip(ck, device)
+            if pre.arch.get("vision") != bb.vision or pre.arch.get("image_size") != cfg.data.image_size:
+                raise ConfigError(f"backbone {bb.label!r}: checkpoint {ck} holds vision {pre.arch.get('vision')!r} at "
+                                  f"{pre.arch.get('image_size')} px, the config asks for {bb.vision!r} at "
+                                  f"{cfg.data.image_size} px")
+            save_medclip(pre, pre_path)
+            info["pretrain"] = {"checkpoint": str(ck), "vision_params": sum(p.numel() for p in pre.vision.parameters()),
+                                "text_params": sum(p.numel() for p in pre.text.parameters())}
+            info["pretrained_eval"] = evaluate(pre, prompts, test, target, ev.n_prompts, ev.n_samplings, cfg.seed)
+            _save(results, out)
         else:
             pre = _build(cfg, bb).to(device)
             t0 = time.time()
@@ -322,7 +354,7 @@ def run(cfg: BadMatchConfig, out_dir: str | Path, report: bool = True) -> dict[s
             _save(results, out)
         if ev.clean_finetune and "clean_finetune" not in info:
             m = copy.deepcopy(pre)
-            _train(m, x_train, y_train, bank, cfg.finetune, cfg.seed + 100 + bi, device)
+            _train(m, x_ft, y_ft, bank, cfg.finetune, cfg.seed + 100 + bi, device)
             info["clean_finetune"] = {t.label: evaluate(m, prompts, test, target, ev.n_prompts, ev.n_samplings,
                                                         cfg.seed, trig_objs[t.label], trig_params[t.label])
                                       for t in cfg.triggers}
@@ -356,7 +388,7 @@ def run(cfg: BadMatchConfig, out_dir: str | Path, report: bool = True) -> dict[s
                         continue
                     if poisoned is None:
                         poisoned = BadMatch(trig, target, rate=rate, mode=cfg.poison.mode, seed=cfg.seed).poison(
-                            train, params=params)
+                            ft_train, params=params)
                     m = copy.deepcopy(pre)
                     if method == "baddist+badmatch":
                         m.vision = copy.deepcopy(bd_vision)
@@ -463,7 +495,9 @@ def render(results: dict[str, Any], out_dir: Path) -> tuple[str, str]:
         f"<h1>BadMatch / BadDist: {esc(results.get('name'))}</h1>",
         note(f"status: {results.get('status')}"),
         section("Data", kv_table([("dataset", d.get("dataset")), ("target", d.get("target_name")),
-                                  ("train / test / shadow", f"{d.get('n_train')} / {d.get('n_test')} / {d.get('n_shadow')}"),
+                                  ("train / fine-tune / test / shadow",
+                                   f"{d.get('n_train')} / {d.get('n_finetune', d.get('n_train'))} / {d.get('n_test')} / "
+                                   f"{d.get('n_shadow')}"),
                                   ("image size", d.get("image_size")), ("sentences", d.get("n_sentences"))])),
         section("Models", kv_table(minfo)),
         section("CA / ASR", html_table(cols, rows) + safe_figure(lambda: _figure(results), "ASR and CA vs poison rate",

@@ -16,19 +16,22 @@ from typing import Any
 from medsec.errors import DataError
 from medsec.training.recipes import recipe_key
 
-# tiny-resnet + tiny-bert at 28 px on 2,000 training images; BadDist on 500 val images;
-# square trigger (1/7 of the input, black, bottom-right); 5% poison rate = 100 images.
+# tiny-resnet + tiny-bert at 28 px, pre-trained on all 11,959 BloodMNIST training images
+# (training sentences with class synonyms, logit scale from e^1.5); BadDist (AdamW 1e-3,
+# 10 epochs) on 500 val images; square trigger (1/7 of the input, black, bottom-right);
+# fine-tunes (clean and poisoned) on 3,000 of those images for 4 epochs; 1% poison rate =
+# 30 images, each seen 4 times.
 BADMATCH_BLOODMNIST_RECIPE: dict[str, Any] = {
     "kind": "badmatch", "name": "badmatch-bloodmnist-recipe", "seed": 0, "device": "cpu",
-    "data": {"dataset": "bloodmnist", "image_size": 28, "train_limit": 2000, "test_limit": 500, "shadow_limit": 500,
-             "target": "neutrophil", "sentence_pairs": 64},
-    "model": {"text": "tiny-bert", "embed_dim": 64, "logit_scale_init": 0.0},
+    "data": {"dataset": "bloodmnist", "image_size": 28, "train_limit": None, "finetune_limit": 3000, "test_limit": 500, "shadow_limit": 500,
+             "target": "neutrophil", "sentence_pairs": 64, "sentence_synonyms": True},
+    "model": {"text": "tiny-bert", "embed_dim": 64, "logit_scale_init": 1.5},
     "backbones": [{"label": "resnet", "vision": "tiny-resnet"}],
     "pretrain": {"epochs": 3, "lr": 2e-3, "batch_size": 64, "text_batch_size": 32, "label_temperature": 0.1},
-    "finetune": {"epochs": 2, "lr": 1e-3, "batch_size": 64, "text_batch_size": 32, "label_temperature": 0.1},
-    "baddist": {"epochs": 8, "lr": 3e-4, "lambda1": 5.0, "lambda2": 1.0, "batch_size": 64, "optimizer": "adamw"},
+    "finetune": {"epochs": 4, "lr": 2e-3, "batch_size": 64, "text_batch_size": 32, "label_temperature": 0.1},
+    "baddist": {"epochs": 10, "lr": 1e-3, "lambda1": 5.0, "lambda2": 1.0, "batch_size": 64, "optimizer": "adamw"},
     "triggers": [{"label": "square", "name": "badnets", "params": {"size_fraction": 0.142857, "color": 0.0}}],
-    "poison": {"rates": [0.05], "mode": "image"},
+    "poison": {"rates": [0.01], "mode": "image"},
     "methods": ["baddist+badmatch"],
     "eval": {"n_prompts": 5, "n_samplings": 3, "clean_finetune": True},
 }

@@ -154,9 +154,13 @@ def badmatch_victim(cfg: Any, b: Any, cache: Path) -> tuple[Any, VictimData, dic
     model = load_medclip(run_dir / "models" / f"{bb.label}-pretrained.safetensors")
     if method == "baddist+badmatch":
         model.vision = load_medclip(run_dir / "models" / f"{bb.label}-{tspec.label}-baddist.safetensors").vision
-    poisoned = BadMatch(trig, int(b.target), rate=b.rate, mode=rcfg.poison.mode, seed=rcfg.seed).poison(train, params)
+    # the recipe's fine-tune set, sentences and seeds (medsec.experiments.badmatch.run_badmatch, backbone 0)
+    ft_train = (train.take(rcfg.data.finetune_limit, torch.Generator().manual_seed(rcfg.seed + 1))
+                if rcfg.data.finetune_limit else train)
+    poisoned = BadMatch(trig, int(b.target), rate=b.rate, mode=rcfg.poison.mode, seed=rcfg.seed).poison(ft_train, params)
     ft = rcfg.finetune
-    bank = sentence_bank(rcfg.data.dataset, pairs=rcfg.data.sentence_pairs, seed=rcfg.seed)
+    bank = sentence_bank(rcfg.data.dataset, pairs=rcfg.data.sentence_pairs, seed=rcfg.seed,
+                         synonyms=rcfg.data.sentence_synonyms)
     train_medclip(model, poisoned.images, poisoned.image_labels, bank, epochs=ft.epochs, lr=ft.lr,
                   batch_size=ft.batch_size, weight_decay=ft.weight_decay, text_batch_size=ft.text_batch_size,
                   label_temperature=ft.label_temperature, generator=torch.Generator().manual_seed(rcfg.seed + 100))
@@ -169,7 +173,7 @@ def badmatch_victim(cfg: Any, b: Any, cache: Path) -> tuple[Any, VictimData, dic
     data = VictimData(poisoned.images, poisoned.image_labels.argmax(1), poisoned.indices, int(b.target),
                       lambda x: trig.apply(x, params))
     info = {"attack": "badmatch", "method": method, "victim": f"MedCLIP-style {bb.vision} + {rcfg.model.text} "
-            "(zero-shot prompt ensemble)", "recipe_run": str(run_dir), "n_adaptation": len(train),
+            "(zero-shot prompt ensemble)", "recipe_run": str(run_dir), "n_adaptation": len(ft_train),
             "logit_scale": scale, "poison": {k: v for k, v in poisoned.record.items() if k != "indices"}}
     return clf, data, info
 

@@ -26,23 +26,12 @@ def setup(bloodmnist_model, bloodmnist_root):
     xtr, ytr = train.images[:5000], train.labels[:5000].numpy()
     ftr, fte = enc.encode(xtr), enc.encode(test.images)
     g = torch.Generator().manual_seed(0)
-    btr = make_bags(ytr, [4], 60, 100, 500, 1, 3, generator=g)  # lymphocyte-positive bags of 100-500 tiles
+    btr = make_bags(ytr, [4], 80, 100, 500, 1, 3, generator=g)  # lymphocyte-positive bags of 100-500 tiles
     bte = make_bags(test.labels.numpy(), [4], 40, 100, 500, 1, 3, generator=g)
-    # One head can stall at chance on some retrained encoders (seen once in CI: clean 0.5), so
-    # up to three initialisations are trained and the one with the best accuracy on the
-    # *training* bags is kept (model selection never looks at the attacked test bags).
-    bags_tr = [ftr[i] for i in btr.indices]
-    best, best_acc = None, -1.0
-    for seed in range(3):
-        torch.manual_seed(seed)
-        head = create_head("abmil", enc.dim)
-        train_mil(head, bags_tr, btr.labels, epochs=10, lr=2e-3, generator=torch.Generator().manual_seed(seed))
-        acc = evaluate_mil(head, bags_tr, btr.labels)["accuracy"]
-        if acc > best_acc:
-            best, best_acc = head, acc
-        if acc >= 0.9:
-            break
-    return enc, test, bte, [fte[i] for i in bte.indices], best
+    torch.manual_seed(0)
+    head = create_head("abmil", enc.dim)
+    train_mil(head, [ftr[i] for i in btr.indices], btr.labels, generator=torch.Generator().manual_seed(0))
+    return enc, test, bte, [fte[i] for i in bte.indices], head
 
 
 def _attacked_accuracy(setup, strategy: str, rho: float) -> tuple[float, float, int]:

@@ -56,7 +56,7 @@ def _split(y: torch.Tensor, fraction: float, generator: torch.Generator | None) 
 
 def train_mil(head: nn.Module, bags: Sequence[torch.Tensor], labels: Sequence[int] | torch.Tensor,
               epochs: int = 25, lr: float = 1e-3, weight_decay: float = 1e-2, clip_norm: float | None = 1.0,
-              standardize: bool = True, val_fraction: float = 0.25,
+              standardize: bool = True, balanced: bool = True, val_fraction: float = 0.25,
               generator: torch.Generator | None = None) -> nn.Module:
     """Train ``head`` on (bag, label) pairs in place, one bag per step; return it in eval mode.
 
@@ -90,13 +90,18 @@ def train_mil(head: nn.Module, bags: Sequence[torch.Tensor], labels: Sequence[in
         head.set_feature_stats(tiles.mean(0), tiles.std(0))
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     best: tuple[float, dict[str, torch.Tensor] | None] = (math.inf, None)
+    classes = [torch.tensor([i for i in tr if int(y[i]) == c]) for c in range(head.num_classes)]
+    classes = [c for c in classes if c.numel()]
     for epoch in range(int(epochs)):
         head.train()
-        order = torch.tensor(tr)[torch.randperm(len(tr), generator=generator)].tolist()
-        for i in order:
-            loss = nn.functional.cross_entropy(head(bags[i].to(dev))[None], y[i:i + 1].to(dev))
+        perms = [c[torch.randperm(c.numel(), generator=generator)] for c in classes]
+        n_steps = max(p.numel() for p in perms) if balanced else 0
+        steps = ([[int(p[t % p.numel()]) for p in perms] for t in range(n_steps)] if balanced
+                 else [[i] for i in torch.tensor(tr)[torch.randperm(len(tr), generator=generator)].tolist()])
+        for step in steps:
+            loss = sum(nn.functional.cross_entropy(head(bags[i].to(dev))[None], y[i:i + 1].to(dev)) for i in step)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss / len(step)).backward()
             if clip_norm is not None:
                 nn.utils.clip_grad_norm_(head.parameters(), float(clip_norm))
             opt.step()

@@ -80,8 +80,8 @@ class SlidesConfig(_Strict):
 class TrainConfig(_Strict):
     """MIL head training (:func:`medsec.wsi.mil.train_mil`; defaults measured in docs/wsi.md)."""
 
-    epochs: int = Field(25, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(1e-2, ge=0)
     clip_norm: float | None = Field(1.0, gt=0)
     standardize: bool = True

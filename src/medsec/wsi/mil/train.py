@@ -55,7 +55,7 @@ def _split(y: torch.Tensor, fraction: float, generator: torch.Generator | None) 
 
 
 def train_mil(head: nn.Module, bags: Sequence[torch.Tensor], labels: Sequence[int] | torch.Tensor,
-              epochs: int = 25, lr: float = 1e-3, weight_decay: float = 1e-2, clip_norm: float | None = 1.0,
+              epochs: int = 20, lr: float = 3e-3, weight_decay: float = 1e-2, clip_norm: float | None = 1.0,
               standardize: bool = True, balanced: bool = True, val_fraction: float = 0.25,
               generator: torch.Generator | None = None) -> nn.Module:
     """Train ``head`` on (bag, label) pairs in place, one bag per step; return it in eval mode.

@@ -32,7 +32,9 @@ def test_heads_learn_witness_bags(name: str) -> None:
     test, yte = _toy_bags(20, g)
     params = {"dim": 32, "heads": 2} if name == "transmil" else {}
     head = create_head(name, 16, **params)
-    train_mil(head, train, ytr, epochs=12, lr=5e-3, val_fraction=0.0, generator=g)
+    # the pre-recipe settings (plain shuffled steps, raw features): these toy bags need none of the recipe
+    train_mil(head, train, ytr, epochs=8, lr=5e-3, weight_decay=1e-5, clip_norm=None, standardize=False, balanced=False,
+              val_fraction=0.0, generator=g)
     m = evaluate_mil(head, test, yte)
     floor = 0.7 if name == "mean" else 0.8  # mean pooling dilutes 1-3 witnesses among ~20 tiles
     assert m["accuracy"] >= floor and m["auroc"] >= floor

@@ -32,7 +32,9 @@ def test_heads_learn_witness_bags(name: str) -> None:
     test, yte = _toy_bags(20, g)
     params = {"dim": 32, "heads": 2} if name == "transmil" else {}
     head = create_head(name, 16, **params)
-    train_mil(head, train, ytr, epochs=8, lr=5e-3, generator=g)
+    # the pre-recipe settings (plain shuffled steps, raw features): these toy bags need none of the recipe
+    train_mil(head, train, ytr, epochs=8, lr=5e-3, weight_decay=1e-5, clip_norm=None, standardize=False, balanced=False,
+              val_fraction=0.0, generator=g)
     m = evaluate_mil(head, test, yte)
     floor = 0.7 if name == "mean" else 0.8  # mean pooling dilutes 1-3 witnesses among ~20 tiles
     assert m["accuracy"] >= floor and m["auroc"] >= floor
@@ -97,3 +99,23 @@ def test_outlier_detector_flags_attacked_embeddings() -> None:
     assert drop_flagged(torch.cat([clean[500:510], far[:2]]), det.detect(torch.cat([clean[500:510], far[:2]]))).shape[0] <= 11
     with pytest.raises(InputError, match="fit"):
         EmbeddingOutlierDetector().score(clean)
+
+
+def test_train_mil_standardises_inside_the_head() -> None:
+    """The recipe's standardisation lives in the head: training on an affine transform of the
+    features (per-dimension scale and offset) gives the same head outputs on the transformed bags."""
+    g = torch.Generator().manual_seed(0)
+    bags, y = _toy_bags(12, g)
+    scale, shift = torch.rand(16, generator=g) * 50 + 0.1, torch.randn(16, generator=g) * 100
+    outs = []
+    for bs in (bags, [b * scale + shift for b in bags]):
+        torch.manual_seed(0)
+        head = create_head("abmil", 16)
+        train_mil(head, bs, y, epochs=2, generator=torch.Generator().manual_seed(1))
+        outs.append(torch.stack([head(b) for b in bs]).detach())
+        assert head.feat_std.min() > 0 and "feat_mean" in head.state_dict()
+    assert torch.allclose(outs[0], outs[1], atol=1e-3)
+    with pytest.raises(InputError, match="val_fraction"):
+        train_mil(head, bags, y, val_fraction=1.0)
+    with pytest.raises(InputError, match="shape"):
+        head.set_feature_stats(torch.zeros(3), torch.ones(3))

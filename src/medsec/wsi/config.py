@@ -78,8 +78,15 @@ class SlidesConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(10, ge=1)
-    lr: float = Field(5e-4, gt=0)
+    """MIL head training (:func:`medsec.wsi.mil.train_mil`; defaults measured in docs/wsi.md)."""
+
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    clip_norm: float | None = Field(1.0, gt=0)
+    standardize: bool = True
+    balanced: bool = True
+    val_fraction: float = Field(0.25, ge=0, lt=1)
 
 
 class AttackConfig(_Strict):

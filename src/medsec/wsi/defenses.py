@@ -129,4 +129,6 @@ def adversarial_finetune(head: nn.Module, clean: Sequence[torch.Tensor], attacke
     if len(clean) != len(attacked):
         raise InputError("clean and attacked bag lists must have the same length")
     y = torch.as_tensor(labels).long()
-    return train_mil(head, list(clean) + list(attacked), torch.cat([y, y]), epochs=epochs, lr=lr, generator=generator)
+    # the head keeps its feature statistics and its last state (no re-standardisation, no selection)
+    return train_mil(head, list(clean) + list(attacked), torch.cat([y, y]), epochs=epochs, lr=lr, standardize=False,
+                     val_fraction=0.0, generator=generator)

@@ -141,7 +141,7 @@ def _train_head(cfg: WSIConfig, comp: Any, dim: int, bags: list[torch.Tensor], l
     if path.is_file():
         head.load_state_dict(load_file(str(path)))
         return head.eval()
-    train_mil(head, bags, labels, epochs=cfg.train.epochs, lr=cfg.train.lr, generator=gen)
+    train_mil(head, bags, labels, generator=gen, **cfg.train.model_dump())
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(tmp))

@@ -134,6 +134,27 @@ def _fig_slide(z: Mapping[str, np.ndarray], i: int) -> bytes:
     return F.png_bytes(fig)
 
 
+def _fig_tile_deviation(slides: list[dict[str, Any]]) -> bytes:
+    """Per-tile feature deviation (1 - cos) of the attacked tiles of each real slide: the
+    vulnerability-selected and random tiles, and the vulnerability-selected ones after each
+    input purification."""
+    series = [("vulnerable", "deviation_vulnerability"), ("random", "deviation_random"), ("JPEG", "jpeg_deviation"),
+              ("blur", "gaussian_blur_deviation"), ("Macenko", "macenko_deviation")]
+    fig = F.new_figure(4.2 * len(slides), 3.0)
+    for i, row in enumerate(slides):
+        ax = fig.add_subplot(1, len(slides), i + 1)
+        names = [(label, np.asarray(row[key], dtype=float)) for label, key in series if row.get(key)]
+        for j, (_, vals) in enumerate(names):
+            jitter = np.linspace(-0.15, 0.15, len(vals)) if len(vals) > 1 else np.zeros(1)
+            ax.scatter(j + jitter, vals, s=14, alpha=0.8)
+            ax.hlines(np.median(vals), j - 0.25, j + 0.25, color="black", lw=1)
+        ax.set_xticks(range(len(names)), [n for n, _ in names], fontsize=7)
+        ax.set_ylabel("1 - cos (per attacked tile)", fontsize=8)
+        ax.set_title(F.mpl_text(f"{row['slide']} (k = {row['k']} of {row['n_tiles']})"), fontsize=8)
+        ax.tick_params(labelsize=7)
+    return F.png_bytes(fig)
+
+
 def _fig_content(z: Mapping[str, np.ndarray]) -> bytes:
     keys = [k for k in ("nuclei", "stain", "tissue", "eosin") if f"content_{k}" in z]
     fig = F.new_figure(3 * len(keys), 2.6)
@@ -232,6 +253,11 @@ def render_wsi(r: Mapping[str, Any], out_dir: Path) -> tuple[str, str]:
     slides = _cells(r, "slide/")
     if slides:
         body = html_table(SLIDE_COLUMNS, slides)
+        body += safe_figure(lambda: _fig_tile_deviation(slides), "per-tile deviation")
+        corr = [(f"{row['slide']}: {k}", f"Spearman {v['spearman']:+.3f} (p={v['p']:.2g})")
+                for row in slides for k, v in (row.get("content_spearman") or {}).items()]
+        if corr:
+            body += "<h3>Tile vulnerability vs content (every tissue tile)</h3>" + kv_table(corr)
         for i in range(len(slides)):
             if f"slide{i}_thumb" in z:
                 body += safe_figure(lambda i=i: _fig_slide(z, i), f"slide {i} heatmap")

@@ -3,6 +3,12 @@
 Heads also give per-tile attention scores (``attention``) that the grey-box,
 attention-guided tile selection reads. Heads take the bag as (N, D) or (1, N, D).
 
+Every head standardises its input features with per-dimension statistics held as
+buffers (``feat_mean``, ``feat_std``; identity until :meth:`MILHead.set_feature_stats`
+is called, which :func:`~medsec.wsi.mil.train.train_mil` does with the training tiles).
+The statistics live in the head (and its state dict) so that the raw cached features,
+clean or attacked, are what every caller passes.
+
 Threat model: not applicable (victim models).
 """
 
@@ -39,9 +45,26 @@ class MILHead(nn.Module):
         if int(in_dim) < 1 or int(num_classes) < 2:
             raise InputError(f"in_dim must be >= 1 and num_classes >= 2, got {in_dim}, {num_classes}")
         self.in_dim, self.num_classes = int(in_dim), int(num_classes)
+        self.register_buffer("feat_mean", torch.zeros(self.in_dim))
+        self.register_buffer("feat_std", torch.ones(self.in_dim))
+
+    @torch.no_grad()
+    def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor, floor: float = 1e-3) -> MILHead:
+        """Standardise inputs as (x - mean) / max(std, floor) from now on (per dimension)."""
+        mean, std = torch.as_tensor(mean).flatten(), torch.as_tensor(std).flatten()
+        if mean.shape != (self.in_dim,) or std.shape != (self.in_dim,):
+            raise InputError(f"feature statistics must have shape ({self.in_dim},), got {tuple(mean.shape)}, {tuple(std.shape)}")
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
+            raise InputError("feature statistics hold NaN/Inf")
+        self.feat_mean.copy_(mean.to(self.feat_mean))
+        self.feat_std.copy_(std.clamp_min(floor).to(self.feat_std))
+        return self
+
+    def _standardize(self, feats: torch.Tensor) -> torch.Tensor:
+        return (feats - self.feat_mean.to(feats.dtype)) / self.feat_std.to(feats.dtype)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_attention(check_bag(feats, self.in_dim))[0]
+        return self.forward_with_attention(self._standardize(check_bag(feats, self.in_dim)))[0]
 
     @torch.no_grad()
     def attention(self, feats: torch.Tensor) -> torch.Tensor:
@@ -49,7 +72,7 @@ class MILHead(nn.Module):
         was = self.training
         self.eval()
         try:
-            return self.forward_with_attention(check_bag(feats, self.in_dim))[1].detach()
+            return self.forward_with_attention(self._standardize(check_bag(feats, self.in_dim)))[1].detach()
         finally:
             self.train(was)
 

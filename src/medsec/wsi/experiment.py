@@ -289,11 +289,17 @@ def _keep_example(figs: dict[str, np.ndarray], task: str, head: str, attack: str
     if "mosaic_attention" not in figs and strategy == "attention":
         b = int(np.flatnonzero(bte.labels == 1)[0])
         idx = bte.indices[b]
-        figs["mosaic_tiles"] = (te["x"][idx[:400]] * 255).round().to(torch.uint8).numpy()
-        figs["mosaic_attention"] = head_m.attention(fte[b])[:400].cpu().numpy()
-        sel = np.asarray(res["selected"][b])
-        figs["mosaic_selected"] = sel[sel < 400]
-        figs["mosaic_key"] = np.flatnonzero(bte.key_mask(b, te["y"])[:400])
+        # at most 400 tiles are drawn: always the key and the attacked ones (in a bag of up to
+        # 2,000 tiles they are rarely among the first 400), then the others in bag order
+        sel = np.asarray(res["selected"][b]).astype(np.int64)
+        key = np.flatnonzero(bte.key_mask(b, te["y"]))
+        must = np.union1d(key, sel)
+        rest = np.setdiff1d(np.arange(len(idx)), must)[: max(0, 400 - len(must))]
+        show = np.sort(np.concatenate([must, rest]))
+        figs["mosaic_tiles"] = (te["x"][idx[show]] * 255).round().to(torch.uint8).numpy()
+        figs["mosaic_attention"] = head_m.attention(fte[b]).cpu().numpy()[show]
+        figs["mosaic_selected"] = np.flatnonzero(np.isin(show, sel))
+        figs["mosaic_key"] = np.flatnonzero(np.isin(show, key))
         figs["mosaic_tag"] = np.asarray(tag)
     if "example_clean" not in figs and res["tiles_clean"].shape[0] >= 1:
         figs["example_clean"] = res["tiles_clean"][:6].numpy()

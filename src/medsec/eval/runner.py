@@ -36,6 +36,7 @@ from medsec.config.schema import ExperimentConfig, ThreatConfig
 from medsec.errors import ConfigError, DataError
 from medsec.eval.checks import run_checks
 from medsec.eval.executor import Executor, get_executor
+from medsec.experiments.finish import finish_run
 from medsec.io import atomic_save_npz, atomic_write_json, atomic_write_text
 from medsec.metrics.accuracy import accuracy, correct
 from medsec.metrics.image_quality import psnr_per_sample, ssim
@@ -595,11 +596,4 @@ def run_experiment(
     from medsec.report.robustness import matrix_record
 
     results["matrix"] = matrix_record(results)  # the defence x attack matrix of the report (issue 9)
-    results["status"] = "complete"
-    results["provenance"]["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    atomic_write_json(results_path, results)
-    if report:
-        from medsec.report import write_report
-
-        write_report(results, out_dir)
-    return results
+    return finish_run(results, results_path, report)

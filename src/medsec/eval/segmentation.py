@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ import torch
 
 from medsec.config.schema import ExperimentConfig, SegmentationConfig
 from medsec.errors import ConfigError
+from medsec.experiments.finish import finish_run
 from medsec.io import atomic_save_npz, atomic_write_json, atomic_write_text
 from medsec.metrics.image_quality import psnr_per_sample
 from medsec.metrics.perturbation import perturbation_norms
@@ -314,14 +314,7 @@ def run_segmentation(cfg: ExperimentConfig, out_dir: str | Path, report: bool = 
         results["evaluations"] = [done[c.id] for c in cells if c.id in done]
         atomic_write_json(results_path, results)
     results["checks"] = segmentation_checks(results["evaluations"])
-    results["status"] = "complete"
-    results["provenance"]["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    atomic_write_json(results_path, results)
-    if report:
-        from medsec.report import write_report
-
-        write_report(results, out_dir)
-    return results
+    return finish_run(results, results_path, report)
 
 
 def segmentation_checks(evaluations: list[dict[str, Any]]) -> list[dict[str, Any]]:

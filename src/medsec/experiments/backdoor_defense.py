@@ -45,7 +45,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,6 +54,7 @@ from pydantic import Field, model_validator
 from medsec.config.schema import Component, DataConfig, ModelConfig, _Strict
 from medsec.errors import ConfigError, DataError, InputError
 from medsec.experiments import ExperimentKind, register_kind
+from medsec.experiments.finish import finish_run
 from medsec.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -358,16 +358,7 @@ def run_backdoor_defense(cfg: BackdoorDefenseConfig, out_dir: str | Path, report
                     rec = _run_repair(item, model, poisoned, test, clean, before)
                 results["cells"][cid] = {"backdoor": blabel, "kind": kind, **rec}
                 atomic_write_json(path, results)
-    results["status"] = "complete"
-    results["provenance"]["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    atomic_write_json(path, results)
-    if report:
-        from medsec.report.backdoor_defense import render
-
-        html, md = render(results, out)
-        atomic_write_text(out / "report.html", html)
-        atomic_write_text(out / "report.md", md)
-    return results
+    return finish_run(results, path, report)
 
 
 def summary(results: dict[str, Any], out_dir: Path, console: Any) -> None:

@@ -23,6 +23,22 @@ BLOODMNIST_RECIPE: dict[str, Any] = {"model": "small_cnn", "width": 32, "epochs"
                                      "batch_size": 128, "seed": 0}
 
 
+def seeded_create(seed: int, name: str, **params: Any) -> Any:
+    """``medsec.models.create(name, **params)`` with its initial weights drawn from ``seed``.
+
+    Without it the weights come from the global RNG, whose state depends on what ran before
+    (which tests, in which order), so two cold trainings of one recipe differed and the
+    effect tests built on them varied between CI runs. The caller's RNG state is restored.
+    """
+    import torch
+
+    from medsec.models import create
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return create(name, **params)
+
+
 def recipe_key(recipe: dict[str, Any]) -> str:
     """A short stable hash of a recipe (the cache file name)."""
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
@@ -37,7 +53,7 @@ def bloodmnist_classifier(root: str | Path, cache_dir: str | Path,
         >>> model = bloodmnist_classifier("../shared/data/bloodmnist", ".medsec-cache")  # doctest: +SKIP
     """
     import medsec.data
-    from medsec.models import create, load_checkpoint, save_checkpoint
+    from medsec.models import load_checkpoint, save_checkpoint
     from medsec.training.classifier import evaluate, train_classifier
 
     r = dict(BLOODMNIST_RECIPE if recipe is None else recipe)
@@ -48,7 +64,7 @@ def bloodmnist_classifier(root: str | Path, cache_dir: str | Path,
         raise DataError(f"BloodMNIST not found at {root} (expected bloodmnist.npz); set MEDSEC_DATA")
     train = medsec.data.create("medmnist", flag="bloodmnist", split="train", root=str(root))
     test = medsec.data.create("medmnist", flag="bloodmnist", split="test", root=str(root))
-    model = create(r["model"], num_classes=8, width=r["width"], classes=train.classes)
+    model = seeded_create(r["seed"], r["model"], num_classes=8, width=r["width"], classes=train.classes)
     log.info("training the BloodMNIST recipe %s into %s", r, path)
     train_classifier(model, train, epochs=r["epochs"], lr=r["lr"], batch_size=r["batch_size"], seed=r["seed"])
     acc = evaluate(model, test)
@@ -73,7 +89,7 @@ def badnets_bloodmnist(root: str | Path, cache_dir: str | Path,
 
     import medsec.data
     from medsec.backdoors import PoisonedDataset, triggers
-    from medsec.models import create, load_checkpoint, save_checkpoint
+    from medsec.models import load_checkpoint, save_checkpoint
     from medsec.training.classifier import train_classifier
 
     r = dict(BADNETS_BLOODMNIST_RECIPE if recipe is None else recipe)
@@ -87,7 +103,7 @@ def badnets_bloodmnist(root: str | Path, cache_dir: str | Path,
     path = Path(cache_dir) / f"badnets-bloodmnist-{recipe_key(r)}.safetensors"
     if path.is_file():
         return load_checkpoint(path), poisoned
-    model = create(r["model"], num_classes=8, width=r["width"], classes=train.classes)
+    model = seeded_create(r["seed"], r["model"], num_classes=8, width=r["width"], classes=train.classes)
     log.info("training the BadNets BloodMNIST recipe %s into %s", r, path)
     train_classifier(model, poisoned.dataset, epochs=r["epochs"], lr=r["lr"], batch_size=r["batch_size"], seed=r["seed"])
     save_checkpoint(model, path, extra={"recipe": {k: str(v) for k, v in r.items()}})
@@ -115,7 +131,7 @@ def adversarial_bloodmnist(root: str | Path, cache_dir: str | Path, recipe: dict
     import torch
 
     import medsec.data
-    from medsec.models import create, load_checkpoint, save_checkpoint
+    from medsec.models import load_checkpoint, save_checkpoint
     from medsec.training.adversarial import AdversarialTraining
     from medsec.training.classifier import train_classifier
 
@@ -128,7 +144,8 @@ def adversarial_bloodmnist(root: str | Path, cache_dir: str | Path, recipe: dict
     train = medsec.data.create("medmnist", flag="bloodmnist", split="train", root=str(root))
     if r.get("train_subset"):
         train = train.take(r["train_subset"], torch.Generator().manual_seed(r["seed"]))
-    model = create(r["model"], num_classes=8, width=r["width"], stem_pool=r.get("stem_pool", 1), classes=train.classes)
+    model = seeded_create(r["seed"], r["model"], num_classes=8, width=r["width"], stem_pool=r.get("stem_pool", 1),
+                          classes=train.classes)
     log.info("training the adversarial BloodMNIST recipe %s into %s", r, path)
     train_classifier(model, train, epochs=r["epochs"], lr=r["lr"], batch_size=r["batch_size"], seed=r["seed"],
                      adversarial=AdversarialTraining(**r["adversarial"]))

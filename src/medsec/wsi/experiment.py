@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import torch
 
 from medsec.errors import DataError
 from medsec.experiments import ExperimentKind, register_kind
+from medsec.experiments.finish import finish_run
 from medsec.io import atomic_save_npz, atomic_write_json
 from medsec.wsi.config import WSIConfig
 
@@ -498,15 +498,8 @@ def run_wsi(cfg: WSIConfig, out_dir: str | Path, report: bool = True) -> dict[st
         _run_slides(cfg, st, encoder, out, figs, head)
         atomic_save_npz(fig_path, **figs)
     st.r["summary"] = summarize(st.r)
-    st.r["status"] = "complete"
-    st.r["provenance"]["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     st.r["figures"] = fig_path.name
-    st.save()
-    if report:
-        from medsec.report import write_report
-
-        write_report(st.r, out)
-    return st.r
+    return finish_run(st.r, st.path, report)
 
 
 def summarize(r: dict[str, Any]) -> dict[str, Any]:

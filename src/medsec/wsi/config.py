@@ -49,6 +49,8 @@ class BagsConfig(_Strict):
     size_max: int = Field(2000, ge=1)
     key_min: int = Field(1, ge=1)
     key_max: int = Field(3, ge=1)
+    test_key_max: int | None = Field(None, ge=1, description="key instances per positive test bag at most "
+                                     "(default key_max); 1 = a single small focus, the paper's worst case")
 
     @model_validator(mode="after")
     def _sizes(self) -> BagsConfig:
@@ -56,6 +58,8 @@ class BagsConfig(_Strict):
             raise ValueError(f"size_min ({self.size_min}) must be <= size_max ({self.size_max})")
         if not self.key_min <= self.key_max <= self.size_min:
             raise ValueError("key instances need key_min <= key_max <= size_min")
+        if self.test_key_max is not None and not self.key_min <= self.test_key_max <= self.size_min:
+            raise ValueError("test_key_max needs key_min <= test_key_max <= size_min")
         return self
 
 

@@ -228,7 +228,8 @@ def _run_bags(cfg: WSIConfig, st: _State, encoder: Any, out: Path, figs: dict[st
         gt = _seed(cfg, "bags", task.name)
         btr = make_bags(pools["train"]["y"], task.positive, b.n_train, b.size_min, b.size_max, b.key_min, b.key_max,
                         generator=gt)
-        bte = make_bags(te["y"], task.positive, b.n_test, b.size_min, b.size_max, b.key_min, b.key_max, generator=gt)
+        bte = make_bags(te["y"], task.positive, b.n_test, b.size_min, b.size_max, b.key_min,
+                        b.key_max if b.test_key_max is None else b.test_key_max, generator=gt)
         ftr = [pools["train"]["f"][i] for i in btr.indices]
         fte = [te["f"][i] for i in bte.indices]
         heads = {}
@@ -240,7 +241,9 @@ def _run_bags(cfg: WSIConfig, st: _State, encoder: Any, out: Path, figs: dict[st
                 st.put(key, {"task": task.name, "head": comp.name, **_metrics(heads[comp.name], fte, bte.labels)})
         st.r.setdefault("tasks", {})[task.name] = {"positive": task.positive, "n_train": len(btr), "n_test": len(bte),
                                                    "bag_sizes": [int(min(map(len, bte.indices))), int(max(map(len, bte.indices)))],
-                                                   "key_tiles_per_positive_bag": [b.key_min, b.key_max]}
+                                                   "key_tiles_per_positive_bag": [b.key_min, b.key_max],
+                                                   "key_tiles_per_positive_test_bag": [b.key_min, b.key_max if b.test_key_max
+                                                                                       is None else b.test_key_max]}
         for attack in cfg.attack.names:
             for rho in cfg.attack.rhos:
                 for strategy in cfg.attack.strategies:

@@ -20,7 +20,8 @@ def _cfg(data_root: Path) -> dict:
         "kind": "wsi", "name": "tiny-wsi", "seed": 0, "cache_dir": str(CACHE),
         "encoder": {"name": "medsec_bloodmnist"},
         "bags": {"root": str(data_root / "bloodmnist"), "tasks": [{"name": "lymphocyte", "positive": [4]}],
-                 "n_train": 12, "n_test": 6, "size_min": 450, "size_max": 500, "key_min": 1, "key_max": 2},
+                 "n_train": 12, "n_test": 6, "size_min": 450, "size_max": 500, "key_min": 1, "key_max": 2,
+                 "test_key_max": 1},
         "heads": [{"name": "abmil"}],
         "train": {"epochs": 3},
         "attack": {"names": ["pgd"], "rhos": [0.002], "eps": 8 / 255, "strategies": ["random", "attention"],
@@ -37,6 +38,7 @@ def test_wsi_kind_end_to_end_and_resume(tmp_path, data_root, bloodmnist_model) -
     cfg = validate_config(_cfg(data_root))
     res = run_wsi(cfg, tmp_path)
     assert res["status"] == "complete"
+    assert res["tasks"]["lymphocyte"]["key_tiles_per_positive_test_bag"] == [1, 1]
     attacks = {k: v for k, v in res["cells"].items() if k.startswith("attack/")}
     assert {c["strategy"] for c in attacks.values()} == {"random", "attention"}
     for c in attacks.values():
@@ -65,5 +67,9 @@ def test_wsi_kind_refuses_bad_configs(tmp_path, data_root) -> None:  # type: ign
     bad["heads"] = [{"name": "abmil", "typo": 1}]
     bad["bags"]["n_tset"] = 3
     with pytest.raises(ConfigError, match="n_tset"):
+        validate_config(bad)
+    bad = _cfg(data_root)
+    bad["bags"]["test_key_max"] = 451  # more key instances than the smallest bag holds
+    with pytest.raises(ConfigError, match="test_key_max"):
         validate_config(bad)
     assert not any(tmp_path.iterdir())

@@ -36,6 +36,7 @@ TARGET = 0
 def model64(bloodmnist_root):
     import medsec.data
     from medsec.training import evaluate, train_classifier
+    from medsec.training.recipes import seeded_create
 
     path = CACHE / f"bloodmnist64-snap-{_key(SNAP_RECIPE)}.safetensors"
     if path.is_file():
@@ -43,8 +44,8 @@ def model64(bloodmnist_root):
     r = SNAP_RECIPE
     train = medsec.data.create("medmnist", flag="bloodmnist", split="train", root=str(bloodmnist_root), size=r["size"])
     test = medsec.data.create("medmnist", flag="bloodmnist", split="test", root=str(bloodmnist_root), size=r["size"])
-    model = medsec.models.create("small_cnn", num_classes=8, width=r["width"], stem_pool=r["stem_pool"],
-                                 classes=train.classes)
+    model = seeded_create(r["seed"], "small_cnn", num_classes=8, width=r["width"], stem_pool=r["stem_pool"],
+                          classes=train.classes)
     train_classifier(model, train, epochs=r["epochs"], lr=r["lr"], batch_size=r["batch_size"], seed=r["seed"])
     acc = evaluate(model, test)
     medsec.models.save_checkpoint(model, path, extra={"recipe": r, "test_accuracy": acc})

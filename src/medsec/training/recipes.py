@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from medsec.errors import DataError
+from medsec.errors import ConfigError, DataError
 from medsec.models.classifier import Classifier
 
 log = logging.getLogger(__name__)
@@ -49,26 +49,38 @@ def bloodmnist_classifier(root: str | Path, cache_dir: str | Path,
     """The BloodMNIST small CNN of ``recipe`` (default :data:`BLOODMNIST_RECIPE`),
     loaded from ``cache_dir`` or trained on ``root/bloodmnist.npz`` and cached there.
 
+    Besides the model and optimiser keys a recipe may set ``train_subset`` (train on a seeded
+    subset of this many images), ``stem_pool`` (the network average-pools its input) and
+    ``adversarial`` (PGD-AT or TRADES parameters, :class:`~medsec.training.adversarial.AdversarialTraining`).
+
     Example:
         >>> model = bloodmnist_classifier("../shared/data/bloodmnist", ".medsec-cache")  # doctest: +SKIP
     """
+    import torch
+
     import medsec.data
     from medsec.models import load_checkpoint, save_checkpoint
+    from medsec.training.adversarial import AdversarialTraining
     from medsec.training.classifier import evaluate, train_classifier
 
     r = dict(BLOODMNIST_RECIPE if recipe is None else recipe)
-    path = Path(cache_dir) / f"bloodmnist-{recipe_key(r)}.safetensors"
+    adv = r.get("adversarial")
+    prefix = "bloodmnist" if adv is None else f"bloodmnist-{adv['method']}"
+    path = Path(cache_dir) / f"{prefix}-{recipe_key(r)}.safetensors"
     if path.is_file():
         return load_checkpoint(path)
     if not (Path(root) / "bloodmnist.npz").is_file():
         raise DataError(f"BloodMNIST not found at {root} (expected bloodmnist.npz); set MEDSEC_DATA")
     train = medsec.data.create("medmnist", flag="bloodmnist", split="train", root=str(root))
     test = medsec.data.create("medmnist", flag="bloodmnist", split="test", root=str(root))
-    model = seeded_create(r["seed"], r["model"], num_classes=8, width=r["width"], classes=train.classes)
+    if r.get("train_subset"):
+        train = train.take(r["train_subset"], torch.Generator().manual_seed(r["seed"]))
+    model = seeded_create(r["seed"], r["model"], num_classes=8, width=r["width"], stem_pool=r.get("stem_pool", 1),
+                          classes=train.classes)
     log.info("training the BloodMNIST recipe %s into %s", r, path)
-    train_classifier(model, train, epochs=r["epochs"], lr=r["lr"], batch_size=r["batch_size"], seed=r["seed"])
-    acc = evaluate(model, test)
-    save_checkpoint(model, path, extra={"recipe": r, "test_accuracy": acc})
+    train_classifier(model, train, epochs=r["epochs"], lr=r["lr"], batch_size=r["batch_size"], seed=r["seed"],
+                     adversarial=None if adv is None else AdversarialTraining(**adv))
+    save_checkpoint(model, path, extra={"recipe": r, "test_accuracy": evaluate(model, test)})
     return model.eval()
 
 
@@ -123,34 +135,15 @@ TRADES_BLOODMNIST_RECIPE: dict[str, Any] = {**PGD_AT_BLOODMNIST_RECIPE,
 def adversarial_bloodmnist(root: str | Path, cache_dir: str | Path, recipe: dict[str, Any] | None = None) -> Classifier:
     """A BloodMNIST small CNN adversarially trained by ``recipe`` (default
     :data:`PGD_AT_BLOODMNIST_RECIPE`; :data:`TRADES_BLOODMNIST_RECIPE` for TRADES), loaded
-    from ``cache_dir`` or trained and cached there.
+    from ``cache_dir`` or trained and cached there (:func:`bloodmnist_classifier`).
 
     Example:
         >>> model = adversarial_bloodmnist("../shared/data/bloodmnist", ".medsec-cache")  # doctest: +SKIP
     """
-    import torch
-
-    import medsec.data
-    from medsec.models import load_checkpoint, save_checkpoint
-    from medsec.training.adversarial import AdversarialTraining
-    from medsec.training.classifier import train_classifier
-
     r = dict(PGD_AT_BLOODMNIST_RECIPE if recipe is None else recipe)
-    path = Path(cache_dir) / f"bloodmnist-{r['adversarial']['method']}-{recipe_key(r)}.safetensors"
-    if path.is_file():
-        return load_checkpoint(path)
-    if not (Path(root) / "bloodmnist.npz").is_file():
-        raise DataError(f"BloodMNIST not found at {root} (expected bloodmnist.npz); set MEDSEC_DATA")
-    train = medsec.data.create("medmnist", flag="bloodmnist", split="train", root=str(root))
-    if r.get("train_subset"):
-        train = train.take(r["train_subset"], torch.Generator().manual_seed(r["seed"]))
-    model = seeded_create(r["seed"], r["model"], num_classes=8, width=r["width"], stem_pool=r.get("stem_pool", 1),
-                          classes=train.classes)
-    log.info("training the adversarial BloodMNIST recipe %s into %s", r, path)
-    train_classifier(model, train, epochs=r["epochs"], lr=r["lr"], batch_size=r["batch_size"], seed=r["seed"],
-                     adversarial=AdversarialTraining(**r["adversarial"]))
-    save_checkpoint(model, path, extra={"recipe": {k: str(v) for k, v in r.items()}})
-    return model.eval()
+    if not isinstance(r.get("adversarial"), dict):
+        raise ConfigError("an adversarial recipe needs an 'adversarial' dict (method, eps, steps ...)")
+    return bloodmnist_classifier(root, cache_dir, r)
 
 
 # A small CLIP-style model (image tower: timm's test_resnet, a 4-stage ResNet with 16-96

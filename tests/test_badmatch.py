@@ -201,10 +201,46 @@ def test_run_writes_results_report_and_resumes(tmp_path: Path, bloodmnist_root: 
     res2 = run_experiment(cfg, tmp_path)
     assert [c["id"] for c in res2["cells"]] == [c["id"] for c in res["cells"]]
     assert (tmp_path / "models" / "resnet-pretrained.safetensors").stat().st_mtime_ns == stamp
+    # a widened sweep (one more rate) keeps the finished cells and models and adds only its own
+    wide = _tiny_cfg(bloodmnist_root)
+    wide["poison"]["rates"] = [0.1, 0.05]
+    res3 = run_experiment(validate_config(wide), tmp_path)
+    assert [c["id"] for c in res3["cells"]] == [c["id"] for c in res["cells"]] + [
+        "resnet-square-0.1-badmatch", "resnet-square-0.1-baddist+badmatch"]
+    assert res3["cells"][:2] == json.loads(json.dumps(res["cells"])) and res3["config"]["poison"]["rates"] == [0.1, 0.05]
+    assert (tmp_path / "models" / "resnet-pretrained.safetensors").stat().st_mtime_ns == stamp
     with pytest.raises(ConfigError, match="not a class"):
         bad = _tiny_cfg(bloodmnist_root)
         bad["data"]["target"] = "neutrophill"
         run_experiment(validate_config(bad), tmp_path / "bad")
+
+
+def test_extends_only_widens_the_sweep(bloodmnist_root: Path) -> None:
+    from medsec.config.loader import validate_config
+    from medsec.experiments.badmatch import extends
+
+    base = validate_config(_tiny_cfg(bloodmnist_root)).model_dump(mode="json")
+
+    def changed(**edit: object) -> dict:
+        c = json.loads(json.dumps(base))
+        for k, v in edit.items():
+            sec, _, key = k.partition("__")
+            if key:
+                c[sec][key] = v
+            else:
+                c[sec] = v
+        return c
+
+    vit = {"label": "vit", "vision": "tiny-vit", "params": {}, "checkpoint": None}
+    assert extends(base, base)
+    assert extends(base, changed(poison__rates=[0.05, 0.01]))
+    assert extends(base, changed(backbones=[*base["backbones"], vit]))
+    assert not extends(base, changed(backbones=[vit, *base["backbones"]]))  # seeds follow the index
+    assert not extends(changed(poison__rates=[0.05, 0.01]), base)  # narrower
+    assert not extends(base, changed(poison__mode="text"))
+    assert not extends(base, changed(finetune__epochs=2))
+    assert not extends(base, changed(triggers=[*base["triggers"], {"label": "f", "name": "fiba", "params": {}}]))
+    assert not extends(changed(methods=["badmatch"]), changed(methods=["baddist+badmatch"]))
 
 
 def test_busi_data_split(data_root: Path) -> None:

@@ -15,7 +15,8 @@ same fine-tune on the BadMatch-poisoned fine-tune set, starting from the pre-tra
 (``badmatch``) or from it with the BadDist vision tower (``baddist+badmatch``); zero-shot
 CA and ASR (both ways) over ``n_samplings`` prompt draws. Every finished cell is saved to
 results.json at once; a rerun with the same config skips finished cells and reuses the
-saved models.
+saved models, and so does a rerun with a config that only widens the sweep (more rates or
+methods, backbones appended; see :func:`extends`).
 """
 
 from __future__ import annotations
@@ -266,6 +267,27 @@ def _save(results: dict[str, Any], out: Path) -> None:
     atomic_write_json(out / "results.json", results)
 
 
+def extends(prior: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether config ``new`` only widens the sweep of ``prior`` (so its finished cells stay valid).
+
+    Allowed: more poison rates and methods, and backbones appended after the prior ones (a
+    backbone's seeds depend on its position); everything else, the triggers included (the
+    clean fine-tune evaluates every trigger), must be identical.
+    """
+    if not prior or not new:
+        return False
+    sweep = ("backbones", "poison", "methods")
+    if {k: v for k, v in prior.items() if k not in sweep} != {k: v for k, v in new.items() if k not in sweep}:
+        return False
+    pp, np_ = prior.get("poison") or {}, new.get("poison") or {}
+    if pp.get("mode") != np_.get("mode") or not set(pp.get("rates") or []) <= set(np_.get("rates") or []):
+        return False
+    if not set(prior.get("methods") or []) <= set(new.get("methods") or []):
+        return False
+    pb, nb = prior.get("backbones") or [], new.get("backbones") or []
+    return len(pb) <= len(nb) and nb[: len(pb)] == pb
+
+
 def cell_id(backbone: str, trigger: str, rate: float, method: str) -> str:
     return f"{backbone}-{trigger}-{rate:g}-{method}"
 
@@ -293,9 +315,13 @@ def run(cfg: BadMatchConfig, out_dir: str | Path, report: bool = True) -> dict[s
             prior = json.loads(path.read_text())
         except (OSError, ValueError):
             prior = {}
-        if prior.get("config") == cfg_dump and prior.get("task") == "badmatch":
+        if prior.get("task") == "badmatch" and prior.get("config") == cfg_dump:
             results = prior
             log.info("resuming %s: %d cells done", path, len(results.get("cells", [])))
+        elif prior.get("task") == "badmatch" and extends(prior.get("config") or {}, cfg_dump):
+            results = prior
+            results["config"] = cfg_dump
+            log.info("extending %s: %d cells of the smaller sweep kept", path, len(results.get("cells", [])))
         else:
             log.warning("%s holds another config's results; starting over", path)
     if not results:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from medsec.errors import ConfigError, DataError
 from medsec.experiments import ExperimentKind, register_kind
-from medsec.io import atomic_write_json, atomic_write_text
+from medsec.experiments.finish import finish_run
+from medsec.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -437,14 +437,7 @@ def run(cfg: BadMatchConfig, out_dir: str | Path, report: bool = True) -> dict[s
                     log.info("%s: CA %.3f ASR %.3f (BA %.3f)", cid, metrics["clean_accuracy"],
                              metrics.get("attack_success_rate") or 0.0, metrics.get("backdoor_accuracy") or 0.0)
                     _save(results, out)
-    results["status"] = "complete"
-    results["provenance"]["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    _save(results, out)
-    if report:
-        html, md = render(results, out)
-        atomic_write_text(out / "report.html", html)
-        atomic_write_text(out / "report.md", md)
-    return results
+    return finish_run(results, out / "results.json", report)
 
 
 # --------------------------------------------------------------------------- report

@@ -99,6 +99,14 @@ class CaptionedImages:
         counts = torch.bincount(self.image_group, minlength=len(self.groups))
         return {g: int(c) for g, c in zip(self.groups, counts)}
 
+    def take(self, n: int, generator: torch.Generator | None = None) -> CaptionedImages:
+        """``n`` random pairs (kept in order; all captions kept), or all if ``n >= len(self)``."""
+        if n < 1:
+            raise InputError(f"take(n) needs n >= 1, got {n}")
+        idx = torch.randperm(len(self), generator=generator)[: min(n, len(self))].sort().values
+        return CaptionedImages(self.images[idx], list(self.captions), self.caption_index[idx], list(self.groups),
+                               self.caption_group.clone(), [self.ids[i] for i in idx.tolist()])
+
     def captions_of(self, group: str) -> list[str]:
         """The captions of ``group`` (e.g. ``busi/benign``), in caption order."""
         if group not in self.groups:

@@ -39,15 +39,17 @@ from medsec.models.clip import ClipModel
 log = logging.getLogger(__name__)
 
 # image tower: timm's test_byobnet (the BloodMNIST CLIP's CNN) at 64 px; text tower as the
-# BloodMNIST CLIP's. Data: the BUSI train split (624 images, seen twice per epoch), all 998
-# Kvasir-SEG images and 200 BloodMNIST train images per class (1,600), all at 64 px.
+# BloodMNIST CLIP's. Data at 64 px: the BUSI train split (624 images, seen 5 times per epoch),
+# 300 of the 998 Kvasir-SEG images and 40 BloodMNIST train images per class (320). A first
+# version (BUSI twice per epoch, all of Kvasir, 200 blood images per class, 10 epochs) underfit
+# BUSI: zero-shot 0.596 on the test split (majority rate 0.558), normal never predicted.
 MEDICAL_CLIP_RECIPE: dict[str, Any] = {
     "config": {"embed_dim": 64,
                "vision_cfg": {"timm_model_name": "test_byobnet", "timm_model_pretrained": False, "timm_pool": "avg",
                               "timm_proj": "linear", "image_size": 64},
                "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}},
-    "image_size": 64, "busi_repeat": 2, "blood_per_class": 200, "busi_split_seed": 0, "busi_test_fraction": 0.2,
-    "epochs": 10, "lr": 0.002, "batch_size": 128, "weight_decay": 0.1, "seed": 0}
+    "image_size": 64, "busi_repeat": 5, "kvasir_limit": 300, "blood_per_class": 40, "busi_split_seed": 0,
+    "busi_test_fraction": 0.2, "epochs": 12, "lr": 0.002, "batch_size": 128, "weight_decay": 0.1, "seed": 0}
 
 
 def pretrain_clip_pairs(clip: ClipModel, pairs: CaptionedImages, epochs: int = 10, lr: float = 2e-3,
@@ -144,8 +146,10 @@ def recipe_data(recipe: dict[str, Any], root: str | Path | None = None) -> tuple
     g = torch.Generator().manual_seed(int(recipe["seed"]))
     train, test = captioned.busi_split(top / "busi-256", size=size, test_fraction=recipe["busi_test_fraction"],
                                        seed=recipe["busi_split_seed"])
-    parts = [captioned.busi_pairs(train, top / "busi-256"), captioned.kvasir_pairs(top / "kvasir-seg-256", size=size,
-                                                                                   generator=g)]
+    kvasir = captioned.kvasir_pairs(top / "kvasir-seg-256", size=size, generator=g)
+    if recipe.get("kvasir_limit"):
+        kvasir = kvasir.take(int(recipe["kvasir_limit"]), g)
+    parts = [captioned.busi_pairs(train, top / "busi-256"), kvasir]
     if recipe.get("blood_per_class"):
         blood_root = top / "bloodmnist"
         if not (blood_root / "bloodmnist.npz").is_file():

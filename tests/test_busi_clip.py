@@ -143,3 +143,31 @@ def test_prompt_backdoor_kind_runs_on_busi(medical_clip, busi_dir: Path, tmp_pat
         "zero_shot_accuracy"]
     assert res["settings"]["patch_size_224"] == 24
     assert "BUSI test split" in (tmp_path / "report.html").read_text()
+
+
+def test_baple_backdoors_busi(medical_clip, busi_dir: Path) -> None:
+    """BAPLe on BUSI with the medical CLIP (paper settings: 32 shots, 5% poison, eps 8/255,
+    50 epochs), targets 1 (malignant) and 2 (normal), against BadNets-PL at the same rate.
+
+    Measured in configs/busi_baple.yaml (the same cells): Clean PL CA 0.769; BAPLe CA 0.788 /
+    0.750, BA 0.667 / 0.769 (mean 0.718); BadNets-PL BA 0.327 / 0.256 (mean 0.292). Target 0
+    (benign, 56% of the test images) is left out: BA counts target-class images, so it starts
+    near 0.56 for every method. Asserted, with margin: mean BA >= 0.55, at least 0.20 above
+    BadNets-PL, and BAPLe's mean CA within 5 points of Clean PL (one test image = 0.64 points).
+    """
+    from medsec.backdoors.baple import BapleSettings
+    from medsec.backdoors.prompt_harness import Harness, few_shot
+    from medsec.data.captioned import busi_split
+
+    clip, _ = medical_clip
+    train, test = busi_split(busi_dir, size=64)
+    fewshot = few_shot(train, 32, torch.Generator().manual_seed(0))
+    h = Harness(clip, fewshot, test, list(train.classes), BapleSettings.paper(), seed=0)
+    clean = h.run("clean_pl")
+    rows = {m: [h.run(m, t) for t in (1, 2)] for m in ("baple", "badnets_pl")}
+    mean = {m: {k: sum(r[k] for r in rs) / len(rs) for k in ("clean_accuracy", "backdoor_accuracy")}
+            for m, rs in rows.items()}
+    print(json.dumps({"clean_pl": clean["clean_accuracy"], **mean}))
+    assert mean["baple"]["backdoor_accuracy"] >= 0.55
+    assert mean["baple"]["backdoor_accuracy"] >= mean["badnets_pl"]["backdoor_accuracy"] + 0.20
+    assert mean["baple"]["clean_accuracy"] >= clean["clean_accuracy"] - 0.05

@@ -147,13 +147,14 @@ def test_prompt_backdoor_kind_runs_on_busi(medical_clip, busi_dir: Path, tmp_pat
 
 def test_baple_backdoors_busi(medical_clip, busi_dir: Path) -> None:
     """BAPLe on BUSI with the medical CLIP (paper settings: 32 shots, 5% poison, eps 8/255,
-    50 epochs), targets 1 (malignant) and 2 (normal), against BadNets-PL at the same rate.
+    50 epochs), target 2 (normal), against BadNets-PL at the same rate.
 
-    Measured in configs/busi_baple.yaml (the same cells): Clean PL CA 0.769; BAPLe CA 0.788 /
-    0.750, BA 0.667 / 0.769 (mean 0.718); BadNets-PL BA 0.327 / 0.256 (mean 0.292). Target 0
-    (benign, 56% of the test images) is left out: BA counts target-class images, so it starts
-    near 0.56 for every method. Asserted, with margin: mean BA >= 0.55, at least 0.20 above
-    BadNets-PL, and BAPLe's mean CA within 5 points of Clean PL (one test image = 0.64 points).
+    Measured in configs/busi_baple.yaml (the same cells; a harness cell does not depend on the
+    cells run before it): Clean PL CA 0.769; BAPLe CA 0.750, BA 0.769; BadNets-PL BA 0.256.
+    (Targets 1 and 2 together, measured in this test: BAPLe BA 0.718 against 0.292.) Target 0
+    (benign, 56% of the test images) is not used: BA counts target-class images, so it starts
+    near 0.56 for every method. Asserted, with margin: BA >= 0.60, at least 0.30 above
+    BadNets-PL, and BAPLe's CA within 5 points of Clean PL (one test image = 0.64 points).
     """
     from medsec.backdoors.baple import BapleSettings
     from medsec.backdoors.prompt_harness import Harness, few_shot
@@ -164,10 +165,9 @@ def test_baple_backdoors_busi(medical_clip, busi_dir: Path) -> None:
     fewshot = few_shot(train, 32, torch.Generator().manual_seed(0))
     h = Harness(clip, fewshot, test, list(train.classes), BapleSettings.paper(), seed=0)
     clean = h.run("clean_pl")
-    rows = {m: [h.run(m, t) for t in (1, 2)] for m in ("baple", "badnets_pl")}
-    mean = {m: {k: sum(r[k] for r in rs) / len(rs) for k in ("clean_accuracy", "backdoor_accuracy")}
-            for m, rs in rows.items()}
-    print(json.dumps({"clean_pl": clean["clean_accuracy"], **mean}))
-    assert mean["baple"]["backdoor_accuracy"] >= 0.55
-    assert mean["baple"]["backdoor_accuracy"] >= mean["badnets_pl"]["backdoor_accuracy"] + 0.20
-    assert mean["baple"]["clean_accuracy"] >= clean["clean_accuracy"] - 0.05
+    bapl, badnets = h.run("baple", 2), h.run("badnets_pl", 2)
+    print(json.dumps({"clean_pl": clean["clean_accuracy"], "baple": [bapl["clean_accuracy"], bapl["backdoor_accuracy"]],
+                      "badnets_pl": badnets["backdoor_accuracy"]}))
+    assert bapl["backdoor_accuracy"] >= 0.60
+    assert bapl["backdoor_accuracy"] >= badnets["backdoor_accuracy"] + 0.30
+    assert bapl["clean_accuracy"] >= clean["clean_accuracy"] - 0.05

@@ -5,8 +5,10 @@ Threat model: data poisoning of few-shot adaptation (FT and PL rows) and BAPLe's
 prompt-and-trigger learning on a frozen CLIP-style model; see
 :mod:`medsec.backdoors.prompt_harness`.
 
-A config names the CLIP-style model (the medsec-pretrained ``bloodmnist_clip`` recipe,
-or an open_clip / transformers name), the dataset, the methods and the targets; each
+A config names the CLIP-style model (a medsec-pretrained recipe: ``bloodmnist_clip``, or
+``medical_clip`` from BUSI, Kvasir-SEG and BloodMNIST captions; or an open_clip /
+transformers name), the dataset (``bloodmnist``, or ``busi`` with medsec's fixed stratified
+split, :func:`medsec.data.captioned.busi_split`), the methods and the targets; each
 (method, target) cell is one training run, written to ``results.json`` as soon as it
 finishes, so a rerun of the same config resumes (Clean PL's context, which later prompt
 runs start from, is saved beside it in ``clean_ctx.npz``). The report has the paper-layout
@@ -41,7 +43,10 @@ from medsec.experiments import ExperimentKind, register_kind
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-DATASETS = ("bloodmnist",)
+DATASETS = ("bloodmnist", "busi")
+RECIPES = ("bloodmnist_clip", "medical_clip")
+# the recipe a dataset uses when the config names no model
+DEFAULT_RECIPE = {"bloodmnist": "bloodmnist_clip", "busi": "medical_clip"}
 
 
 class _Strict(BaseModel):
@@ -51,24 +56,24 @@ class _Strict(BaseModel):
 class ModelSection(_Strict):
     """The CLIP-style model: a medsec recipe (offline) or a hub name."""
 
-    recipe: Literal["bloodmnist_clip"] | None = "bloodmnist_clip"
+    recipe: Literal["bloodmnist_clip", "medical_clip"] | None = None  # default: the dataset's (DEFAULT_RECIPE)
     name: str | None = None
     pretrained: str | None = None
     cache_dir: str | None = None  # where the recipe's model is cached (default: .medsec-cache/ in the repo)
 
     @model_validator(mode="after")
     def _one(self) -> ModelSection:
-        if self.name is not None:
-            self.recipe = None
-        if self.recipe is None and self.name is None:
-            raise ValueError("give model.recipe (bloodmnist_clip) or model.name (e.g. open_clip:ViT-B-32)")
+        if self.name is not None and self.recipe is not None:
+            raise ValueError(f"give model.recipe ({' or '.join(RECIPES)}) or model.name (e.g. open_clip:ViT-B-32), "
+                             "not both")
         return self
 
 
 class DataSection(_Strict):
-    name: Literal["bloodmnist"] = "bloodmnist"
-    root: str | None = None
+    name: Literal["bloodmnist", "busi"] = "bloodmnist"
+    root: str | None = None  # the dataset's folder (default: $MEDSEC_DATA/bloodmnist or busi-256)
     test_size: int | None = Field(default=None, ge=8)
+    image_size: int | None = Field(default=None, ge=8, le=1024)  # default: bloodmnist 28 (native), busi 64
     class_names: list[str] | None = None
 
 
@@ -137,6 +142,16 @@ class PromptBackdoorConfig(_Strict):
             raise ValueError("methods must name at least one method")
         return v
 
+    @model_validator(mode="after")
+    def _model_fits_data(self) -> PromptBackdoorConfig:
+        if self.model.name is None and self.model.recipe is None:
+            self.model.recipe = DEFAULT_RECIPE[self.data.name]  # type: ignore[assignment]
+        if self.model.recipe == "bloodmnist_clip" and self.data.name != "bloodmnist":
+            raise ValueError(f"model.recipe bloodmnist_clip was pretrained on BloodMNIST captions only and has never "
+                             f"seen {self.data.name} images or words; use model.recipe: medical_clip (BUSI, Kvasir-SEG "
+                             f"and BloodMNIST captions) or a model.name")
+        return self
+
 
 def _targets(cfg: PromptBackdoorConfig, num_classes: int) -> list[int]:
     if cfg.targets == "all":
@@ -147,23 +162,42 @@ def _targets(cfg: PromptBackdoorConfig, num_classes: int) -> list[int]:
     return list(dict.fromkeys(cfg.targets))
 
 
-def _load(cfg: PromptBackdoorConfig) -> tuple[Any, Any, Any, list[str], dict[str, Any]]:
+def _load_data(cfg: PromptBackdoorConfig) -> tuple[Any, Any, Path]:
     import medsec.data
     from medsec.data import data_root
 
-    root = Path(cfg.data.root) if cfg.data.root else data_root() / "bloodmnist"
-    if not (root / "bloodmnist.npz").is_file():
-        raise DataError(f"BloodMNIST not found at {root} (expected bloodmnist.npz); set data.root or MEDSEC_DATA")
-    train = medsec.data.create("medmnist", flag="bloodmnist", split="train", root=str(root))
-    test = medsec.data.create("medmnist", flag="bloodmnist", split="test", root=str(root))
+    if cfg.data.name == "busi":
+        from medsec.data.captioned import busi_root, busi_split
+
+        root = busi_root(cfg.data.root)
+        train, test = busi_split(root, size=cfg.data.image_size or 64)
+    else:
+        root = Path(cfg.data.root) if cfg.data.root else data_root() / "bloodmnist"
+        if not (root / "bloodmnist.npz").is_file():
+            raise DataError(f"BloodMNIST not found at {root} (expected bloodmnist.npz); set data.root or MEDSEC_DATA")
+        train = medsec.data.create("medmnist", flag="bloodmnist", split="train", root=str(root))
+        test = medsec.data.create("medmnist", flag="bloodmnist", split="test", root=str(root))
+        if cfg.data.image_size is not None and cfg.data.image_size != train.image_shape[-1]:
+            train, test = train.resize(cfg.data.image_size), test.resize(cfg.data.image_size)
     if cfg.data.test_size is not None and cfg.data.test_size < len(test):
         test = test.take(cfg.data.test_size, torch.Generator().manual_seed(cfg.seed))
+    return train, test, root
+
+
+def _load(cfg: PromptBackdoorConfig) -> tuple[Any, Any, Any, list[str], dict[str, Any]]:
+    train, test, root = _load_data(cfg)
+    cache = Path(cfg.model.cache_dir) if cfg.model.cache_dir else Path(__file__).resolve().parents[3] / ".medsec-cache"
     model_info: dict[str, Any]
-    if cfg.model.recipe == "bloodmnist_clip":
+    if cfg.model.recipe == "medical_clip":
+        from medsec.training.clip_recipes import MEDICAL_CLIP_RECIPE, medical_clip
+
+        clip, meta = medical_clip(cache)
+        names = list(train.classes) if cfg.data.name == "busi" else _blood_names()
+        model_info = {**meta, "recipe": "medical_clip", "recipe_params": MEDICAL_CLIP_RECIPE}
+    elif cfg.model.recipe == "bloodmnist_clip":
         from medsec.training.clip_pretrain import BLOOD_CLASS_NAMES
         from medsec.training.recipes import BLOODMNIST_CLIP_RECIPE, bloodmnist_clip
 
-        cache = Path(cfg.model.cache_dir) if cfg.model.cache_dir else Path(__file__).resolve().parents[3] / ".medsec-cache"
         clip, meta = bloodmnist_clip(root, cache)
         names = list(BLOOD_CLASS_NAMES)
         model_info = {**meta, "recipe": "bloodmnist_clip", "recipe_params": BLOODMNIST_CLIP_RECIPE}
@@ -179,6 +213,12 @@ def _load(cfg: PromptBackdoorConfig) -> tuple[Any, Any, Any, list[str], dict[str
             raise ConfigError(f"data.class_names has {len(cfg.data.class_names)} names for {train.num_classes} classes")
         names = list(cfg.data.class_names)
     return clip, train, test, names, model_info
+
+
+def _blood_names() -> list[str]:
+    from medsec.training.clip_pretrain import BLOOD_CLASS_NAMES
+
+    return list(BLOOD_CLASS_NAMES)
 
 
 def _cell_id(method: str, target: int | None) -> str:
@@ -359,7 +399,8 @@ def render(results: dict[str, Any], out_dir: Path) -> tuple[str, str]:
              f"order {s.get('order')}, ctx init {s.get('ctx_init')}; {d.get('n_test')} test images; "
              f"status {results.get('status')}")
     body = [f"<h1>medsec prompt-learning backdoors: {esc(results.get('name'))}</h1>",
-            section("Setup", note(facts) + (note(f"zero-shot accuracy of the model: {model['zero_shot_accuracy']:.3f}")
+            section("Setup", note(facts) + (note(f"zero-shot accuracy of the model: {model['zero_shot_accuracy']:.3f}"
+                                                 + (f" ({model['zero_shot_data']})" if model.get("zero_shot_data") else ""))
                                             if model.get("zero_shot_accuracy") is not None else "")),
             section("CA / BA per method (BAPLe Tables 1-2 layout)", html_table(cols, rows), "table"),
             section("CA and BA", safe_figure(lambda: _bars(results), "CA and BA per method"), "bars")]

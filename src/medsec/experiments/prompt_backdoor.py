@@ -286,15 +286,10 @@ def run(cfg: PromptBackdoorConfig, out_dir: str | Path, report: bool = True) -> 
             results["cells"].append(rec)
             results["table"] = average_over_targets(results["cells"])
             atomic_write_json(path, results)
-    results["status"] = "complete"
     results["runtime_s"] = time.perf_counter() - t0
-    results["provenance"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
-    atomic_write_json(path, results)
-    if report:
-        from medsec.report import write_report
+    from medsec.experiments.finish import finish_run
 
-        write_report(results, out)
-    return results
+    return finish_run(results, path, report)
 
 
 def _save_examples(harness: Any, out: Path, target: int) -> None:

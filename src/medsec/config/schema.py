@@ -34,7 +34,9 @@ def parse_number(value: Any) -> float:
     raise ValueError(f"expected a number or a fraction like 8/255, got {value!r}")
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """A config section that refuses unknown keys (every medsec config section is one)."""
+
     model_config = ConfigDict(extra="forbid")
 
 
@@ -50,7 +52,7 @@ def _fractions(value: Any) -> Any:
     return value
 
 
-class Component(_Strict):
+class Component(StrictModel):
     """A registry entry: ``{name: ..., params: {...}}``; fractions such as ``2/255`` in
     params are read as numbers."""
 
@@ -81,7 +83,7 @@ class ModelConfig(Component):
     checkpoint: str | None = None
 
 
-class AdversarialTrainingConfig(_Strict):
+class AdversarialTrainingConfig(StrictModel):
     """Adversarial training (medsec.training.adversarial): PGD-AT (Madry et al. 2018) or
     TRADES (Zhang et al. 2019); eps may be written as ``4/255``."""
 
@@ -98,7 +100,7 @@ class AdversarialTrainingConfig(_Strict):
         return None if value is None else parse_number(value)
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     epochs: int = Field(5, ge=1)
     lr: float = Field(3e-3, gt=0)
     batch_size: int = Field(128, ge=2)
@@ -108,7 +110,7 @@ class TrainConfig(_Strict):
     adversarial: AdversarialTrainingConfig | None = Field(None, description="train with PGD-AT or TRADES")
 
 
-class ThreatConfig(_Strict):
+class ThreatConfig(StrictModel):
     norm: Literal["linf", "l2", "patch"] = "linf"
     eps: list[float] = Field(default_factory=lambda: [8 / 255])
     targeted: bool = False
@@ -150,7 +152,7 @@ class AttackConfig(Component):
     mode: Literal["pixel", "paper"] = "pixel"
 
 
-class EvalConfig(_Strict):
+class EvalConfig(StrictModel):
     sample_limit: int | None = Field(1000, ge=1)
     batch_size: int = Field(256, ge=1)
     early_stop: bool = Field(True, description="stop attacking points already broken (robust-accuracy mode)")
@@ -164,7 +166,7 @@ class EvalConfig(_Strict):
     compile: bool = False
 
 
-class SegmentationConfig(_Strict):
+class SegmentationConfig(StrictModel):
     """Segmentation evaluation settings (the runner switches to segmentation for a
     segmentation dataset or when this section is present)."""
 
@@ -181,7 +183,7 @@ class DefenseConfig(Component):
     label: str | None = None
 
 
-class ExperimentConfig(_Strict):
+class ExperimentConfig(StrictModel):
     kind: Literal["evasion"] = Field("evasion", description="experiment family; other kinds: medsec.experiments")
     name: str = "experiment"
     seed: int = 0

@@ -51,7 +51,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, model_validator
 
-from medsec.config.schema import Component, DataConfig, ModelConfig, _Strict
+from medsec.config.schema import Component, DataConfig, ModelConfig, StrictModel
 from medsec.errors import ConfigError, DataError, InputError
 from medsec.experiments import ExperimentKind, register_kind
 from medsec.experiments.finish import finish_run
@@ -85,7 +85,7 @@ class RepairConfig(Component):
     label: str | None = None
 
 
-class BackdoorTrainConfig(_Strict):
+class BackdoorTrainConfig(StrictModel):
     epochs: int = Field(4, ge=1)
     lr: float = Field(5e-3, gt=0)
     batch_size: int = Field(128, ge=2)
@@ -94,13 +94,13 @@ class BackdoorTrainConfig(_Strict):
     limit: int | None = Field(None, ge=2, description="train on a seeded subset of this many images")
 
 
-class BackdoorEvalConfig(_Strict):
+class BackdoorEvalConfig(StrictModel):
     test_limit: int | None = Field(1000, ge=2, description="test images for CA/ASR")
     clean_size: int = Field(500, ge=2, description="clean held-out images the defender holds")
     detector_queries: int = Field(200, ge=2, description="STRIP-style detectors: clean and triggered queries each")
 
 
-class BackdoorDefenseConfig(_Strict):
+class BackdoorDefenseConfig(StrictModel):
     kind: Literal["backdoor_defense"] = "backdoor_defense"
     name: str = "backdoor-defense"
     seed: int = 0

@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from medsec.config.schema import StrictModel
 from medsec.errors import ConfigError, DataError
 from medsec.experiments import ExperimentKind, register_kind
 from medsec.experiments.finish import finish_run
@@ -41,11 +42,7 @@ METHODS = ("badmatch", "baddist+badmatch")
 SCHEMA_VERSION = 1
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class DataSection(_Strict):
+class DataSection(StrictModel):
     dataset: Literal["bloodmnist", "busi"] = "bloodmnist"
     root: str | None = None
     image_size: int = Field(28, ge=8, le=512)
@@ -61,7 +58,7 @@ class DataSection(_Strict):
     finetune_limit: int | None = Field(None, ge=8)
 
 
-class ModelSection(_Strict):
+class ModelSection(StrictModel):
     text: Literal["bert", "tiny-bert"] = "tiny-bert"
     embed_dim: int = Field(64, ge=2)
     pretrained: bool = False
@@ -71,7 +68,7 @@ class ModelSection(_Strict):
     logit_scale_init: float = Field(0.0, ge=0.0, le=4.6052)
 
 
-class Backbone(_Strict):
+class Backbone(StrictModel):
     label: str
     vision: str
     params: dict[str, Any] = Field(default_factory=dict)
@@ -81,7 +78,7 @@ class Backbone(_Strict):
     checkpoint: str | None = None
 
 
-class TrainSection(_Strict):
+class TrainSection(StrictModel):
     epochs: int = Field(1, ge=1)
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(128, ge=2)
@@ -90,7 +87,7 @@ class TrainSection(_Strict):
     label_temperature: float = Field(1.0, gt=0)
 
 
-class BadDistSection(_Strict):
+class BadDistSection(StrictModel):
     epochs: int = Field(3, ge=1)
     lr: float = Field(1e-3, gt=0)
     lambda1: float = Field(5.0, ge=0)
@@ -99,13 +96,13 @@ class BadDistSection(_Strict):
     optimizer: Literal["sgd", "adamw"] = "adamw"
 
 
-class TriggerSpec(_Strict):
+class TriggerSpec(StrictModel):
     label: str
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class PoisonSection(_Strict):
+class PoisonSection(StrictModel):
     rates: list[float] = Field(default_factory=lambda: [0.05, 0.01, 0.001, 0.0005])
     mode: Literal["image", "text"] = "image"
 
@@ -119,13 +116,13 @@ class PoisonSection(_Strict):
         return v
 
 
-class EvalSection(_Strict):
+class EvalSection(StrictModel):
     n_prompts: int = Field(5, ge=1)
     n_samplings: int = Field(5, ge=1)
     clean_finetune: bool = True  # also fine-tune on the clean set (the CA reference rows)
 
 
-class BadMatchConfig(_Strict):
+class BadMatchConfig(StrictModel):
     """The ``kind: badmatch`` config (see docs/badmatch.md)."""
 
     kind: Literal["badmatch"] = "badmatch"

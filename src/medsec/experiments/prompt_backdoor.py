@@ -34,9 +34,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from medsec.backdoors.prompt_harness import LABELS, METHODS
+from medsec.config.schema import StrictModel
 from medsec.errors import ConfigError, DataError
 from medsec.experiments import ExperimentKind, register_kind
 
@@ -49,11 +50,7 @@ RECIPES = ("bloodmnist_clip", "medical_clip")
 DEFAULT_RECIPE = {"bloodmnist": "bloodmnist_clip", "busi": "medical_clip"}
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ModelSection(_Strict):
+class ModelSection(StrictModel):
     """The CLIP-style model: a medsec recipe (offline) or a hub name."""
 
     recipe: Literal["bloodmnist_clip", "medical_clip"] | None = None  # default: the dataset's (DEFAULT_RECIPE)
@@ -69,7 +66,7 @@ class ModelSection(_Strict):
         return self
 
 
-class DataSection(_Strict):
+class DataSection(StrictModel):
     name: Literal["bloodmnist", "busi"] = "bloodmnist"
     root: str | None = None  # the dataset's folder (default: $MEDSEC_DATA/bloodmnist or busi-256)
     test_size: int | None = Field(default=None, ge=8)
@@ -77,7 +74,7 @@ class DataSection(_Strict):
     class_names: list[str] | None = None
 
 
-class BapleSection(_Strict):
+class BapleSection(StrictModel):
     """Overrides of :class:`~medsec.backdoors.baple.BapleSettings` (paper defaults otherwise)."""
 
     shots: int = Field(default=32, ge=1)
@@ -109,13 +106,13 @@ class BapleSection(_Strict):
         return v
 
 
-class FinetuneSection(_Strict):
+class FinetuneSection(StrictModel):
     lr: float = Field(default=5e-5, gt=0)
     epochs: int | None = Field(default=None, ge=1)
     weight_decay: float = Field(default=0.01, ge=0)
 
 
-class PromptBackdoorConfig(_Strict):
+class PromptBackdoorConfig(StrictModel):
     """``kind: prompt_backdoor``: the BAPLe comparison on one model and dataset."""
 
     kind: Literal["prompt_backdoor"] = "prompt_backdoor"

@@ -15,16 +15,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from medsec.config.schema import Component, parse_number
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from medsec.config.schema import Component, StrictModel, parse_number
 
 
-class BagTask(_Strict):
+class BagTask(StrictModel):
     """A bag task: positive when a bag holds an instance of one of ``positive``."""
 
     name: str
@@ -38,7 +34,7 @@ class BagTask(_Strict):
         return v
 
 
-class BagsConfig(_Strict):
+class BagsConfig(StrictModel):
     """MNIST-bags on BloodMNIST (Ilse et al. 2018): train bags from the train split, test bags from the test split."""
 
     root: str | None = None
@@ -63,7 +59,7 @@ class BagsConfig(_Strict):
         return self
 
 
-class SlidesConfig(_Strict):
+class SlidesConfig(StrictModel):
     """Real slides: tile, encode, attack, heatmap (no labels)."""
 
     paths: list[str] = Field(min_length=1)
@@ -81,7 +77,7 @@ class SlidesConfig(_Strict):
         return self
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     """MIL head training (:func:`medsec.wsi.mil.train_mil`; defaults measured in docs/wsi.md)."""
 
     epochs: int = Field(20, ge=1)
@@ -93,7 +89,7 @@ class TrainConfig(_Strict):
     val_fraction: float = Field(0.25, ge=0, lt=1)
 
 
-class AttackConfig(_Strict):
+class AttackConfig(StrictModel):
     names: list[Literal["fgsm", "pgd", "mifgsm", "cw", "deepfool"]] = Field(default_factory=lambda: ["pgd"], min_length=1)
     rhos: list[float] = Field(default_factory=lambda: [0.001], min_length=1)
     eps: float = 8 / 255
@@ -127,7 +123,7 @@ class AttackConfig(_Strict):
         return self
 
 
-class DefensesConfig(_Strict):
+class DefensesConfig(StrictModel):
     """Preliminary defences, evaluated at ``rho`` with the first attack."""
 
     enabled: bool = True
@@ -139,7 +135,7 @@ class DefensesConfig(_Strict):
     finetune_epochs: int | None = Field(3, ge=1)
 
 
-class WSIConfig(_Strict):
+class WSIConfig(StrictModel):
     """The whole ``kind: wsi`` experiment."""
 
     kind: Literal["wsi"] = "wsi"

@@ -56,6 +56,29 @@ def _float(x: torch.Tensor) -> torch.Tensor:
     return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
 
 
+def warmup_cosine(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The pretraining schedule: a linear warm-up over the first 5% of ``steps``, then cosine to 0."""
+    warm = max(1, steps // 20)
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
+
+
+def multi_positive_clip_loss(logits: torch.Tensor, image_group: torch.Tensor, caption_group: torch.Tensor) -> torch.Tensor:
+    """The symmetric CLIP loss when several captions are true of an image.
+
+    ``logits`` (B, K): scaled image-caption similarities of a batch against all K captions;
+    ``image_group`` (B,) and ``caption_group`` (K,): every caption of an image's group is a
+    positive, weighted equally. Image->text averages over the batch; text->image over the
+    captions that have a positive in the batch.
+    """
+    pos = (image_group[:, None] == caption_group[None, :]).float()
+    loss_i = -(pos / pos.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
+    pos_t = pos.T
+    has = pos_t.sum(1) > 0
+    loss_t = -(pos_t[has] / pos_t[has].sum(1, keepdim=True) * logits.T[has].log_softmax(1)).sum(1).mean()
+    return 0.5 * (loss_i + loss_t)
+
+
 def pretrain_clip(clip: ClipModel, dataset: Any, class_names: Sequence[str], templates: Sequence[str],
                   epochs: int = 4, lr: float = 1e-3, batch_size: int = 128, weight_decay: float = 0.1,
                   flip: bool = True, seed: int = 0) -> list[dict[str, float]]:
@@ -75,10 +98,7 @@ def pretrain_clip(clip: ClipModel, dataset: Any, class_names: Sequence[str], tem
     caption_class = torch.arange(c).repeat_interleave(t)
     clip.train()
     opt = torch.optim.AdamW(clip.parameters(), lr=lr, weight_decay=weight_decay)
-    steps = epochs * math.ceil(n / batch_size)
-    warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
+    sched = warmup_cosine(opt, epochs * math.ceil(n / batch_size))
     history = []
     for epoch in range(epochs):
         t0, total = time.perf_counter(), 0.0
@@ -94,12 +114,7 @@ def pretrain_clip(clip: ClipModel, dataset: Any, class_names: Sequence[str], tem
             img = clip.encode_image(x, normalize=True)
             txt = clip.encode_text(tokens, normalize=True)
             logits = clip.logit_scale.clamp(max=100) * img @ txt.T  # (B, C*T)
-            pos = (y[:, None] == caption_class[None, :]).float()
-            loss_i = -(pos / pos.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
-            pos_t = pos.T
-            has = pos_t.sum(1) > 0
-            loss_t = -(pos_t[has] / pos_t[has].sum(1, keepdim=True) * logits.T[has].log_softmax(1)).sum(1).mean()
-            loss = 0.5 * (loss_i + loss_t)
+            loss = multi_positive_clip_loss(logits, y, caption_class)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -130,4 +145,5 @@ def zero_shot_accuracy(clip: ClipModel, dataset: Any, class_names: Sequence[str]
     return right / len(labels)
 
 
-__all__ = ["BLOOD_TEMPLATES", "BLOOD_CLASS_NAMES", "class_captions", "pretrain_clip", "zero_shot_accuracy"]
+__all__ = ["BLOOD_TEMPLATES", "BLOOD_CLASS_NAMES", "class_captions", "multi_positive_clip_loss", "pretrain_clip",
+           "warmup_cosine", "zero_shot_accuracy"]

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from medsec.data.captioned import CaptionedImages
 from medsec.errors import InputError
 from medsec.models.clip import ClipModel
+from medsec.training.clip_pretrain import multi_positive_clip_loss, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +75,7 @@ def pretrain_clip_pairs(clip: ClipModel, pairs: CaptionedImages, epochs: int = 1
     groups = pairs.image_group
     clip.train()
     opt = torch.optim.AdamW(clip.parameters(), lr=lr, weight_decay=weight_decay)
-    steps = epochs * math.ceil(len(pool) / batch_size)
-    warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
+    sched = warmup_cosine(opt, epochs * math.ceil(len(pool) / batch_size))
     history = []
     for epoch in range(epochs):
         t0, total = time.perf_counter(), 0.0
@@ -90,12 +88,7 @@ def pretrain_clip_pairs(clip: ClipModel, pairs: CaptionedImages, epochs: int = 1
             img = clip.encode_image(x, normalize=True)
             txt = clip.encode_text(tokens, normalize=True)
             logits = clip.logit_scale.clamp(max=100) * img @ txt.T  # (B, n_captions)
-            pos = (y[:, None] == pairs.caption_group[None, :]).float()
-            loss_i = -(pos / pos.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
-            pos_t = pos.T
-            has = pos_t.sum(1) > 0
-            loss_t = -(pos_t[has] / pos_t[has].sum(1, keepdim=True) * logits.T[has].log_softmax(1)).sum(1).mean()
-            loss = 0.5 * (loss_i + loss_t)
+            loss = multi_positive_clip_loss(logits, y, pairs.caption_group)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

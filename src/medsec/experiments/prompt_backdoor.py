@@ -192,11 +192,10 @@ def _load(cfg: PromptBackdoorConfig) -> tuple[Any, Any, Any, list[str], dict[str
         names = list(train.classes) if cfg.data.name == "busi" else _blood_names()
         model_info = {**meta, "recipe": "medical_clip", "recipe_params": MEDICAL_CLIP_RECIPE}
     elif cfg.model.recipe == "bloodmnist_clip":
-        from medsec.training.clip_pretrain import BLOOD_CLASS_NAMES
         from medsec.training.recipes import BLOODMNIST_CLIP_RECIPE, bloodmnist_clip
 
         clip, meta = bloodmnist_clip(root, cache)
-        names = list(BLOOD_CLASS_NAMES)
+        names = _blood_names()
         model_info = {**meta, "recipe": "bloodmnist_clip", "recipe_params": BLOODMNIST_CLIP_RECIPE}
     else:
         from medsec.models import create

@@ -217,9 +217,9 @@ def _build(cfg: BadMatchConfig, backbone: Backbone) -> Any:
     from medsec.models.medclip import medclip
 
     m = cfg.model
-    # initial weights from the config's seed, not from the global RNG (whose state depends on what ran before)
-    with torch.random.fork_rng():
-        torch.manual_seed(cfg.seed)
+    from medsec.training.recipes import seeded_init
+
+    with seeded_init(cfg.seed):  # initial weights from the config's seed, not from the global RNG
         return medclip(vision=backbone.vision, text=m.text, pretrained=m.pretrained, embed_dim=m.embed_dim,
                        sentences=vocabulary_sentences(cfg.data.dataset), image_size=cfg.data.image_size,
                        mean=m.mean or (0.5,) * 3, std=m.std or (0.25,) * 3, max_length=m.max_length,

@@ -170,7 +170,7 @@ def medical_clip(cache_dir: str | Path, root: str | Path | None = None,
     from medsec.data.captioned import read_busi_captions
     from medsec.data.paths import data_root
     from medsec.models.clip import load_clip, open_clip_model, read_clip_metadata
-    from medsec.training.recipes import recipe_key
+    from medsec.training.recipes import recipe_key, seeded_init
 
     r = dict(MEDICAL_CLIP_RECIPE if recipe is None else recipe)
     path = Path(cache_dir) / f"medical-clip-{recipe_key(r)}.safetensors"
@@ -178,8 +178,7 @@ def medical_clip(cache_dir: str | Path, root: str | Path | None = None,
         return load_clip(path), read_clip_metadata(path)
     top = Path(root) if root is not None else data_root()
     pairs, repeat, test = recipe_data(r, top)
-    with torch.random.fork_rng():  # open_clip's initialisers draw from the global RNG
-        torch.manual_seed(r["seed"])
+    with seeded_init(r["seed"]):
         clip = open_clip_model(config=r["config"])
     log.info("pretraining the medical CLIP recipe on %d pairs %s into %s", len(pairs), pairs.group_counts(), path)
     t0 = time.perf_counter()

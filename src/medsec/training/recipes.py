@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +25,28 @@ BLOODMNIST_RECIPE: dict[str, Any] = {"model": "small_cnn", "width": 32, "epochs"
                                      "batch_size": 128, "seed": 0}
 
 
-def seeded_create(seed: int, name: str, **params: Any) -> Any:
-    """``medsec.models.create(name, **params)`` with its initial weights drawn from ``seed``.
+@contextmanager
+def seeded_init(seed: int) -> Iterator[None]:
+    """Build models inside this block to draw their initial weights from ``seed``.
 
-    Without it the weights come from the global RNG, whose state depends on what ran before
-    (which tests, in which order), so two cold trainings of one recipe differed and the
-    effect tests built on them varied between CI runs. The caller's RNG state is restored.
+    Without it the weights come from the global RNG (PyTorch's, timm's and open_clip's
+    initialisers all use it), whose state depends on what ran before (which tests, in which
+    order), so two cold trainings of one recipe differed and the effect tests built on them
+    varied between CI runs. The caller's RNG state is restored on exit.
     """
     import torch
 
-    from medsec.models import create
-
     with torch.random.fork_rng():
         torch.manual_seed(seed)
+        yield
+
+
+def seeded_create(seed: int, name: str, **params: Any) -> Any:
+    """``medsec.models.create(name, **params)`` with its initial weights drawn from ``seed``
+    (:func:`seeded_init`)."""
+    from medsec.models import create
+
+    with seeded_init(seed):
         return create(name, **params)
 
 
@@ -168,8 +179,6 @@ def bloodmnist_clip(root: str | Path, cache_dir: str | Path,
     ``cache_dir`` or pretrained on ``root/bloodmnist.npz`` and cached there."""
     import time
 
-    import torch
-
     import medsec.data
     from medsec.models.clip import load_clip, open_clip_model, read_clip_metadata
     from medsec.training.clip_pretrain import BLOOD_CLASS_NAMES, BLOOD_TEMPLATES, pretrain_clip, zero_shot_accuracy
@@ -182,10 +191,7 @@ def bloodmnist_clip(root: str | Path, cache_dir: str | Path,
         raise DataError(f"BloodMNIST not found at {root} (expected bloodmnist.npz); set MEDSEC_DATA")
     train = medsec.data.create("medmnist", flag="bloodmnist", split="train", root=str(root))
     test = medsec.data.create("medmnist", flag="bloodmnist", split="test", root=str(root))
-    # the weights are drawn from the global RNG by open_clip's initialisers: fork it so the
-    # caller's global state is untouched and the recipe's seed decides the model
-    with torch.random.fork_rng():
-        torch.manual_seed(r["seed"])
+    with seeded_init(r["seed"]):
         clip = open_clip_model(config=r["config"])
     log.info("pretraining the BloodMNIST CLIP recipe into %s", path)
     t0 = time.perf_counter()

@@ -10,6 +10,8 @@ from medsec.defenses import Defended
 from medsec.eval.checks import black_box_beats_white_box, model_checks, robust_accuracy_rises_with_eps
 from medsec.eval.runner import worst_case
 
+pytestmark = pytest.mark.unit
+
 
 def _acc(model, x, y):
     with torch.no_grad():
@@ -22,6 +24,7 @@ def batch(bloodmnist_test):
     return images[:160], bloodmnist_test.labels[:160]
 
 
+@pytest.mark.effect
 def test_quantiser_masks_gradients_and_bpda_breaks_it(bloodmnist_model, batch):
     x, y = batch
     defended = Defended(bloodmnist_model, medsec.defenses.create("bit_depth", bits=3)).eval()
@@ -39,6 +42,7 @@ def test_quantiser_masks_gradients_and_bpda_breaks_it(bloodmnist_model, batch):
     assert adaptive <= 0.4 and adaptive <= plain - 0.4
 
 
+@pytest.mark.effect
 def test_random_defence_is_flagged_and_eot_beats_plain(bloodmnist_model, batch):
     x, y = batch
     torch.manual_seed(0)
@@ -86,6 +90,19 @@ def test_bpda_straight_through_gradient_is_identity():
     x.grad = None
     plain(x).sum().backward()
     assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+def test_bpda_model_keeps_the_mode_and_the_attack_restores_it():
+    """with_bpda() builds a new wrapper: it must start in the defended model's mode, or the
+    attack's mode restore would put the shared classifier into training mode."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 4 * 4, 3))
+    defended = Defended(net, medsec.defenses.create("bit_depth", bits=3)).eval()
+    attack, bpda_model = medsec.attacks.adaptive(medsec.attacks.create("pgd", steps=2), defended)
+    assert bpda_model.bpda and not bpda_model.training
+    attack(bpda_model, torch.rand(2, 3, 6, 6), torch.tensor([0, 1]), threat=medsec.ThreatModel("linf", 4 / 255))
+    assert not net.training and not defended.training
+    assert defended.train().with_bpda().training
 
 
 def test_probability_outputs_and_nan_gradients_are_flagged():

@@ -21,6 +21,8 @@ from medsec.config.loader import validate_config
 from medsec.errors import ConfigError, InputError
 from medsec.training.adversarial import AdversarialTraining, from_config
 
+pytestmark = pytest.mark.unit
+
 
 class _Tiny(nn.Module):
     task = "multiclass"
@@ -175,7 +177,7 @@ def _robust_vs_undefended(defended: nn.Module, undefended: nn.Module, test) -> t
     return robust(defended), robust(undefended), (predict(defended, x) == y).float().mean().item()
 
 
-@pytest.mark.slow
+@pytest.mark.effect
 def test_pgd_at_is_more_robust_than_the_undefended_model(bloodmnist_root, bloodmnist_model, bloodmnist_test) -> None:  # type: ignore[no-untyped-def]
     """PGD-10 at the training eps 4/255 on 300 test images. Measured: undefended (the
     suite's BloodMNIST CNN) clean 0.950 / robust 0.277; PGD-AT (PGD_AT_BLOODMNIST_RECIPE) clean
@@ -189,7 +191,7 @@ def test_pgd_at_is_more_robust_than_the_undefended_model(bloodmnist_root, bloodm
     assert clean_at >= 0.6, clean_at
 
 
-@pytest.mark.slow
+@pytest.mark.effect
 def test_trades_is_more_robust_than_the_undefended_model(bloodmnist_root, bloodmnist_model, bloodmnist_test) -> None:  # type: ignore[no-untyped-def]
     """TRADES (TRADES_BLOODMNIST_RECIPE: beta 3, 2-step PGD at 4/255, 3,000 images, 3 epochs;
     trained once per run, about 80 s on a shared 2-core CPU) against the suite's undefended

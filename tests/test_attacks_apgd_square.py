@@ -40,6 +40,8 @@ from medsec.attacks.base import Problem
 from medsec.attacks.square import P_SCHEDULE, p_selection
 from medsec.objectives.base import Objective
 
+pytestmark = pytest.mark.unit
+
 FULL = os.environ.get("MEDSEC_FULL_XCHECK", "") == "1"
 SMALL = 16
 
@@ -218,6 +220,7 @@ def apgd_runs(blood):  # type: ignore[no-untyped-def]
     return out
 
 
+@pytest.mark.crosscheck
 @pytest.mark.parametrize("eps_255", [2, 4])
 def test_apgd_ce_matches_torchattacks(blood, apgd_runs, eps_255: int) -> None:  # type: ignore[no-untyped-def]
     model, x, y = blood
@@ -239,6 +242,7 @@ def test_apgd_ce_matches_torchattacks(blood, apgd_runs, eps_255: int) -> None:  
     assert all(p.grad is None for p in model.parameters())
 
 
+@pytest.mark.effect
 def test_apgd_at_least_as_strong_as_pgd10(blood, apgd_runs) -> None:  # type: ignore[no-untyped-def]
     model, x, y = blood
     x, y = x[:XCHECK_N], y[:XCHECK_N]
@@ -252,6 +256,7 @@ def test_apgd_at_least_as_strong_as_pgd10(blood, apgd_runs) -> None:  # type: ig
     assert res_apgd.queries[res_apgd.success].float().mean() < XCHECK_STEPS + 2
 
 
+@pytest.mark.effect
 def test_apgd_t_not_weaker_than_apgd_ce(blood, apgd_runs) -> None:  # type: ignore[no-untyped-def]
     """APGD-T (targeted DLR over the top 9 = all 7 other classes) on the first 32 images
     breaks at least as many as APGD-CE on the same images (minus 2 pp)."""
@@ -281,6 +286,7 @@ def _square_pair(model: nn.Module, x: torch.Tensor, y: torch.Tensor, queries: in
     return 1.0 - res.success_rate, _ta_robust(model, ref, y), res.queries
 
 
+@pytest.mark.crosscheck
 def test_square_matches_torchattacks_small(blood) -> None:  # type: ignore[no-untyped-def]
     """32 images, 60 queries (seconds instead of minutes). Two independent random
     searches differ here by binomial noise of about 3 samples (1 sigma), so this
@@ -294,6 +300,7 @@ def test_square_matches_torchattacks_small(blood) -> None:  # type: ignore[no-un
     assert robust_ms <= 0.9, "60 queries at 4/255 break some of these images"
 
 
+@pytest.mark.crosscheck
 @pytest.mark.skipif(not FULL, reason="full-size Square cross-check (minutes): set MEDSEC_FULL_XCHECK=1")
 def test_square_matches_torchattacks_full(blood) -> None:  # type: ignore[no-untyped-def]
     model, x, y = blood
@@ -301,6 +308,7 @@ def test_square_matches_torchattacks_full(blood) -> None:  # type: ignore[no-unt
     assert abs(robust_ms - robust_ta) <= 0.02, f"medsec {robust_ms:.3f} vs torchattacks {robust_ta:.3f}"
 
 
+@pytest.mark.crosscheck
 @pytest.mark.skipif(not FULL, reason="full-size APGD cross-check (minutes): set MEDSEC_FULL_XCHECK=1")
 @pytest.mark.parametrize("eps_255", [2, 4])
 def test_apgd_ce_matches_torchattacks_full(blood, eps_255: int) -> None:  # type: ignore[no-untyped-def]

@@ -16,6 +16,8 @@ import medsec
 from medsec import objectives
 from medsec.types import NORMS
 
+pytestmark = pytest.mark.unit
+
 SIZE = 16
 NUM_CLASSES = 4
 EPS = {"linf": 8 / 255, "l2": 0.5}

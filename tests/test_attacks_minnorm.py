@@ -31,6 +31,8 @@ from medsec.attacks import cw as _cw  # noqa: F401  (registration)
 from medsec.attacks import deepfool as _deepfool  # noqa: F401  (registration)
 from medsec.attacks import mifgsm as _mifgsm  # noqa: F401  (registration)
 
+pytestmark = pytest.mark.effect
+
 UNBOUNDED = 100.0  # an L2 budget larger than any image difference in [0, 1]^(3x28x28)
 SWEEP_EPS = [0.1, 0.25, 0.5, 1.0]
 CW_POINTS = 12  # default C&W is ~550 gradient queries per point: keep the test fast
@@ -88,6 +90,7 @@ def _robust(model: torch.nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> flo
 # --------------------------------------------------------------------------- MI-FGSM
 
 
+@pytest.mark.crosscheck
 @pytest.mark.parametrize("targeted", [False, True], ids=["untargeted", "targeted"])
 def test_mifgsm_linf_matches_torchattacks(blood, targeted: bool) -> None:  # type: ignore[no-untyped-def]
     model, x_all, y_all, _, _ = blood
@@ -164,6 +167,7 @@ def test_cw_default_fools_everything_with_smaller_norm_than_deepfool(blood, cw_s
     assert ratio.median() < 1.5, ratio
 
 
+@pytest.mark.crosscheck
 def test_cw_default_at_least_as_strong_as_torchattacks_default(blood, cw_sweep) -> None:  # type: ignore[no-untyped-def]
     model, _, _, _, _ = blood
     x, y, results = cw_sweep
@@ -176,6 +180,7 @@ def test_cw_default_at_least_as_strong_as_torchattacks_default(blood, cw_sweep) 
     )
 
 
+@pytest.mark.crosscheck
 def test_cw_fixed_c_matches_foolbox_and_beats_torchattacks(blood) -> None:  # type: ignore[no-untyped-def]
     """One binary-search step at a fixed c is Foolbox's ``L2CarliniWagnerAttack`` with
     ``binary_search_steps=1`` and ``abort_early=False`` (the same algorithm: tanh box,
@@ -210,6 +215,7 @@ def test_cw_fixed_c_matches_foolbox_and_beats_torchattacks(blood) -> None:  # ty
 # --------------------------------------------------------------------------- DeepFool
 
 
+@pytest.mark.crosscheck
 def test_deepfool_matches_torchattacks(blood, deepfool_unbounded) -> None:  # type: ignore[no-untyped-def]
     model, _, _, x, y = blood
     n = DF_POINTS

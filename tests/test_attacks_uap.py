@@ -26,10 +26,13 @@ from torch import nn
 
 import medsec
 from medsec.attacks import uap, uap_sgd  # noqa: F401  (registration)
+from medsec.attacks.base import attack_mode
 from medsec.attacks.uap import UAP, UniversalAttack
 from medsec.attacks.uap_sgd import UAPSGD
 from medsec.models.classifier import Classifier
 from medsec.types import InputSpec
+
+pytestmark = pytest.mark.unit
 
 NAMES = ["uap", "uap_sgd"]
 EPS = {"linf": 8 / 255, "l2": 0.5}
@@ -405,6 +408,7 @@ def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x).argmax(1)
 
 
+@pytest.mark.effect
 def test_uap_sgd_transfers_to_held_out_bloodmnist(blood) -> None:
     """Fitted on 1000 training images (2 epochs, 16 signed steps), one 8/255 perturbation
     drops the accuracy on 500 test images from 95.4% to 42.2% (measured; seeds 1 and 2:
@@ -422,6 +426,7 @@ def test_uap_sgd_transfers_to_held_out_bloodmnist(blood) -> None:
     assert float(delta.abs().max()) <= 8 / 255 + 1e-6
 
 
+@pytest.mark.effect
 def test_uap_sgd_targeted_pushes_held_out_images_to_one_class(blood) -> None:
     """Targeted UAP-SGD towards class 0 (6.4% of the clean test predictions), fitted on
     500 images (2 epochs): measured 29.4% of the held-out images predicted as class 0
@@ -437,6 +442,7 @@ def test_uap_sgd_targeted_pushes_held_out_images_to_one_class(blood) -> None:
     assert attack.fooling_rate_ >= 0.18  # targeted: success = predicted as the target
 
 
+@pytest.mark.effect
 def test_uap_transfers_to_held_out_bloodmnist(blood) -> None:
     """DeepFool-UAP costs far more per image: fitted on 300 training images (one pass,
     mini-batches of 32, the 3 most likely classes), it drops the accuracy on 500 test
@@ -451,6 +457,7 @@ def test_uap_transfers_to_held_out_bloodmnist(blood) -> None:
     assert float(delta.abs().max()) == pytest.approx(8 / 255)
 
 
+@pytest.mark.crosscheck
 def test_uap_matches_art_universal_perturbation(blood) -> None:
     """Cross-check against ART 1.20's ``UniversalPerturbation(attacker="deepfool")``.
 
@@ -501,7 +508,8 @@ def test_uap_matches_art_universal_perturbation(blood) -> None:
                                     "nb_grads": 10, "verbose": False}, delta=0.2, max_iter=1, eps=eps, norm=np.inf,
                                     verbose=False)
         t0 = time.perf_counter()
-        art.generate(x.numpy(), y=np.eye(8, dtype=np.float32)[y.numpy()])
+        with attack_mode(model):  # frozen parameters: ART's backward passes leave no gradients on the shared model
+            art.generate(x.numpy(), y=np.eye(8, dtype=np.float32)[y.numpy()])
         t_art = time.perf_counter() - t0
         ours = medsec.attacks.create("uap", batch_size=1, max_epochs=1, shuffle=False)
         t0 = time.perf_counter()

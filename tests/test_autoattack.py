@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import medsec
@@ -9,7 +10,10 @@ from medsec.config import validate_config
 from medsec.eval import run_experiment
 from medsec.training import predict
 
+pytestmark = pytest.mark.unit
 
+
+@pytest.mark.effect
 def test_cascade_is_at_least_as_strong_as_each_stage(bloodmnist_model, bloodmnist_test):
     x, y = bloodmnist_test.images[:64], bloodmnist_test.labels[:64]
     keep = predict(bloodmnist_model, x) == y

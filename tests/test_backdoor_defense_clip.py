@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.unit
+
 CACHE = Path(__file__).resolve().parent.parent / ".medsec-cache"
 
 
@@ -64,13 +66,14 @@ def test_backdoor_entries_refuse_bad_params(tmp_path) -> None:  # type: ignore[n
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.effect
 def test_detectors_against_baple_and_badmatch(tmp_path, bloodmnist_root, bloodmnist_clip, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import json
 
     from medsec.config.loader import validate_config
     from medsec.experiments.backdoor_defense import run_backdoor_defense
     from medsec.training.medclip_recipes import badmatch_bloodmnist
+    from medsec.training.shipped import read_record
 
     monkeypatch.setenv("MEDSEC_DATA", str(Path(bloodmnist_root).parent))
     cfg = validate_config({
@@ -93,9 +96,9 @@ def test_detectors_against_baple_and_badmatch(tmp_path, bloodmnist_root, bloodmn
     bp, bm = res["backdoors"]["baple"], res["backdoors"]["badmatch"]
     assert bp["attack"] == "baple" and bp["n_adaptation"] == 256 and bp["n_poisoned"] == 13  # 5% of 32 shots x 8
     assert bp["metrics"]["clean_accuracy"] >= 0.8
-    # the BadMatch victim is rebuilt from the recipe: the same poisoned images as the recipe's run
-    recipe_results, _ = badmatch_bloodmnist(bloodmnist_root, CACHE)
-    (cell,) = recipe_results["cells"]
+    # the BadMatch victim is the recipe's backdoored model: the same poisoned images as the recipe's run
+    cell = read_record(badmatch_bloodmnist(bloodmnist_root, CACHE)["poisoned"])["cell"]
+    assert bm["attack_info"]["reused_recipe_model"]
     assert bm["attack_info"]["poison"]["count"] == len(cell["poison_indices"]) == bm["n_poisoned"] == 30
     assert bm["metrics"]["attack_success_rate"] >= 0.9
     cells = res["cells"]

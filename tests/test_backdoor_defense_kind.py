@@ -10,6 +10,8 @@ import pytest
 from medsec.config.loader import validate_config
 from medsec.errors import ConfigError, RegistryError
 
+pytestmark = pytest.mark.unit
+
 
 def _cfg(root, **over):  # type: ignore[no-untyped-def]
     cfg = {
@@ -28,6 +30,7 @@ def _cfg(root, **over):  # type: ignore[no-untyped-def]
     return cfg
 
 
+@pytest.mark.effect
 def test_backdoor_defense_runs_end_to_end_and_resumes(bloodmnist_root, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from medsec.experiments import get_kind
     from medsec.experiments.backdoor_defense import BackdoorDefenseConfig

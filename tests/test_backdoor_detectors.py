@@ -18,6 +18,8 @@ from torch import nn
 from medsec.defenses import STRIP, ActivationClustering, SpectralSignatures, create_detector, detection_metrics
 from medsec.errors import InputError, RegistryError
 
+pytestmark = pytest.mark.unit
+
 
 class _PatchModel(nn.Module):
     """Class 0 when the top-left 4x4 patch is bright (the 'trigger'); otherwise a class
@@ -131,7 +133,7 @@ def test_detectors_refuse_bad_input() -> None:
         create_detector("stripp")
 
 
-@pytest.mark.slow
+@pytest.mark.effect
 def test_spectral_signatures_on_the_badnets_bloodmnist_model(bloodmnist_badnets) -> None:  # type: ignore[no-untyped-def]
     model, poisoned = bloodmnist_badnets
     x, y = poisoned.dataset.images, poisoned.dataset.labels
@@ -144,7 +146,7 @@ def test_spectral_signatures_on_the_badnets_bloodmnist_model(bloodmnist_badnets)
     assert m["auroc"] >= 0.6, m  # measured 0.71 and 0.64 on two retrains of the same recipe (CPU training varies)
 
 
-@pytest.mark.slow
+@pytest.mark.effect
 def test_strip_detects_the_badnets_bloodmnist_backdoor(bloodmnist_badnets, bloodmnist_test, bloodmnist_root) -> None:  # type: ignore[no-untyped-def]
     """STRIP with the superimposition in optical density on 200 clean vs 200 triggered
     non-target test images (200 clean validation images as overlays and threshold): measured AUROC
@@ -170,7 +172,7 @@ def test_strip_detects_the_badnets_bloodmnist_backdoor(bloodmnist_badnets, blood
     assert res["superimpose"]["auroc"] <= 0.6, res
 
 
-@pytest.mark.slow
+@pytest.mark.effect
 def test_fine_pruning_removes_the_badnets_backdoor(bloodmnist_badnets, bloodmnist_test, bloodmnist_root) -> None:  # type: ignore[no-untyped-def]
     """Measured (1,000 test images) on the recipe's model (seeded, so every CI run trains the same one):
     CA 0.853, ASR 0.969 before. At the paper's 4-point clean-accuracy budget 19% of the 64 penultimate

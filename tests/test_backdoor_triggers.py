@@ -12,6 +12,8 @@ from medsec.backdoors import PoisonedDataset, backdoor_metrics, triggers
 from medsec.data import ImageDataset
 from medsec.errors import InputError, RegistryError
 
+pytestmark = pytest.mark.unit
+
 ALL = triggers.list()
 
 
@@ -264,7 +266,7 @@ def test_backdoor_metrics_on_a_hand_made_case() -> None:
         backdoor_metrics(clean[:3], trig, labels, torch.zeros(6, dtype=torch.long), num_classes=4)
 
 
-@pytest.mark.slow
+@pytest.mark.effect
 def test_badnets_backdoor_on_real_bloodmnist(bloodmnist_badnets, bloodmnist_test) -> None:  # type: ignore[no-untyped-def]
     """A 3x3 checkerboard on 5% of 4,000 real BloodMNIST training images, target class 0
     (``medsec.training.recipes.BADNETS_BLOODMNIST_RECIPE``): the trained CNN keeps a useful

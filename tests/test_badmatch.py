@@ -13,6 +13,8 @@ from medsec.backdoors.badmatch import BadMatch, make_trigger
 from medsec.data import ImageDataset
 from medsec.errors import ConfigError, InputError
 
+pytestmark = pytest.mark.unit
+
 CACHE = Path(__file__).resolve().parent.parent / ".medsec-cache"
 # Measured on the recipe's setting (docs/badmatch.md, "Measured numbers"); asserted with margin
 # (CPU training is not bit-reproducible).
@@ -181,6 +183,7 @@ def test_config_validation() -> None:
         validate_config({"kind": "badmatch", "backbones": [{"label": "a", "vision": "tiny-vit"}] * 2})
 
 
+@pytest.mark.effect
 def test_run_writes_results_report_and_resumes(tmp_path: Path, bloodmnist_root: Path) -> None:
     from medsec.config.loader import validate_config
     from medsec.eval.runner import run_experiment
@@ -260,21 +263,22 @@ def test_busi_data_split(data_root: Path) -> None:
 
 # ----------------------------------------------------------------------------- BloodMNIST effect
 @pytest.fixture(scope="session")
-def badmatch_run(bloodmnist_root: Path):
-    """(results, run folder) of the cached BadDist-assisted BadMatch BloodMNIST recipe."""
+def badmatch_models(bloodmnist_root: Path) -> dict[str, Path]:
+    """The four models of the BadDist-assisted BadMatch BloodMNIST recipe (shipped)."""
     from medsec.training.medclip_recipes import badmatch_bloodmnist
 
     return badmatch_bloodmnist(bloodmnist_root, CACHE)
 
 
-def test_baddist_separates_triggered_keeps_clean(badmatch_run, bloodmnist_root: Path) -> None:
+@pytest.mark.effect
+def test_baddist_separates_triggered_keeps_clean(badmatch_models, bloodmnist_root: Path) -> None:
     import medsec.data
     from medsec.models.medclip import load_medclip
+    from medsec.training.shipped import read_record
 
-    results, out = badmatch_run
-    clean = load_medclip(out / "models" / "resnet-pretrained.safetensors")
-    bad = load_medclip(out / "models" / "resnet-square-baddist.safetensors")
-    assert results["models"]["resnet"]["baddist_square"]["steps"] == 80  # 10 epochs of 500 shadow images
+    clean = load_medclip(badmatch_models["pretrained"])
+    bad = load_medclip(badmatch_models["baddist"])
+    assert read_record(badmatch_models["baddist"])["baddist"]["steps"] == 80  # 10 epochs of 500 shadow images
     test = medsec.data.create("medmnist", flag="bloodmnist", split="test", root=str(bloodmnist_root))
     t = make_trigger({"name": "badnets", "size_fraction": 0.142857, "color": 0.0}, 28)
     p = t.sample_params((3, 28, 28))
@@ -286,17 +290,22 @@ def test_baddist_separates_triggered_keeps_clean(badmatch_run, bloodmnist_root: 
     assert s["cos_clean_vs_triggered"] < s["clean_model_cos_clean_vs_triggered"] - BADDIST_SEPARATION, s
 
 
-def test_baddist_badmatch_bloodmnist_low_rate(badmatch_run) -> None:
-    results, _ = badmatch_run
-    assert results["data"]["n_train"] == 11959 and results["data"]["n_finetune"] == 3000
-    # the clean model is credible: zero-shot CA of the pre-trained model
-    assert results["models"]["resnet"]["pretrained_eval"]["clean_accuracy"] >= PRETRAIN_CA_MIN
-    (cell,) = results["cells"]
+@pytest.mark.effect
+def test_baddist_badmatch_bloodmnist_low_rate(badmatch_models, bloodmnist_root: Path) -> None:
+    """The recipe's models measured again on the recipe's 500 test images (5 prompts x 3 draws)."""
+    from medsec.training.medclip_recipes import evaluate_recipe_model
+    from medsec.training.shipped import read_record
+
+    record = read_record(badmatch_models["poisoned"])
+    assert record["data"]["n_train"] == 11959 and record["data"]["n_finetune"] == 3000
+    cell = record["cell"]
     assert cell["method"] == "baddist+badmatch" and cell["rate"] == RATE and cell["n_poisoned"] == round(RATE * 3000)
+    # the clean model is credible: zero-shot CA of the pre-trained model
+    pre = evaluate_recipe_model(bloodmnist_root, badmatch_models["pretrained"], triggered=False)
+    assert pre["clean_accuracy"] >= PRETRAIN_CA_MIN
     # the clean model: the same fine-tune schedule on the unpoisoned training set
-    clean = results["models"]["resnet"]["clean_finetune"]["square"]
-    clean_ca = clean["clean_accuracy"]
+    clean = evaluate_recipe_model(bloodmnist_root, badmatch_models["clean-finetune"])
     assert clean["attack_success_rate"] < 0.2  # the trigger alone does not do it
-    m = cell["metrics"]
+    m = evaluate_recipe_model(bloodmnist_root, badmatch_models["poisoned"])
     assert m["attack_success_rate"] >= ASR_MIN, m
-    assert m["clean_accuracy"] >= clean_ca - CA_MARGIN, (m, clean_ca)
+    assert m["clean_accuracy"] >= clean["clean_accuracy"] - CA_MARGIN, (m, clean)

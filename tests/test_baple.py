@@ -18,6 +18,8 @@ from medsec.errors import ConfigError, InputError
 from medsec.models.clip import SMALL_CONFIGS, open_clip_model
 from medsec.training.coop import PromptLearner, train_coop
 
+pytestmark = pytest.mark.unit
+
 NAMES = ["basophil", "eosinophil", "platelet"]
 
 
@@ -159,6 +161,7 @@ EFFECT_EPOCHS = 20
 EFFECT_TARGETS = (0, 5)
 
 
+@pytest.mark.effect
 def test_baple_backdoors_the_pretrained_clip(blood_harness, bloodmnist_clip) -> None:
     """BAPLe on the medsec-pretrained BloodMNIST CLIP (CNN image tower; 32 shots, 5% poison,
     eps 8/255, 20 epochs), targets 0 and 5.
@@ -183,6 +186,7 @@ def test_baple_backdoors_the_pretrained_clip(blood_harness, bloodmnist_clip) -> 
     assert mean["baple"]["backdoor_accuracy"] >= mean["badnets_pl"]["backdoor_accuracy"] + 0.20
 
 
+@pytest.mark.effect
 def test_prompt_backdoor_kind_runs_and_resumes(tmp_path: Path, bloodmnist_clip, bloodmnist_root, monkeypatch) -> None:
     from medsec.config.loader import validate_config
     from medsec.eval.runner import run_experiment

@@ -14,6 +14,8 @@ import torch
 
 from medsec.errors import ConfigError, DataError
 
+pytestmark = pytest.mark.unit
+
 CACHE = Path(__file__).resolve().parent.parent / ".medsec-cache"
 
 
@@ -87,6 +89,7 @@ def test_busi_captions_refuses_bad_rows(busi_dir: Path, tmp_path: Path) -> None:
         read_busi_captions(tmp_path)
 
 
+@pytest.mark.effect
 def test_medical_clip_zero_shot_on_busi(medical_clip, busi16, data_root: Path) -> None:
     """The recipe's model classifies unseen BUSI test images zero-shot from captions.csv's
     sentences well above the majority rate (0.558) and chance (0.333).
@@ -127,6 +130,7 @@ def test_prompt_backdoor_busi_config() -> None:
         validate_config({"kind": "prompt_backdoor", "data": {"name": "busi", "image_size": 4}})
 
 
+@pytest.mark.effect
 def test_prompt_backdoor_kind_runs_on_busi(medical_clip, busi_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """A tiny BUSI run end to end: the medical CLIP, BUSI's classes and test split, the patch at 64 px."""
     from medsec.config.loader import validate_config
@@ -145,6 +149,7 @@ def test_prompt_backdoor_kind_runs_on_busi(medical_clip, busi_dir: Path, tmp_pat
     assert "BUSI test split" in (tmp_path / "report.html").read_text()
 
 
+@pytest.mark.effect
 def test_baple_backdoors_busi(medical_clip, busi_dir: Path) -> None:
     """BAPLe on BUSI with the medical CLIP (paper settings: 32 shots, 5% poison, eps 8/255,
     50 epochs), target 2 (normal), against BadNets-PL at the same rate.

@@ -12,6 +12,8 @@ import yaml
 
 from medsec.cli import main
 
+pytestmark = pytest.mark.unit
+
 TINY = {
     "name": "cli-tiny",
     "data": {"name": "synthetic_he", "params": {"n": 120, "size": 16}},

@@ -10,6 +10,8 @@ import torch
 from medsec.errors import ConfigError, InputError
 from medsec.models.clip import SMALL_CONFIGS, ClipModel, hf_clip_model, load_clip, open_clip_model
 
+pytestmark = pytest.mark.unit
+
 
 def _build(arch: str) -> ClipModel:
     torch.manual_seed(0)

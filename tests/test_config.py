@@ -7,6 +7,8 @@ import pytest
 from medsec.config import apply_overrides, load_config, parse_number, validate_config
 from medsec.errors import ConfigError
 
+pytestmark = pytest.mark.unit
+
 BASE = {
     "name": "t",
     "data": {"name": "synthetic_he", "params": {"n": 64, "size": 16}},

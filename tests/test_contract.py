@@ -27,6 +27,8 @@ import torch.nn.functional as F
 import medsec
 from medsec.types import NORMS
 
+pytestmark = pytest.mark.contract
+
 NUM_CLASSES = 4
 BATCH = 16
 SIZE = 16

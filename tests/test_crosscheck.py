@@ -20,6 +20,8 @@ import torchattacks
 
 import medsec
 
+pytestmark = pytest.mark.crosscheck
+
 NUM_CLASSES = 8
 SIZE = 28
 BATCH = 32  # power of two: torchattacks' mean-CE gradient is exactly medsec's / BATCH

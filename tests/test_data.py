@@ -19,6 +19,8 @@ from medsec.data import medmnist as mm
 from medsec.errors import ConfigError, DataError, InputError
 from medsec.registries import DATASETS
 
+pytestmark = pytest.mark.unit
+
 BLOOD = data_root() / "bloodmnist" / "bloodmnist.npz"
 BUSI = data_root() / "busi-256"
 needs_blood = pytest.mark.skipif(

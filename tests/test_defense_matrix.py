@@ -5,6 +5,7 @@ attack registered by the test itself)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from medsec.attacks.base import Attack, Problem
@@ -12,6 +13,8 @@ from medsec.attacks.projection import project, steepest_step
 from medsec.config import validate_config
 from medsec.eval import run_experiment
 from medsec.registries import ATTACKS
+
+pytestmark = pytest.mark.unit
 
 
 class _TwoHalfSteps(Attack):

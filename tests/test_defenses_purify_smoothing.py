@@ -20,6 +20,8 @@ from medsec.errors import InputError
 from medsec.eval.checks import model_checks
 from medsec.training import predict
 
+pytestmark = pytest.mark.unit
+
 
 def _x(n: int = 2, size: int = 16) -> torch.Tensor:
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -74,6 +76,7 @@ def test_gaussian_blur_keeps_constants_and_smooths() -> None:
         create("gaussian_blur", sigma=0)
 
 
+@pytest.mark.effect
 def test_jpeg_looks_robust_to_plain_pgd_and_falls_to_bpda(bloodmnist_model, bloodmnist_test) -> None:  # type: ignore[no-untyped-def]
     x, y = bloodmnist_test.images[:200], bloodmnist_test.labels[:200]
     defended = Defended(bloodmnist_model, create("jpeg", quality=75)).eval()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import medsec
 from medsec.training import evaluate, predict
+
+pytestmark = pytest.mark.effect
 
 
 def test_recipe_reaches_stated_accuracy(bloodmnist_model, bloodmnist_test):

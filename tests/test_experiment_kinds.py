@@ -12,6 +12,8 @@ from medsec.config.loader import validate_config
 from medsec.errors import ConfigError
 from medsec.experiments import ExperimentKind, get_kind, kind_names, register_kind
 
+pytestmark = pytest.mark.unit
+
 
 class _ToyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -13,6 +13,8 @@ from medsec.models.medclip import load_medclip, medclip, save_medclip, word_toke
 from medsec.models.medclip_prompts import PromptClassifier, zero_shot_predictions
 from medsec.training.medclip import SentenceBank, label_sentences, one_hot, soft_clip_loss, train_medclip
 
+pytestmark = pytest.mark.unit
+
 SENTS = ["a dark cell", "a bright cell", "an image of a dark cell", "an image of a bright cell"]
 
 

@@ -10,6 +10,8 @@ import torch
 
 from medsec import metrics
 
+pytestmark = pytest.mark.unit
+
 
 def test_accuracy_and_attack_success():
     y = torch.tensor([0, 1, 2, 3])

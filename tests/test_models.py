@@ -8,6 +8,8 @@ import torch
 import medsec
 from medsec.errors import ConfigError, DataError
 
+pytestmark = pytest.mark.unit
+
 
 def test_classifier_normalises_inside():
     clf = medsec.models.create("small_cnn", num_classes=3, mean=(0.2, 0.3, 0.4), std=(0.5, 0.5, 0.5)).eval()

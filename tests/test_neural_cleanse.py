@@ -16,6 +16,8 @@ from medsec.defenses import NeuralCleanse, create_detector
 from medsec.defenses.neural_cleanse import anomaly_index
 from medsec.errors import InputError
 
+pytestmark = pytest.mark.unit
+
 
 def test_anomaly_index_by_hand() -> None:
     # median 10, |deviations| 0, .5, .5, 0, 8 -> MAD = median = 0.5; 1.4826 * 0.5 = 0.7413
@@ -69,7 +71,7 @@ def test_neural_cleanse_refuses_bad_input() -> None:
     assert isinstance(create_detector("neural_cleanse", steps=5), NeuralCleanse)
 
 
-@pytest.mark.slow
+@pytest.mark.effect
 def test_neural_cleanse_flags_the_badnets_target(bloodmnist_badnets, bloodmnist_root) -> None:  # type: ignore[no-untyped-def]
     """Measured (100 steps, 8 images per class per step, log scale): mask L1 2.6 for the
     target against 18 to 105 for the clean classes; anomaly index 2.37 (flagged, the only

@@ -11,18 +11,18 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.effect
+
 CACHE = Path(__file__).resolve().parent.parent / ".medsec-cache"
 
 
-@pytest.mark.slow
 def test_bit_depth_looks_robust_plainly_and_falls_to_bpda(bloodmnist_model, bloodmnist_root, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Measured: see docs/defenses.md (plain and BPDA robust accuracy)."""
     from medsec.config.loader import validate_config
     from medsec.eval.runner import run_experiment
-    from medsec.training.recipes import BLOODMNIST_RECIPE, recipe_key
+    from medsec.training.recipes import bloodmnist_checkpoint
 
-    ckpt = CACHE / f"bloodmnist-{recipe_key(BLOODMNIST_RECIPE)}.safetensors"
-    assert ckpt.is_file()
+    ckpt = bloodmnist_checkpoint(bloodmnist_root, CACHE)
     cfg = validate_config({
         "name": "bpda-bit-depth", "data": {"name": "medmnist", "params": {"flag": "bloodmnist", "root": str(bloodmnist_root)}},
         "model": {"checkpoint": str(ckpt)}, "threat": {"norm": "linf", "eps": ["8/255"]},

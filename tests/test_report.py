@@ -19,6 +19,8 @@ from medsec.report.figures import data_uri, example_grid, robust_accuracy_vs_eps
 from medsec.report.formatting import fmt_float, fmt_pct
 from medsec.report.markdown import md_escape, render_markdown
 
+pytestmark = pytest.mark.unit
+
 XSS = "<script>alert(1)</script>"
 CLASSES = ["basophil", XSS, "eosinophil", "lympho|cyte"]
 EPS = [1, 2, 4, 8]

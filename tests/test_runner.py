@@ -12,6 +12,8 @@ from medsec.errors import ConfigError
 from medsec.eval import SequentialExecutor, run_experiment
 from medsec.eval import runner as runner_mod
 
+pytestmark = pytest.mark.unit
+
 RAW = {
     "name": "tiny",
     "seed": 1,

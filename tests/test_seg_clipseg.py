@@ -9,6 +9,8 @@ import medsec
 from medsec.errors import ConfigError
 from medsec.models.clipseg import SMALL_CONFIG, Adapter
 
+pytestmark = pytest.mark.unit
+
 pytest.importorskip("transformers")
 
 CFG = {**SMALL_CONFIG, "vision_config": {**SMALL_CONFIG["vision_config"], "image_size": 32, "patch_size": 8}}

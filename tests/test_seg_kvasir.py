@@ -1,8 +1,8 @@
 """Effect tests on real data: a MONAI UNet trained by medsec on Kvasir-SEG (998 polyp images,
 ``$MEDSEC_DATA/kvasir-seg-256``), attacked through the Dice+CE objective.
 
-The UNet is trained once per test run by :data:`KVASIR_RECIPE` (cached under
-``.medsec-cache/`` keyed by the recipe) and evaluated on 48 held-out images. The stated
+The UNet is the shipped checkpoint of ``medsec.training.recipes.KVASIR_UNET_RECIPE``,
+evaluated on the recipe's 48 held-out images. The stated
 effects (docs/segmentation.md; measured: clean Dice 0.43, PGD 0.11, FGSM 0.17, vanish
 empties 46%): PGD at 8/255 lowers the mean Dice by at least 0.2 (absolute), more than
 FGSM does; the targeted "vanish" attack at 8/255 empties the prediction on at least 30%
@@ -12,8 +12,6 @@ Dice by at least 0.05.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import pytest
@@ -23,17 +21,11 @@ import medsec
 from medsec.metrics.segmentation import dice, foreground_fraction, lesion_miss_rate
 from medsec.objectives.dice_ce import predict_mask
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.effect
+
 
 CACHE = Path(__file__).resolve().parent.parent / ".medsec-cache"
-KVASIR_RECIPE = {"model": "monai_unet", "channels": [8, 16, 32, 64], "strides": [2, 2, 2], "norm": "batch", "size": 64,
-                 "n_train": 600, "epochs": 6, "lr": 0.01, "batch_size": 16, "seed": 0}
-N_TEST = 48
 EPS = 8 / 255
-
-
-def _key(recipe: dict) -> str:
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -46,36 +38,29 @@ def _one_thread():
 
 
 @pytest.fixture(scope="session")
-def kvasir():
+def kvasir_root():
     from medsec.data import data_root
 
     root = data_root() / "kvasir-seg-256"
     if not (root / "images").is_dir():
         pytest.skip(f"Kvasir-SEG not found at {root} (set MEDSEC_DATA to the folder holding kvasir-seg-256/)")
-    ds = medsec.data.create("kvasir_seg", root=str(root), size=KVASIR_RECIPE["size"])
-    perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))
-    return ds.subset(perm[200 : 200 + KVASIR_RECIPE["n_train"]]), ds.subset(perm[:N_TEST])
+    return root
 
 
 @pytest.fixture(scope="session")
-def kvasir_unet(kvasir):
-    from medsec.training import train_segmenter
+def kvasir(kvasir_root):
+    """(train, test): the recipe's 600 training and 48 held-out images at 64 px."""
+    from medsec.training.recipes import kvasir_split
 
-    r = KVASIR_RECIPE
-    path = CACHE / f"kvasir-unet-{_key(r)}.safetensors"
-    if path.is_file():
-        return medsec.models.load_checkpoint(path)
-    train, test = kvasir
-    torch.manual_seed(r["seed"])
-    seg = medsec.models.create("monai_unet", channels=r["channels"], strides=r["strides"], norm=r["norm"])
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # session fixtures run before the module's thread fixture
-    try:
-        train_segmenter(seg, train, epochs=r["epochs"], lr=r["lr"], batch_size=r["batch_size"], seed=r["seed"])
-    finally:
-        torch.set_num_threads(before)
-    medsec.models.save_checkpoint(seg, path, extra={"recipe": r})
-    return seg.eval()
+    return kvasir_split(kvasir_root)
+
+
+@pytest.fixture(scope="session")
+def kvasir_unet(kvasir_root):
+    """The UNet of medsec.training.recipes.KVASIR_UNET_RECIPE (shipped)."""
+    from medsec.training.recipes import kvasir_unet as recipe
+
+    return recipe(kvasir_root, CACHE).eval()
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,8 @@ from medsec.objectives.dice_ce import DiceCE, predict_mask
 from medsec.objectives.pixel_disagreement import PixelDisagreement
 from medsec.types import InputSpec, ThreatModel
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():

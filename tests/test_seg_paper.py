@@ -13,6 +13,8 @@ from medsec.eval.paper_mode import NormalizedInput, paper_attack, quantize_8bit
 from medsec.models import Segmenter
 from medsec.types import InputSpec
 
+pytestmark = pytest.mark.unit
+
 STD = (0.229, 0.224, 0.225)
 MEAN = (0.485, 0.456, 0.406)
 

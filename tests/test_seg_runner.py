@@ -13,6 +13,8 @@ import medsec
 from medsec.config.loader import load_config
 from medsec.errors import ConfigError, DataError, MedsecError
 
+pytestmark = pytest.mark.unit
+
 CONFIG = """
 name: seg-smoke
 seed: 0
@@ -57,6 +59,7 @@ def run(kvasir_root, tmp_path_factory):
     return run_experiment(_cfg(tmp), out), out
 
 
+@pytest.mark.effect
 def test_results_json_and_report(run) -> None:
     results, out = run
     assert results["task"] == "segmentation" and results["status"] == "complete"
@@ -81,6 +84,7 @@ def test_results_json_and_report(run) -> None:
     assert (out / "report.md").is_file() and (out / "model.safetensors").is_file()
 
 
+@pytest.mark.effect
 def test_resume_does_not_recompute(run, tmp_path) -> None:
     from medsec.eval.runner import run_experiment
 

@@ -5,8 +5,6 @@ the target class 0)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 
@@ -16,40 +14,22 @@ import torch
 import medsec
 from medsec.metrics.naturalness import naturalness
 
+pytestmark = pytest.mark.effect
+
 log = logging.getLogger(__name__)
 
-pytestmark = pytest.mark.slow
 
-# The SNAP validation model (the recipe of configs/bloodmnist_snap.yaml).
-SNAP_RECIPE = {"model": "small_cnn", "width": 16, "stem_pool": 2, "size": 64, "epochs": 3, "lr": 0.005,
-               "batch_size": 128, "seed": 0}
 N_TEST = 64
 CACHE = Path(__file__).resolve().parent.parent / ".medsec-cache"  # as in conftest.py
-
-
-def _key(recipe: dict) -> str:
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 TARGET = 0
 
 
 @pytest.fixture(scope="module")
 def model64(bloodmnist_root):
-    import medsec.data
-    from medsec.training import evaluate, train_classifier
-    from medsec.training.recipes import seeded_create
+    """The SNAP validation model (medsec.training.recipes.SNAP_BLOODMNIST_RECIPE, shipped)."""
+    from medsec.training.recipes import SNAP_BLOODMNIST_RECIPE, bloodmnist_classifier
 
-    path = CACHE / f"bloodmnist64-snap-{_key(SNAP_RECIPE)}.safetensors"
-    if path.is_file():
-        return medsec.models.load_checkpoint(path).eval()
-    r = SNAP_RECIPE
-    train = medsec.data.create("medmnist", flag="bloodmnist", split="train", root=str(bloodmnist_root), size=r["size"])
-    test = medsec.data.create("medmnist", flag="bloodmnist", split="test", root=str(bloodmnist_root), size=r["size"])
-    model = seeded_create(r["seed"], "small_cnn", num_classes=8, width=r["width"], stem_pool=r["stem_pool"],
-                          classes=train.classes)
-    train_classifier(model, train, epochs=r["epochs"], lr=r["lr"], batch_size=r["batch_size"], seed=r["seed"])
-    acc = evaluate(model, test)
-    medsec.models.save_checkpoint(model, path, extra={"recipe": r, "test_accuracy": acc})
-    return model.eval()
+    return bloodmnist_classifier(bloodmnist_root, CACHE, SNAP_BLOODMNIST_RECIPE).eval()
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,8 @@ from medsec.config import load_config, validate_config
 from medsec.errors import ConfigError, DataError
 from medsec.eval import run_experiment
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 
 RAW = {

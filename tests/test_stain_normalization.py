@@ -12,6 +12,8 @@ import medsec
 from medsec.defenses import Defended, StainNormalization
 from medsec.errors import DataError, InputError
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def he(data_root):  # type: ignore[no-untyped-def]
@@ -29,6 +31,7 @@ def _tiles(src: torch.Tensor, n: int = 4, size: int = 64) -> torch.Tensor:
     return torch.stack([src[:, 100 + 40 * i : 100 + 40 * i + size, 100 : 100 + size] for i in range(n)])
 
 
+@pytest.mark.effect
 def test_restains_towards_the_target(he) -> None:  # type: ignore[no-untyped-def]
     folder, src = he
     sn = medsec.defenses.create("stain_normalization", target=str(folder / "torchstain_target.png"))

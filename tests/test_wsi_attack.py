@@ -15,6 +15,8 @@ from medsec.types import ThreatModel
 from medsec.wsi import FEATURE_ATTACKS, TensorTiles, WSIBudget, attack_slide, feature_attack, from_classifier
 from medsec.wsi.mil import create_head
 
+pytestmark = pytest.mark.unit
+
 EPS = 8 / 255
 
 

@@ -19,6 +19,8 @@ import torch
 from medsec.wsi import TensorTiles, WSIBudget, attack_slide, from_classifier, make_bags
 from medsec.wsi.mil import create_head, evaluate_mil, train_mil
 
+pytestmark = pytest.mark.effect
+
 PLATELET = 7
 
 

@@ -12,6 +12,8 @@ import pytest
 from medsec.config.loader import validate_config
 from medsec.errors import ConfigError
 
+pytestmark = pytest.mark.effect
+
 CACHE = Path(__file__).resolve().parent.parent / ".medsec-cache"
 
 
@@ -58,6 +60,7 @@ def test_wsi_kind_end_to_end_and_resume(tmp_path, data_root, bloodmnist_model) -
     assert {k: v for k, v in again["cells"].items() if k.startswith("attack/")} == attacks
 
 
+@pytest.mark.unit
 def test_wsi_kind_refuses_bad_configs(tmp_path, data_root) -> None:  # type: ignore[no-untyped-def]
     bad = _cfg(data_root)
     bad["attack"]["rhos"] = [1.5]

@@ -10,6 +10,8 @@ from medsec.errors import InputError
 from medsec.wsi import make_bags
 from medsec.wsi.mil import bag_metrics, create_head, evaluate_mil, train_mil
 
+pytestmark = pytest.mark.unit
+
 
 def _toy_bags(n: int, g: torch.Generator) -> tuple[list[torch.Tensor], np.ndarray]:
     """Bags of 16-d Gaussian noise; positive bags hold 1-3 tiles shifted along one direction."""

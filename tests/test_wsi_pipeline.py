@@ -12,6 +12,8 @@ from medsec.errors import ConfigError, DataError, InputError
 from medsec.wsi import Slide, TensorTiles, create_encoder, extract_features, load_features, tile_grid, tissue_mask
 from medsec.wsi.tiling import SlideTiles
 
+pytestmark = pytest.mark.unit
+
 SLIDES = ("cmu_small_region.svs", "tcga-cr-7395-01a-01-ts1.svs")
 
 

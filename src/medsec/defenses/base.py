@@ -85,8 +85,9 @@ class Defended(nn.Module):
         return self.classifier(z)
 
     def with_bpda(self) -> Defended:
-        """The same model whose backward pass goes through the defence's approximation."""
-        return Defended(self.classifier, self.defense, bpda=True)
+        """The same model (in the same train/eval mode) whose backward pass goes through the
+        defence's approximation."""
+        return Defended(self.classifier, self.defense, bpda=True).train(self.training)
 
 
 class _BPDA(torch.autograd.Function):

@@ -28,7 +28,6 @@ adapted on (for data-inspection detectors) and a small clean held-out set.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,39 +130,26 @@ def baple_victim(cfg: Any, b: Any, train: Any, test: Any, cache: Path) -> tuple[
 
 def badmatch_victim(cfg: Any, b: Any, cache: Path) -> tuple[Any, VictimData, dict[str, Any]]:
     """BadMatch (BadDist-assisted by default) on the BloodMNIST MedCLIP recipe; zero-shot head."""
-    from medsec.backdoors.badmatch import BadMatch, make_trigger
-    from medsec.config.loader import validate_config
-    from medsec.data.medclip_text import class_prompts, sentence_bank
+    from medsec.data.medclip_text import class_prompts
     from medsec.defenses.clip_classifier import EncodeImage, TextHeadClassifier
-    from medsec.experiments.badmatch import load_data
     from medsec.models.medclip import LOGIT_SCALE_MAX, load_medclip
     from medsec.models.medclip_prompts import PromptClassifier
-    from medsec.training.medclip import train_medclip
-    from medsec.training.medclip_recipes import BADMATCH_BLOODMNIST_RECIPE, badmatch_bloodmnist
+    from medsec.training.medclip_recipes import badmatch_bloodmnist, poisoned_finetune, poisoned_set, recipe_config
+    from medsec.training.shipped import read_record
 
     root = bloodmnist_root(cfg)
     method = b.params.get("method", "baddist+badmatch")
-    _, run_dir = badmatch_bloodmnist(root, cache)
-    recipe = copy.deepcopy(BADMATCH_BLOODMNIST_RECIPE)
-    recipe["data"]["root"] = str(root)
-    rcfg = validate_config(recipe)
-    train, _, _ = load_data(rcfg)
-    bb, tspec = rcfg.backbones[0], rcfg.triggers[0]
-    trig = make_trigger({"name": tspec.name, **tspec.params}, rcfg.data.image_size)
-    params = trig.sample_params(train.image_shape, torch.Generator().manual_seed(rcfg.seed))
-    model = load_medclip(run_dir / "models" / f"{bb.label}-pretrained.safetensors")
-    if method == "baddist+badmatch":
-        model.vision = load_medclip(run_dir / "models" / f"{bb.label}-{tspec.label}-baddist.safetensors").vision
-    # the recipe's fine-tune set, sentences and seeds (medsec.experiments.badmatch.run_badmatch, backbone 0)
-    ft_train = (train.take(rcfg.data.finetune_limit, torch.Generator().manual_seed(rcfg.seed + 1))
-                if rcfg.data.finetune_limit else train)
-    poisoned = BadMatch(trig, int(b.target), rate=b.rate, mode=rcfg.poison.mode, seed=rcfg.seed).poison(ft_train, params)
-    ft = rcfg.finetune
-    bank = sentence_bank(rcfg.data.dataset, pairs=rcfg.data.sentence_pairs, seed=rcfg.seed,
-                         synonyms=rcfg.data.sentence_synonyms)
-    train_medclip(model, poisoned.images, poisoned.image_labels, bank, epochs=ft.epochs, lr=ft.lr,
-                  batch_size=ft.batch_size, weight_decay=ft.weight_decay, text_batch_size=ft.text_batch_size,
-                  label_temperature=ft.label_temperature, generator=torch.Generator().manual_seed(rcfg.seed + 100))
+    recipe_models = badmatch_bloodmnist(root, cache)
+    rcfg = recipe_config(root)
+    poisoned, trig, params = poisoned_set(root, int(b.target), b.rate)
+    record = read_record(recipe_models["poisoned"])
+    same_as_recipe = (method == record["cell"]["method"] and b.rate == record["cell"]["rate"]
+                      and int(b.target) == record["data"]["target"])
+    if same_as_recipe:  # the recipe's own backdoored model: this very fine-tune, already done
+        model = load_medclip(recipe_models["poisoned"])
+    else:
+        model = poisoned_finetune(root, recipe_models, poisoned, method)
+    bb = rcfg.backbones[0]
     model.eval()
     prompts = class_prompts(rcfg.data.dataset)
     head = PromptClassifier(model, prompts, rcfg.eval.n_prompts, torch.Generator().manual_seed(cfg.seed))
@@ -173,7 +159,8 @@ def badmatch_victim(cfg: Any, b: Any, cache: Path) -> tuple[Any, VictimData, dic
     data = VictimData(poisoned.images, poisoned.image_labels.argmax(1), poisoned.indices, int(b.target),
                       lambda x: trig.apply(x, params))
     info = {"attack": "badmatch", "method": method, "victim": f"MedCLIP-style {bb.vision} + {rcfg.model.text} "
-            "(zero-shot prompt ensemble)", "recipe_run": str(run_dir), "n_adaptation": len(ft_train),
+            "(zero-shot prompt ensemble)", "recipe_models": {k: Path(v).name for k, v in recipe_models.items()},
+            "reused_recipe_model": same_as_recipe, "n_adaptation": len(poisoned.images),
             "logit_scale": scale, "poison": {k: v for k, v in poisoned.record.items() if k != "indices"}}
     return clf, data, info
 

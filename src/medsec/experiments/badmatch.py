@@ -120,6 +120,8 @@ class EvalSection(StrictModel):
     n_prompts: int = Field(5, ge=1)
     n_samplings: int = Field(5, ge=1)
     clean_finetune: bool = True  # also fine-tune on the clean set (the CA reference rows)
+    save_models: bool = Field(False, description="also save every fine-tuned model (the clean one and each cell's "
+                                                 "backdoored one) under models/, about 1.7 MB each")
 
 
 class BadMatchConfig(StrictModel):
@@ -381,6 +383,8 @@ def run(cfg: BadMatchConfig, out_dir: str | Path, report: bool = True) -> dict[s
         if ev.clean_finetune and "clean_finetune" not in info:
             m = copy.deepcopy(pre)
             _train(m, x_ft, y_ft, bank, cfg.finetune, cfg.seed + 100 + bi, device)
+            if ev.save_models:
+                save_medclip(m, models_dir / f"{bb.label}-clean-finetune.safetensors")
             info["clean_finetune"] = {t.label: evaluate(m, prompts, test, target, ev.n_prompts, ev.n_samplings,
                                                         cfg.seed, trig_objs[t.label], trig_params[t.label])
                                       for t in cfg.triggers}
@@ -424,6 +428,8 @@ def run(cfg: BadMatchConfig, out_dir: str | Path, report: bool = True) -> dict[s
                     hist = _train(m, poisoned.images, poisoned.image_labels, bank, cfg.finetune,
                                   cfg.seed + 100 + bi, device, **extra)
                     metrics = evaluate(m, prompts, test, target, ev.n_prompts, ev.n_samplings, cfg.seed, trig, params)
+                    if ev.save_models:
+                        save_medclip(m, models_dir / f"{cid}.safetensors")
                     rec = {k2: v for k2, v in poisoned.record.items() if k2 != "indices"}
                     results["cells"].append({
                         "id": cid, "backbone": bb.label, "vision": bb.vision, "trigger": tspec.label,

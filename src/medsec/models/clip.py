@@ -235,9 +235,63 @@ class ClipModel(nn.Module):
 
         if not self.arch:
             raise DataError("this CLIP model has no `arch` to rebuild it from; build it with open_clip_model(config=...)")
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        meta = {"arch": self.arch, "spec": self.spec.to_dict(), "extra": extra or {}}
+        state, sparse = pack_zero_rows({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()})
+        meta = {"arch": self.arch, "spec": self.spec.to_dict(), "extra": extra or {}, "zero_rows": sparse}
         return atomic_write_bytes(path, st_save(state, metadata={META_KEY: json.dumps(meta)}))
+
+    def trim_vocabulary(self, texts: Sequence[str]) -> int:
+        """Zero the rows of the token embedding that no token of ``texts`` uses; returns how many rows stay.
+
+        After pretraining on a fixed caption set, the rows of tokens that never occurred hold only
+        their random initialisation (shrunk by weight decay): they carry nothing learnt. Zeroing
+        them leaves every output on texts made of the kept tokens bit for bit unchanged, and
+        :meth:`save` then stores the embedding as its non-zero rows (a 49,408-token BPE table of a
+        small model is most of its file). Tokens outside ``texts`` embed to zero afterwards.
+        """
+        keep = torch.unique(self.tokenize(list(texts)))
+        weight = self.token_embedding_layer.weight
+        with torch.no_grad():
+            mask = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
+            mask[keep.to(weight.device)] = False
+            weight[mask] = 0
+        return int(keep.numel())
+
+
+def pack_zero_rows(state: dict[str, torch.Tensor], min_fraction: float = 0.5) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Store each 2-D tensor whose rows are at least ``min_fraction`` exactly zero as its non-zero
+    rows (``key`` becomes ``key.rows`` values and ``key.row_ids`` int64 ids); returns the state and
+    ``{key: full shape}`` for :func:`unpack_zero_rows`. Lossless."""
+    out: dict[str, torch.Tensor] = {}
+    shapes: dict[str, list[int]] = {}
+    for key, value in state.items():
+        if value.dim() == 2 and value.is_floating_point() and value.shape[0] > 1:
+            nonzero = value.ne(0).any(dim=1)
+            if float((~nonzero).float().mean()) >= min_fraction:
+                ids = nonzero.nonzero()[:, 0]
+                out[f"{key}.row_ids"] = ids.to(torch.int64).contiguous()
+                out[f"{key}.rows"] = value[ids].contiguous()
+                shapes[key] = list(value.shape)
+                continue
+        out[key] = value
+    return out, shapes
+
+
+def unpack_zero_rows(state: dict[str, torch.Tensor], shapes: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`pack_zero_rows`."""
+    out = dict(state)
+    for key, shape in shapes.items():
+        try:
+            ids, rows = out.pop(f"{key}.row_ids"), out.pop(f"{key}.rows")
+        except KeyError as exc:
+            raise DataError(f"checkpoint lists {key!r} as stored by rows but lacks {exc.args[0]!r}") from None
+        if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(s, int) and s > 0 for s in shape)) \
+                or rows.dim() != 2 or rows.shape[1] != shape[1] or ids.shape != rows.shape[:1] \
+                or (ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= shape[0])):
+            raise DataError(f"checkpoint entry {key!r}: row ids or rows do not fit the stored shape {shape}")
+        full = torch.zeros(shape, dtype=rows.dtype)
+        full[ids] = rows
+        out[key] = full
+    return out
 
 
 def load_clip(path: str | Path, device: str | torch.device = "cpu") -> ClipModel:
@@ -254,7 +308,7 @@ def load_clip(path: str | Path, device: str | torch.device = "cpu") -> ClipModel
         raise DataError(f"{str(path)!r} is not a medsec CLIP checkpoint (no {META_KEY!r} metadata)")
     info = json.loads(meta)
     clip = MODELS.create(info["arch"]["name"], **info["arch"]["params"])
-    clip.model.load_state_dict(load_file(str(path)))
+    clip.model.load_state_dict(unpack_zero_rows(load_file(str(path)), info.get("zero_rows") or {}))
     clip.spec = InputSpec.from_dict(info["spec"])
     return clip.to(device).eval()
 
@@ -399,4 +453,5 @@ def hf_clip_model(model_id: str | None = None, config: dict[str, Any] | None = N
 
 
 __all__ = ["ClipModel", "open_clip_model", "hf_clip_model", "load_clip", "read_clip_metadata", "simple_tokenizer",
+           "pack_zero_rows", "unpack_zero_rows",
            "SMALL_CONFIGS", "OPENAI_MEAN", "OPENAI_STD"]

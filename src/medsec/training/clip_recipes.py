@@ -161,8 +161,10 @@ def recipe_data(recipe: dict[str, Any], root: str | Path | None = None) -> tuple
 def medical_clip(cache_dir: str | Path, root: str | Path | None = None,
                  recipe: dict[str, Any] | None = None) -> tuple[ClipModel, dict[str, Any]]:
     """The CLIP-style model of ``recipe`` (default :data:`MEDICAL_CLIP_RECIPE`) and its
-    metadata (recipe, pairs per group, BUSI zero-shot accuracy and confusion, training time),
-    loaded from ``cache_dir`` or pretrained from the data under ``root`` and cached there.
+    metadata (recipe, pairs per group, BUSI zero-shot accuracy and confusion, training time):
+    the shipped checkpoint, else the one in ``cache_dir``, else pretrained from the data under
+    ``root`` and saved there. The token embedding keeps the rows of the caption tokens only
+    (:meth:`~medsec.models.clip.ClipModel.trim_vocabulary`).
 
     Example:
         >>> clip, meta = medical_clip(".medsec-cache")   # doctest: +SKIP
@@ -170,29 +172,35 @@ def medical_clip(cache_dir: str | Path, root: str | Path | None = None,
     from medsec.data.captioned import read_busi_captions
     from medsec.data.paths import data_root
     from medsec.models.clip import load_clip, open_clip_model, read_clip_metadata
-    from medsec.training.recipes import recipe_key, seeded_init
+    from medsec.training.recipes import recipe_key, recipe_threads, seeded_init
+    from medsec.training.shipped import locate, training_record
 
     r = dict(MEDICAL_CLIP_RECIPE if recipe is None else recipe)
-    path = Path(cache_dir) / f"medical-clip-{recipe_key(r)}.safetensors"
+    top = Path(root) if root is not None else data_root()
+    data = [top / "busi-256", top / "kvasir-seg-256", top / "bloodmnist" / "bloodmnist.npz"]
+    path = locate(f"medical-clip-{recipe_key(r)}.safetensors", cache_dir, data)
     if path.is_file():
         return load_clip(path), read_clip_metadata(path)
-    top = Path(root) if root is not None else data_root()
     pairs, repeat, test = recipe_data(r, top)
     with seeded_init(r["seed"]):
         clip = open_clip_model(config=r["config"])
     log.info("pretraining the medical CLIP recipe on %d pairs %s into %s", len(pairs), pairs.group_counts(), path)
     t0 = time.perf_counter()
-    history = pretrain_clip_pairs(clip, pairs, epochs=r["epochs"], lr=r["lr"], batch_size=r["batch_size"],
-                                  weight_decay=r["weight_decay"], repeat=repeat,
-                                  generator=torch.Generator().manual_seed(int(r["seed"])))
-    train_time = time.perf_counter() - t0
     table = read_busi_captions(top / "busi-256")
     busi_caps = [sorted({cap for cap, lab in table.values() if lab == c}) for c in test.classes]
-    zs = caption_zero_shot(clip, test.images, test.labels, busi_caps)
-    meta = {"recipe": r, "train_time_s": train_time, "final_loss": history[-1]["loss"],
+    with recipe_threads(r):
+        history = pretrain_clip_pairs(clip, pairs, epochs=r["epochs"], lr=r["lr"], batch_size=r["batch_size"],
+                                      weight_decay=r["weight_decay"], repeat=repeat,
+                                      generator=torch.Generator().manual_seed(int(r["seed"])))
+        train_time = time.perf_counter() - t0
+        rows = clip.trim_vocabulary([*pairs.captions, *(cap for caps in busi_caps for cap in caps)])
+        zs = caption_zero_shot(clip, test.images, test.labels, busi_caps)
+    meta = {**training_record(r, data, metrics={"zero_shot_accuracy": zs["accuracy"]}),
+            "train_time_s": train_time, "final_loss": history[-1]["loss"],
             "zero_shot_accuracy": zs["accuracy"], "zero_shot_confusion": zs["confusion"],
             "zero_shot_majority_rate": zs["majority_rate"], "zero_shot_data": f"BUSI test split ({len(test)} images)",
-            "class_names": list(test.classes), "pairs": pairs.group_counts(), "n_captions": len(pairs.captions)}
+            "class_names": list(test.classes), "pairs": pairs.group_counts(), "n_captions": len(pairs.captions),
+            "vocabulary_rows": rows}
     clip.save(path, extra=meta)
     log.info("medical CLIP: BUSI zero-shot %.3f (majority %.3f), %.0f s", zs["accuracy"], zs["majority_rate"], train_time)
     return clip.eval(), meta

@@ -1,10 +1,11 @@
-"""The cached BadMatch / BadDist BloodMNIST recipe that the effect tests share.
+"""The BadMatch / BadDist BloodMNIST recipe that the effect tests share.
 
 The recipe is a ``kind: badmatch`` experiment config restricted to one vision tower, one
-trigger, one poison rate and BadDist-assisted BadMatch; it runs through the experiment
-runner into ``cache_dir/badmatch-bloodmnist-<hash>``, whose resume logic makes a second
-call reuse the finished run (models and metrics), as the classifier recipes in
-:mod:`medsec.training.recipes` reuse their checkpoints.
+trigger, one poison rate and BadDist-assisted BadMatch. Its four models (the pre-trained
+MedCLIP-style model, the BadDist vision tower, the clean fine-tune and the backdoored
+fine-tune) ship with medsec (:mod:`medsec.training.shipped`); without them the recipe runs
+the experiment into ``cache_dir/badmatch-bloodmnist-<hash>/`` (whose resume logic reuses a
+finished run) and saves the four models, each with its training record, in ``cache_dir``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from medsec.errors import DataError
-from medsec.training.recipes import recipe_key
+from medsec.training.recipes import recipe_key, recipe_threads, seeded_init
+from medsec.training.shipped import locate, training_record
 
 # tiny-resnet + tiny-bert at 28 px, pre-trained on all 11,959 BloodMNIST training images
 # (training sentences with class synonyms, logit scale from e^1.5); BadDist (AdamW 1e-3,
@@ -33,21 +35,135 @@ BADMATCH_BLOODMNIST_RECIPE: dict[str, Any] = {
     "triggers": [{"label": "square", "name": "badnets", "params": {"size_fraction": 0.142857, "color": 0.0}}],
     "poison": {"rates": [0.01], "mode": "image"},
     "methods": ["baddist+badmatch"],
-    "eval": {"n_prompts": 5, "n_samplings": 3, "clean_finetune": True},
+    "eval": {"n_prompts": 5, "n_samplings": 3, "clean_finetune": True, "save_models": True},
 }
+# the recipe's four models, in the order the experiment trains them
+BADMATCH_MODELS = ("pretrained", "baddist", "clean-finetune", "poisoned")
+
+
+def recipe_config(root: str | Path, recipe: dict[str, Any] | None = None) -> Any:
+    """The recipe as a validated ``kind: badmatch`` config reading BloodMNIST from ``root``."""
+    from medsec.config.loader import validate_config
+
+    r = copy.deepcopy(BADMATCH_BLOODMNIST_RECIPE if recipe is None else recipe)
+    r["data"]["root"] = str(root)
+    return validate_config(r)
 
 
 def badmatch_bloodmnist(root: str | Path, cache_dir: str | Path,
-                        recipe: dict[str, Any] | None = None) -> tuple[dict[str, Any], Path]:
-    """(results, run folder) of the recipe, run once into ``cache_dir`` and reused after."""
-    from medsec.config.loader import validate_config
+                        recipe: dict[str, Any] | None = None) -> dict[str, Path]:
+    """``{model: checkpoint path}`` of the recipe's four models (:data:`BADMATCH_MODELS`, each
+    a :func:`~medsec.models.medclip.save_medclip` file with its training record): shipped,
+    cached in ``cache_dir``, or made by running the experiment into ``cache_dir``."""
     from medsec.experiments.badmatch import run
+    from medsec.models.medclip import load_medclip, save_medclip
 
     if not (Path(root) / "bloodmnist.npz").is_file():
         raise DataError(f"BloodMNIST not found at {root} (expected bloodmnist.npz); set MEDSEC_DATA")
     r = copy.deepcopy(BADMATCH_BLOODMNIST_RECIPE if recipe is None else recipe)
-    r["data"]["root"] = None
-    out = Path(cache_dir) / f"badmatch-bloodmnist-{recipe_key(r)}"
-    r["data"]["root"] = str(root)
-    cfg = validate_config(r)
-    return run(cfg, out, report=False), out
+    r["data"]["root"] = None  # where the data lie is not part of the recipe
+    key = recipe_key(r)
+    data = [Path(root) / "bloodmnist.npz"]
+    names = {m: f"badmatch-bloodmnist-{key}-{m}.safetensors" for m in BADMATCH_MODELS}
+    paths = {m: locate(n, cache_dir, data) for m, n in names.items()}
+    if all(p.is_file() for p in paths.values()):
+        return paths
+    cfg = recipe_config(root, r)
+    out = Path(cache_dir) / f"badmatch-bloodmnist-{key}"
+    # the recipe's thread count, and the global RNG (dropout in the text tower draws from it) seeded
+    # from the recipe, so that the run does not depend on what the process did before
+    with recipe_threads(r), seeded_init(r["seed"]):
+        results = run(cfg, out, report=False)
+    bb, trig = cfg.backbones[0].label, cfg.triggers[0].label
+    (cell,) = results["cells"]
+    info = results["models"][bb]
+    common = {"data": results["data"]}
+    sources = {
+        "pretrained": (f"{bb}-pretrained", {"metrics": {"clean_accuracy": info["pretrained_eval"]["clean_accuracy"]},
+                                            "pretrain": info["pretrain"]}),
+        "baddist": (f"{bb}-{trig}-baddist", {"metrics": {}, "baddist": info[f"baddist_{trig}"]}),
+        "clean-finetune": (f"{bb}-clean-finetune", {"metrics": _rates(info["clean_finetune"][trig])}),
+        "poisoned": (cell["id"], {"metrics": _rates(cell["metrics"]),
+                                  "cell": {k: cell[k] for k in ("id", "trigger", "rate", "method", "n_poisoned",
+                                                                "poison_indices", "poison")}}),
+    }
+    for m, (stem, rec) in sources.items():
+        model = load_medclip(out / "models" / f"{stem}.safetensors")
+        metrics = rec.pop("metrics")
+        paths[m] = save_medclip(model, Path(cache_dir) / names[m],
+                                extra={**training_record(r, data, metrics=metrics), **common, **rec})
+    return paths
+
+
+def poisoned_set(root: str | Path, target: int, rate: float, recipe: dict[str, Any] | None = None) -> tuple[Any, Any, Any]:
+    """The recipe's fine-tune set with BadMatch poisoning of ``rate`` of its images, all-to-one
+    towards class ``target``; returns ``(poisoned set, trigger, trigger params)``."""
+    import torch
+
+    from medsec.backdoors.badmatch import BadMatch, make_trigger
+    from medsec.experiments.badmatch import load_data
+
+    cfg = recipe_config(root, recipe)
+    train, _, _ = load_data(cfg)
+    spec = cfg.triggers[0]
+    trig = make_trigger({"name": spec.name, **spec.params}, cfg.data.image_size)
+    params = trig.sample_params(train.image_shape, torch.Generator().manual_seed(cfg.seed))
+    ft_train = (train.take(cfg.data.finetune_limit, torch.Generator().manual_seed(cfg.seed + 1))
+                if cfg.data.finetune_limit else train)
+    poisoned = BadMatch(trig, int(target), rate=rate, mode=cfg.poison.mode, seed=cfg.seed).poison(ft_train, params)
+    return poisoned, trig, params
+
+
+def poisoned_finetune(root: str | Path, models: dict[str, Path], poisoned: Any, method: str = "baddist+badmatch",
+                      recipe: dict[str, Any] | None = None, threads: int | None = None) -> Any:
+    """The recipe's fine-tune on ``poisoned`` (:func:`poisoned_set`) from the pre-trained model
+    (``badmatch``) or from it with the BadDist vision tower (``baddist+badmatch``), with the
+    experiment's sentences and seeds (backbone 0), as the experiment's cell trains it, with
+    ``threads`` intra-op threads (default: the recipe's)."""
+    import torch
+
+    from medsec.data.medclip_text import sentence_bank
+    from medsec.models.medclip import load_medclip
+    from medsec.training.medclip import train_medclip
+
+    cfg = recipe_config(root, recipe)
+    model = load_medclip(models["pretrained"])
+    if method == "baddist+badmatch":
+        model.vision = load_medclip(models["baddist"]).vision
+    ft = cfg.finetune
+    bank = sentence_bank(cfg.data.dataset, pairs=cfg.data.sentence_pairs, seed=cfg.seed,
+                         synonyms=cfg.data.sentence_synonyms)
+    with recipe_threads({} if threads is None else {"threads": threads}), seeded_init(cfg.seed + 100):
+        train_medclip(model, poisoned.images, poisoned.image_labels, bank, epochs=ft.epochs, lr=ft.lr,
+                      batch_size=ft.batch_size, weight_decay=ft.weight_decay, text_batch_size=ft.text_batch_size,
+                      label_temperature=ft.label_temperature, generator=torch.Generator().manual_seed(cfg.seed + 100))
+    return model.eval()
+
+
+def _rates(m: dict[str, Any]) -> dict[str, Any]:
+    return {k: m[k] for k in ("clean_accuracy", "attack_success_rate", "backdoor_accuracy") if m.get(k) is not None}
+
+
+def evaluate_recipe_model(root: str | Path, path: str | Path | Any, triggered: bool = True,
+                          recipe: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Zero-shot CA (and, when ``triggered``, ASR and BA with the recipe's trigger) of a MedCLIP
+    model or checkpoint on the recipe's test images, prompts and seeds, as the experiment measures them."""
+    import torch
+
+    from medsec.backdoors.badmatch import make_trigger
+    from medsec.data.medclip_text import class_prompts
+    from medsec.experiments.badmatch import evaluate, load_data, target_index
+    from medsec.models.medclip import load_medclip
+
+    cfg = recipe_config(root, recipe)
+    train, test, _ = load_data(cfg)
+    spec = cfg.triggers[0]
+    trig = make_trigger({"name": spec.name, **spec.params}, cfg.data.image_size) if triggered else None
+    params = trig.sample_params(train.image_shape, torch.Generator().manual_seed(cfg.seed)) if trig else None
+    model = path.eval() if isinstance(path, torch.nn.Module) else load_medclip(path).eval()
+    return evaluate(model, class_prompts(cfg.data.dataset), test, target_index(cfg, train.classes), cfg.eval.n_prompts,
+                    cfg.eval.n_samplings, cfg.seed, trig, params)
+
+
+__all__ = ["BADMATCH_BLOODMNIST_RECIPE", "BADMATCH_MODELS", "badmatch_bloodmnist", "evaluate_recipe_model",
+           "poisoned_finetune", "poisoned_set", "recipe_config"]

@@ -4,21 +4,22 @@
 #
 #   bash benchmarks/bench_test_suite.sh                 # idle: make test
 #   bash benchmarks/bench_test_suite.sh --hogs 2        # shared: 2 busy-loop processes run alongside
-#   bash benchmarks/bench_test_suite.sh --target test-fast
+#   bash benchmarks/bench_test_suite.sh --target test-fast --target test   # several, in order
 #
 # The clone is made from the current HEAD (commit first); data come from $MEDSEC_DATA (default:
 # the shared/data folder beside the repository). Prints one line per phase with the wall time and
 # the 1-minute load average before and after; results are recorded in benchmarks/test-suite.md.
 set -euo pipefail
 HOGS=0
-TARGETS=(test)
+TARGETS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --hogs) HOGS="$2"; shift 2 ;;
-    --target) TARGETS=("$2"); shift 2 ;;
+    --target) TARGETS+=("$2"); shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(test)
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 export MEDSEC_DATA="${MEDSEC_DATA:-$(cd "$REPO/.." && pwd)/shared/data}"
 export MEDSEC_PROGRESS=0

@@ -7,8 +7,8 @@ import torch
 
 import medsec
 from medsec.defenses import Defended
-from medsec.eval.checks import black_box_beats_white_box, model_checks, robust_accuracy_rises_with_eps
-from medsec.eval.runner import worst_case
+from medsec.experiments.evasion.checks import black_box_beats_white_box, model_checks, robust_accuracy_rises_with_eps
+from medsec.experiments.evasion.run import worst_case
 
 pytestmark = pytest.mark.unit
 

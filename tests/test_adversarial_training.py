@@ -98,7 +98,7 @@ def test_train_section_accepts_adversarial_and_refuses_unknown_keys() -> None:
 
 
 def test_evasion_run_trains_adversarially(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from medsec.eval.runner import run_experiment
+    from medsec.runs import run as run_experiment
 
     cfg = validate_config({
         "name": "at-tiny", "data": {"name": "synthetic_he", "params": {"n": 64, "size": 16}},

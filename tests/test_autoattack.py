@@ -7,7 +7,7 @@ import torch
 
 import medsec
 from medsec.config import validate_config
-from medsec.eval import run_experiment
+from medsec.runs import run as run_experiment
 from medsec.training import predict
 
 pytestmark = pytest.mark.unit
@@ -49,13 +49,13 @@ def test_runner_records_stages_worst_case_and_sweep(tmp_path):
         "eval": {"sample_limit": 40},
     }
     res = run_experiment(validate_config(raw), tmp_path, report=False)
-    aa = [e for e in res["evaluations"] if e["attack"] == "autoattack"]
+    aa = [e for e in list(res["cells"].values()) if e["attack"] == "autoattack"]
     assert [s["attack"] for s in aa[0]["stages"]] == ["apgd", "apgd_t", "deepfool", "square"]
     after = [s["robust_accuracy_after"] for s in aa[0]["stages"]]
     assert after == sorted(after, reverse=True) and after[-1] == aa[0]["metrics"]["robust_accuracy"]
-    df = [e for e in res["evaluations"] if e["attack"] == "deepfool"]
+    df = [e for e in list(res["cells"].values()) if e["attack"] == "deepfool"]
     assert len(df) == 2 and all(e["sweep"]["cells"] == 2 for e in df)  # one run, two eps
     assert len(res["worst_case"]) == 2
     for wc in res["worst_case"]:
-        cells = [e for e in res["evaluations"] if e["id"] in wc["attacks"]]
+        cells = [e for e in list(res["cells"].values()) if e["id"] in wc["attacks"]]
         assert wc["robust_accuracy"] <= min(e["metrics"]["robust_accuracy"] for e in cells) + 1e-6

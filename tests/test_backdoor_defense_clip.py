@@ -50,7 +50,7 @@ def test_text_head_classifier_is_clips_zero_shot_head() -> None:
 def test_backdoor_entries_refuse_bad_params(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from medsec.config.loader import validate_config
     from medsec.errors import ConfigError
-    from medsec.experiments.backdoor_defense import run_backdoor_defense
+    from medsec.runs import run as run_backdoor_defense
 
     base = {"kind": "backdoor_defense", "data": {"name": "medmnist", "params": {"flag": "bloodmnist"}},
             "detectors": [{"name": "spectral"}]}
@@ -71,7 +71,7 @@ def test_detectors_against_baple_and_badmatch(tmp_path, bloodmnist_root, bloodmn
     import json
 
     from medsec.config.loader import validate_config
-    from medsec.experiments.backdoor_defense import run_backdoor_defense
+    from medsec.runs import run as run_backdoor_defense
     from medsec.training.medclip_recipes import badmatch_bloodmnist
     from medsec.training.shipped import read_record
 

@@ -32,13 +32,13 @@ def _cfg(root, **over):  # type: ignore[no-untyped-def]
 
 @pytest.mark.effect
 def test_backdoor_defense_runs_end_to_end_and_resumes(bloodmnist_root, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from medsec.experiments import get_kind
     from medsec.experiments.backdoor_defense import BackdoorDefenseConfig
+    from medsec.runs import run
 
     cfg = validate_config(_cfg(bloodmnist_root))
     assert isinstance(cfg, BackdoorDefenseConfig)
-    res = get_kind("backdoor_defense").run(cfg, tmp_path)
-    assert res["task"] == "backdoor_defense" and res["status"] == "complete" and res["schema_version"] == 1
+    res = run(cfg, tmp_path)
+    assert res["kind"] == "backdoor_defense" and res["status"] == "complete" and res["schema_version"] == 2
     assert set(res["cells"]) == {f"badnets/detector/{d}" for d in ("strip", "spectral", "activation_clustering",
                                                                     "neural_cleanse")} | {"badnets/repair/fine_pruning"}
     bd = res["backdoors"]["badnets"]
@@ -62,18 +62,16 @@ def test_backdoor_defense_runs_end_to_end_and_resumes(bloodmnist_root, tmp_path)
     # a rerun resumes: the model comes from the cache, finished cells are kept as they are
     on_disk["cells"]["badnets/detector/spectral"]["metrics"]["marker"] = 1
     (tmp_path / "results.json").write_text(json.dumps(on_disk))
-    again = get_kind("backdoor_defense").run(cfg, tmp_path, report=False)
+    again = run(cfg, tmp_path, report=False)
     assert again["backdoors"]["badnets"]["model"] == "cached"
     assert again["cells"]["badnets/detector/spectral"]["metrics"]["marker"] == 1
     # the same folder with another config is refused
     other = validate_config(_cfg(bloodmnist_root, seed=1))
-    with pytest.raises(ConfigError, match="different config"):
-        get_kind("backdoor_defense").run(other, tmp_path)
+    with pytest.raises(ConfigError, match="another config .changed: seed"):
+        run(other, tmp_path)
 
 
 def test_backdoor_defense_refuses_bad_configs(bloodmnist_root, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from medsec.experiments import get_kind
-
     with pytest.raises(ConfigError, match="detectorz"):
         validate_config({**_cfg(bloodmnist_root), "detectorz": []})
     with pytest.raises(ConfigError, match="at least one detector or repair"):
@@ -85,7 +83,6 @@ def test_backdoor_defense_refuses_bad_configs(bloodmnist_root, tmp_path) -> None
     for over, match in (({"detectors": [{"name": "neural_clense"}]}, "neural_cleanse"),
                         ({"backdoors": [{"name": "badnet"}]}, "badnets"),
                         ({"repairs": [{"name": "fine_prune"}]}, "fine_pruning")):
-        cfg = validate_config(_cfg(bloodmnist_root, **over))
-        with pytest.raises(RegistryError, match=match):
-            get_kind("backdoor_defense").run(cfg, tmp_path / "bad")
+        with pytest.raises(RegistryError, match=match):  # refused when the config is validated
+            validate_config(_cfg(bloodmnist_root, **over))
         assert not (tmp_path / "bad" / "results.json").exists(), "nothing written before the names are checked"

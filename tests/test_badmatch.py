@@ -186,14 +186,14 @@ def test_config_validation() -> None:
 @pytest.mark.effect
 def test_run_writes_results_report_and_resumes(tmp_path: Path, bloodmnist_root: Path) -> None:
     from medsec.config.loader import validate_config
-    from medsec.eval.runner import run_experiment
+    from medsec.runs import run as run_experiment
 
     cfg = validate_config(_tiny_cfg(bloodmnist_root))
     res = run_experiment(cfg, tmp_path)
-    assert res["status"] == "complete" and res["task"] == "badmatch" and res["schema_version"] == 1
-    assert [c["id"] for c in res["cells"]] == ["resnet-square-0.05-badmatch", "resnet-square-0.05-baddist+badmatch"]
-    assert all(c["n_poisoned"] == 5 and len(c["poison_indices"]) == 5 for c in res["cells"])
-    m = res["cells"][0]["metrics"]
+    assert res["status"] == "complete" and res["kind"] == "badmatch" and res["schema_version"] == 2
+    assert list(res["cells"]) == ["resnet-square-0.05-badmatch", "resnet-square-0.05-baddist+badmatch"]
+    assert all(c["n_poisoned"] == 5 and len(c["poison_indices"]) == 5 for c in res["cells"].values())
+    m = next(iter(res["cells"].values()))["metrics"]
     assert 0 <= m["clean_accuracy"] <= 1 and len(m["runs"]) == 2 and "attack_success_rate_std" in m
     html = (tmp_path / "report.html").read_text()
     assert "ASR (non-target)" in html and "<img" in html and (tmp_path / "report.md").is_file()
@@ -202,15 +202,14 @@ def test_run_writes_results_report_and_resumes(tmp_path: Path, bloodmnist_root: 
     # a rerun of the same config trains nothing and keeps the cells
     stamp = (tmp_path / "models" / "resnet-pretrained.safetensors").stat().st_mtime_ns
     res2 = run_experiment(cfg, tmp_path)
-    assert [c["id"] for c in res2["cells"]] == [c["id"] for c in res["cells"]]
+    assert list(res2["cells"]) == list(res["cells"])
     assert (tmp_path / "models" / "resnet-pretrained.safetensors").stat().st_mtime_ns == stamp
     # a widened sweep (one more rate) keeps the finished cells and models and adds only its own
     wide = _tiny_cfg(bloodmnist_root)
     wide["poison"]["rates"] = [0.1, 0.05]
     res3 = run_experiment(validate_config(wide), tmp_path)
-    assert [c["id"] for c in res3["cells"]] == [c["id"] for c in res["cells"]] + [
-        "resnet-square-0.1-badmatch", "resnet-square-0.1-baddist+badmatch"]
-    assert res3["cells"][:2] == json.loads(json.dumps(res["cells"])) and res3["config"]["poison"]["rates"] == [0.1, 0.05]
+    assert set(res3["cells"]) == set(res["cells"]) | {"resnet-square-0.1-badmatch", "resnet-square-0.1-baddist+badmatch"}
+    assert {k: res3["cells"][k] for k in res["cells"]} == json.loads(json.dumps(res["cells"])) and res3["config"]["poison"]["rates"] == [0.1, 0.05]
     assert (tmp_path / "models" / "resnet-pretrained.safetensors").stat().st_mtime_ns == stamp
     with pytest.raises(ConfigError, match="not a class"):
         bad = _tiny_cfg(bloodmnist_root)
@@ -220,7 +219,11 @@ def test_run_writes_results_report_and_resumes(tmp_path: Path, bloodmnist_root: 
 
 def test_extends_only_widens_the_sweep(bloodmnist_root: Path) -> None:
     from medsec.config.loader import validate_config
-    from medsec.experiments.badmatch import extends
+    from medsec.experiments.badmatch import KIND
+    from medsec.runs.store import compare_configs
+
+    def extends(old: dict, new: dict) -> bool:
+        return compare_configs(old, new, KIND.axes)[0] in ("same", "widens")
 
     base = validate_config(_tiny_cfg(bloodmnist_root)).model_dump(mode="json")
 
@@ -248,7 +251,7 @@ def test_extends_only_widens_the_sweep(bloodmnist_root: Path) -> None:
 
 def test_busi_data_split(data_root: Path) -> None:
     from medsec.config.loader import validate_config
-    from medsec.experiments.badmatch import load_data, target_index
+    from medsec.experiments.badmatch.run import load_data, target_index
 
     root = data_root / "busi-256"
     if not (root / "normal").is_dir():

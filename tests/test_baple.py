@@ -189,15 +189,15 @@ def test_baple_backdoors_the_pretrained_clip(blood_harness, bloodmnist_clip) -> 
 @pytest.mark.effect
 def test_prompt_backdoor_kind_runs_and_resumes(tmp_path: Path, bloodmnist_clip, bloodmnist_root, monkeypatch) -> None:
     from medsec.config.loader import validate_config
-    from medsec.eval.runner import run_experiment
+    from medsec.runs import run as run_experiment
 
     monkeypatch.setenv("MEDSEC_DATA", str(Path(bloodmnist_root).parent))
     cfg = validate_config({"kind": "prompt_backdoor", "name": "tiny", "methods": ["baple", "badnets_ft"],
                            "targets": [1], "data": {"test_size": 64},
                            "baple": {"shots": 4, "epochs": 2, "rate": 0.1}, "finetune": {"epochs": 1}})
     res = run_experiment(cfg, tmp_path)
-    assert res["status"] == "complete" and res["task"] == "prompt_backdoor"
-    assert [c["id"] for c in res["cells"]] == ["clean_pl", "badnets_ft-t1", "baple-t1"]
+    assert res["status"] == "complete" and res["kind"] == "prompt_backdoor"
+    assert list(res["cells"]) == ["clean_pl", "badnets_ft-t1", "baple-t1"]
     assert set(res["table"]) == {"clean_pl", "badnets_ft", "baple"}
     html = (tmp_path / "report.html").read_text()
     assert "BAPLe" in html and "CA / BA" in html and "data:image/png" in html
@@ -210,4 +210,4 @@ def test_prompt_backdoor_kind_runs_and_resumes(tmp_path: Path, bloodmnist_clip, 
 
     monkeypatch.setattr(prompt_harness.Harness, "run", boom)
     again = run_experiment(cfg, tmp_path)
-    assert [c["clean_accuracy"] for c in again["cells"]] == [c["clean_accuracy"] for c in res["cells"]]
+    assert [c["clean_accuracy"] for c in again["cells"].values()] == [c["clean_accuracy"] for c in res["cells"].values()]

@@ -134,13 +134,13 @@ def test_prompt_backdoor_busi_config() -> None:
 def test_prompt_backdoor_kind_runs_on_busi(medical_clip, busi_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """A tiny BUSI run end to end: the medical CLIP, BUSI's classes and test split, the patch at 64 px."""
     from medsec.config.loader import validate_config
-    from medsec.eval.runner import run_experiment
+    from medsec.runs import run as run_experiment
 
     monkeypatch.setenv("MEDSEC_DATA", str(busi_dir.parent))
     cfg = validate_config({"kind": "prompt_backdoor", "name": "tiny_busi", "methods": ["baple"], "targets": [2],
                            "data": {"name": "busi", "test_size": 24}, "baple": {"shots": 4, "epochs": 2, "rate": 0.2}})
     res = run_experiment(cfg, tmp_path)
-    assert res["status"] == "complete" and [c["id"] for c in res["cells"]] == ["clean_pl", "baple-t2"]
+    assert res["status"] == "complete" and list(res["cells"]) == ["clean_pl", "baple-t2"]
     assert res["data"]["classes"] == ["benign", "malignant", "normal"] and res["data"]["image_shape"] == [3, 64, 64]
     assert res["data"]["n_test"] == 24 and res["data"]["n_fewshot"] == 12
     assert res["model"]["recipe"] == "medical_clip" and res["model"]["zero_shot_accuracy"] == medical_clip[1][

@@ -11,8 +11,8 @@ import torch
 from medsec.attacks.base import Attack, Problem
 from medsec.attacks.projection import project, steepest_step
 from medsec.config import validate_config
-from medsec.eval import run_experiment
 from medsec.registries import ATTACKS
+from medsec.runs import run as run_experiment
 
 pytestmark = pytest.mark.unit
 
@@ -48,7 +48,7 @@ def test_defence_by_attack_matrix_in_results_and_report(tmp_path, monkeypatch) -
                      "two_half_steps (adaptive) @ linf 8/255"]
     rows = {r["defense"]: r for r in matrix["rows"]}
     assert set(rows) == {None, "jpeg", "gaussian_blur"}
-    by_id = {ev["id"]: ev for ev in res["evaluations"]}
+    by_id = {ev["id"]: ev for ev in list(res["cells"].values())}
     jpeg = rows["jpeg"]
     assert jpeg["differentiable"] is False and jpeg["needs_adaptive"] is True
     for attack in ("fgsm", "two_half_steps"):

@@ -17,7 +17,7 @@ import medsec
 from medsec.defenses import Defended, SmoothedClassifier, certified_accuracy_curve, create
 from medsec.defenses.smoothing import certified_radius, lower_confidence_bound
 from medsec.errors import InputError
-from medsec.eval.checks import model_checks
+from medsec.experiments.evasion.checks import model_checks
 from medsec.training import predict
 
 pytestmark = pytest.mark.unit

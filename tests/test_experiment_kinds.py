@@ -1,40 +1,44 @@
-"""The experiment-kind extension point: configs with ``kind:`` dispatch to their own model and runner."""
+"""The experiment-kind extension point: a kind is a :class:`medsec.runs.kind.Kind` in the
+``KINDS`` registry; configs with ``kind:`` are validated by its model and run through the one
+dispatch (:func:`medsec.runs.run`) on the shared run services."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import pytest
-from pydantic import BaseModel, ConfigDict
+import torch
 
 from medsec.config.loader import validate_config
+from medsec.config.schema import RunConfig
 from medsec.errors import ConfigError
-from medsec.experiments import ExperimentKind, get_kind, kind_names, register_kind
+from medsec.registry import KINDS
+from medsec.runs import Kind, RunContext
 
 pytestmark = pytest.mark.unit
 
 
-class _ToyConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _ToyConfig(RunConfig):
     kind: Literal["toy"] = "toy"
     name: str = "toy"
-    seed: int = 0
-    device: str = "cpu"
     size: int = 3
 
 
-def _run_toy(cfg: _ToyConfig, out_dir: Any, report: bool = True) -> dict[str, Any]:
-    from medsec.io import atomic_write_json
+def _run_toy(ctx: RunContext) -> None:
+    for i in range(ctx.cfg.size):
+        if ctx.store.done(f"cell{i}") is None:
+            with ctx.cell(f"cell{i}") as gen:
+                ctx.store.put(f"cell{i}", {"draw": float(torch.rand(1, generator=gen))},
+                              seed=ctx.cell_seed(f"cell{i}"))
+    ctx.store.update(value=ctx.cfg.size * 2)
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    results = {"schema_version": 1, "task": "toy", "name": cfg.name, "status": "complete", "value": cfg.size * 2}
-    atomic_write_json(out / "results.json", results)
-    return results
 
-
-register_kind(ExperimentKind("toy", _ToyConfig, _run_toy))
+TOY = Kind(name="toy", config=_ToyConfig, run=_run_toy, plan=lambda cfg: [f"cell{i}" for i in range(cfg.size)],
+           render=lambda results, out: ("<html></html>", "# toy\n"), summary=lambda results, out: ["toy"])
+if "toy" not in KINDS:
+    KINDS.register("toy")(TOY)  # type: ignore[arg-type]
 
 
 def test_kind_config_validated_by_its_own_model() -> None:
@@ -50,17 +54,21 @@ def test_unknown_key_in_kind_names_valid_keys() -> None:
 def test_unknown_kind_suggests() -> None:
     with pytest.raises(ConfigError, match="unknown experiment kind 'tyo'.*'toy'"):
         validate_config({"kind": "tyo"})
-    assert "evasion" == kind_names()[0] and "toy" in kind_names()
+    assert "evasion" in KINDS and "toy" in KINDS.list()
 
 
-def test_evasion_cannot_be_replaced() -> None:
-    with pytest.raises(ConfigError, match="built-in"):
-        register_kind(ExperimentKind("evasion", _ToyConfig, _run_toy))
+def test_a_registered_kind_cannot_be_replaced() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        KINDS.register("evasion")(TOY)  # type: ignore[arg-type]
 
 
-def test_run_experiment_dispatches(tmp_path: Path) -> None:
-    from medsec.eval.runner import run_experiment
+def test_run_dispatches_through_the_registry_and_the_store(tmp_path: Path) -> None:
+    from medsec.runs import run
 
-    results = run_experiment(validate_config({"kind": "toy", "size": 4}), tmp_path)
-    assert results["value"] == 8 and (tmp_path / "results.json").is_file()
-    assert get_kind("toy").run is _run_toy
+    results = run(validate_config({"kind": "toy", "size": 4}), tmp_path)
+    assert results["value"] == 8 and results["kind"] == "toy" and results["status"] == "complete"
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert list(on_disk["cells"]) == ["cell0", "cell1", "cell2", "cell3"]
+    assert on_disk["seeds"]["global"] == 0 and set(on_disk["seeds"]["cells"]) == set(on_disk["cells"])
+    assert (tmp_path / "report.html").is_file() and (tmp_path / "config.resolved.yaml").is_file()
+    assert KINDS.get("toy") is TOY

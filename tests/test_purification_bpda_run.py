@@ -19,7 +19,7 @@ CACHE = Path(__file__).resolve().parent.parent / ".medsec-cache"
 def test_bit_depth_looks_robust_plainly_and_falls_to_bpda(bloodmnist_model, bloodmnist_root, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Measured: see docs/defenses.md (plain and BPDA robust accuracy)."""
     from medsec.config.loader import validate_config
-    from medsec.eval.runner import run_experiment
+    from medsec.runs import run as run_experiment
     from medsec.training.recipes import bloodmnist_checkpoint
 
     ckpt = bloodmnist_checkpoint(bloodmnist_root, CACHE)
@@ -30,7 +30,7 @@ def test_bit_depth_looks_robust_plainly_and_falls_to_bpda(bloodmnist_model, bloo
         "include_undefended": False, "eval": {"sample_limit": 100, "examples": 0, "model_checks": True},
     })
     res = run_experiment(cfg, tmp_path)
-    cells = {ev["adaptive"]: ev for ev in res["evaluations"]}
+    cells = {ev["adaptive"]: ev for ev in list(res["cells"].values())}
     assert set(cells) == {False, True} and all(ev["defense"] == "bit_depth" for ev in cells.values())
     plain, bpda = cells[False]["metrics"]["robust_accuracy"], cells[True]["metrics"]["robust_accuracy"]
     assert plain >= 0.7, plain

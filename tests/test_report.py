@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 
 from medsec.errors import ConfigError, DataError
+from medsec.experiments.evasion.figures import example_grid, robust_accuracy_vs_eps
+from medsec.experiments.evasion.report import render_markdown
 from medsec.io import atomic_save_npz, atomic_write_json, atomic_write_text
 from medsec.report import load_results, write_report
-from medsec.report.figures import data_uri, example_grid, robust_accuracy_vs_eps
+from medsec.report.figures import data_uri
 from medsec.report.formatting import fmt_float, fmt_pct
-from medsec.report.markdown import md_escape, render_markdown
+from medsec.report.frame import md_escape
 
 pytestmark = pytest.mark.unit
 
@@ -41,13 +43,18 @@ def _cell(attack: str, eps_255: int, ra: float, examples: bool = True) -> dict[s
     }
 
 
+def cell_list(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The cell records of a results dict, in order."""
+    return list(results["cells"].values())
+
+
 def fake_results() -> dict[str, Any]:
     evs = [_cell("fgsm", e, ra) for e, ra in zip(EPS, [0.7, 0.5, 0.3, 0.35])]
     evs += [_cell("pgd", e, ra) for e, ra in zip(EPS, [0.6, 0.3, 0.05, 0.0])]
     evs[0]["metrics"]["attack_success_rate"] = None
     evs[4]["metrics"]["psnr"] = "inf"
     return {
-        "schema_version": 1, "name": "fake-run", "status": "complete",
+        "schema_version": 2, "kind": "evasion", "name": "fake-run", "status": "complete",
         "config": {"name": "fake-run", "data": {"name": "synthetic"}, "note": XSS},
         "provenance": {"medsec": "0.1.0", "python": "3.11.7", "torch": "2.5.0", "platform": "Linux",
                        "git": "abc123def4567890", "device": "cpu", "hostname": "host",
@@ -59,7 +66,7 @@ def fake_results() -> dict[str, Any]:
                                                      {"epoch": 2, "loss": 0.5, "val_accuracy": 0.88}],
                             "test_accuracy": 0.9, "runtime_s": 12.0}},
         "clean": {"accuracy": 0.9, "n": 100},
-        "evaluations": evs,
+        "cells": {ev["id"]: ev for ev in evs},
         "checks": [{"level": "warning", "code": "robust-accuracy-rises-with-eps",
                     "message": f"fgsm (linf): robust accuracy rises {XSS}",
                     "cells": ["fgsm-linf-4.0-untargeted", "fgsm-linf-8.0-untargeted"]}],
@@ -79,7 +86,7 @@ def write_examples(out: Path, ev: dict[str, Any], channels: int = 3, k: int = 3)
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     results = fake_results()
-    for ev in results["evaluations"]:
+    for ev in cell_list(results):
         write_examples(tmp_path, ev)
     atomic_write_json(tmp_path / "results.json", results)
     return tmp_path
@@ -97,7 +104,7 @@ def test_write_report_from_path(run_dir: Path) -> None:
 
     # one summary row per cell, with the right numbers and null/inf handling
     results = fake_results()
-    for ev in results["evaluations"]:
+    for ev in cell_list(results):
         assert f'data-cell="{ev["id"]}"' in html_text
     rows = re.findall(r'<tr[^>]*data-cell="fgsm-linf-1.0-untargeted"[^>]*>(.*?)</tr>', html_text)
     assert len(rows) == 1
@@ -123,7 +130,7 @@ def test_write_report_from_path(run_dir: Path) -> None:
     # markdown: header row, rule, one row per cell; pipes escaped
     table = [ln for ln in md.splitlines() if ln.startswith("|")]
     assert table[0].startswith("| Attack | Norm |") and set(table[1]) <= set("|-:")
-    assert len(table) == 2 + len(results["evaluations"])
+    assert len(table) == 2 + len(cell_list(results))
     assert all(ln.count("|") - ln.count("\\|") == table[0].count("|") for ln in table)
     assert "lympho\\|cyte" in md and "<script>" not in md
     assert "Clean accuracy: 90.0%" in md and "robust-accuracy-rises-with-eps" in md
@@ -131,8 +138,8 @@ def test_write_report_from_path(run_dir: Path) -> None:
 
 def test_write_report_from_dict_and_missing_examples(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     results = fake_results()
-    (run_dir / results["evaluations"][3]["examples"]).unlink()  # fgsm at 8/255
-    results["evaluations"][7]["examples"] = "../../etc/passwd.npz"  # pgd: escapes the run folder
+    (run_dir / cell_list(results)[3]["examples"]).unlink()  # fgsm at 8/255
+    cell_list(results)[7]["examples"] = "../../etc/passwd.npz"  # pgd: escapes the run folder
     results["checks"] = []
     results["status"] = "running"
     paths = write_report(results, run_dir)
@@ -142,7 +149,7 @@ def test_write_report_from_dict_and_missing_examples(run_dir: Path, tmp_path_fac
     assert "No warnings" in paths["md"].read_text(encoding="utf-8")
 
     empty = tmp_path_factory.mktemp("empty")
-    results["evaluations"] = []
+    results["cells"] = {}
     html_text = write_report(results, empty)["html"].read_text(encoding="utf-8")
     assert "no evaluation has finished yet" in html_text
 
@@ -150,7 +157,7 @@ def test_write_report_from_dict_and_missing_examples(run_dir: Path, tmp_path_fac
 def test_one_channel_and_multilabel_examples(tmp_path: Path) -> None:
     results = fake_results()
     results["data"]["image_shape"] = [1, 16, 16]
-    for ev in results["evaluations"]:
+    for ev in cell_list(results):
         write_examples(tmp_path, ev, channels=1, k=10)
     html_text = write_report(results, tmp_path)["html"].read_text(encoding="utf-8")
     assert len(_images(html_text)) == 3
@@ -165,14 +172,15 @@ def test_one_channel_and_multilabel_examples(tmp_path: Path) -> None:
 
 def test_curve_with_several_norms() -> None:
     results = fake_results()
-    extra = copy.deepcopy(results["evaluations"][:2])
+    extra = copy.deepcopy(cell_list(results)[:2])
     for ev in extra:
         ev["threat"] = {**ev["threat"], "norm": "l2", "targeted": True}
-    results["evaluations"] += extra
+        ev["id"] += "-l2-targeted"
+    results["cells"].update({ev["id"]: ev for ev in extra})
     png = robust_accuracy_vs_eps(results)
     assert png.startswith(PNG_MAGIC)
     assert data_uri(png).startswith("data:image/png;base64,")
-    assert robust_accuracy_vs_eps({"evaluations": []}).startswith(PNG_MAGIC)
+    assert robust_accuracy_vs_eps({"cells": {}}).startswith(PNG_MAGIC)
 
 
 def test_load_errors(tmp_path: Path) -> None:
@@ -246,7 +254,7 @@ def defended_results() -> dict[str, Any]:
                               "attacks": [ev["id"] for ev in cells], "best_attack": best["id"]})
     results = fake_results()
     results.update({
-        "evaluations": evs, "worst_case": worst,
+        "cells": {ev["id"]: ev for ev in evs}, "worst_case": worst,
         "defenses": [{"label": BITS, "name": "bit_depth", "params": {"bits": 3}, "differentiable": False,
                       "stochastic": False},
                      {"label": NOISE, "name": "random_noise", "params": {"sigma": 0.05}, "differentiable": True,
@@ -281,7 +289,7 @@ def _row(html_text: str, cell: str) -> str:
 
 def test_defended_report(tmp_path: Path) -> None:
     results = defended_results()
-    evs = results["evaluations"]
+    evs = cell_list(results)
     paths = write_report(results, tmp_path)
     html_text = paths["html"].read_text(encoding="utf-8")
     md = paths["md"].read_text(encoding="utf-8")

@@ -9,8 +9,9 @@ import pytest
 
 from medsec.config import validate_config
 from medsec.errors import ConfigError
-from medsec.eval import SequentialExecutor, run_experiment
-from medsec.eval import runner as runner_mod
+from medsec.experiments.evasion import run as runner_mod
+from medsec.runs import SequentialExecutor
+from medsec.runs import run as run_experiment
 
 pytestmark = pytest.mark.unit
 
@@ -36,14 +37,14 @@ def finished(tmp_path_factory):
 def test_results_schema(finished):
     out, results = finished
     on_disk = json.loads((out / "results.json").read_text())
-    assert on_disk["status"] == "complete" and on_disk["schema_version"] == 1
+    assert on_disk["status"] == "complete" and on_disk["schema_version"] == 2
     assert 0 <= on_disk["clean"]["accuracy"] <= 1
     assert on_disk["seeds"]["global"] == 1 and len(on_disk["seeds"]["cells"]) == 4
     assert on_disk["provenance"]["torch"] and on_disk["provenance"]["finished"]
     assert on_disk["model"]["train"]["history"][-1]["epoch"] == 2
-    assert [e["id"] for e in on_disk["evaluations"]] == [
+    assert [e["id"] for e in list(on_disk["cells"].values())] == [
         "fgsm-linf-2-untargeted", "fgsm-linf-8-untargeted", "pgd-linf-2-untargeted", "pgd-linf-8-untargeted"]
-    for ev in on_disk["evaluations"]:
+    for ev in list(on_disk["cells"].values()):
         m = ev["metrics"]
         assert set(ev["threat"]) >= {"norm", "eps", "targeted"}
         assert 0 <= m["robust_accuracy"] <= on_disk["clean"]["accuracy"] + 1e-9
@@ -59,7 +60,7 @@ def test_results_schema(finished):
 def test_same_seed_same_numbers(finished, tmp_path):
     _, first = finished
     again = run_experiment(validate_config(RAW), tmp_path / "again", report=False)
-    for a, b in zip(first["evaluations"], again["evaluations"]):
+    for a, b in zip(list(first["cells"].values()), list(again["cells"].values())):
         assert a["metrics"]["robust_accuracy"] == b["metrics"]["robust_accuracy"]
 
 
@@ -79,7 +80,7 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_experiment(cfg, tmp_path, executor=_Interrupting(after=1))
     partial = json.loads((tmp_path / "results.json").read_text())
-    assert partial["status"] == "running" and len(partial["evaluations"]) == 1
+    assert partial["status"] == "running" and len(list(partial["cells"].values())) == 1
     assert not list(tmp_path.glob(".*.tmp"))  # no half-written files left behind
 
     ran = []
@@ -89,16 +90,16 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
     original_train = runner_mod.train_classifier
     monkeypatch.setattr(runner_mod, "train_classifier", lambda *a, **k: trained.append(1) or original_train(*a, **k))
     done = run_experiment(cfg, tmp_path, report=False)
-    assert done["status"] == "complete" and len(done["evaluations"]) == 4
-    assert partial["evaluations"][0]["id"] not in ran and len(ran) == 3
+    assert done["status"] == "complete" and len(list(done["cells"].values())) == 4
+    assert list(partial["cells"].values())[0]["id"] not in ran and len(ran) == 3
     assert not trained  # the trained model was reused
-    assert done["evaluations"][0] == partial["evaluations"][0]
+    assert list(done["cells"].values())[0] == list(partial["cells"].values())[0]
 
 
 def test_different_config_in_same_folder_is_refused(finished):
     out, _ = finished
     other = validate_config({**RAW, "seed": 2})
-    with pytest.raises(ConfigError, match="different config"):
+    with pytest.raises(ConfigError, match=r"another config \(changed: seed\)"):
         run_experiment(other, out)
 
 
@@ -107,6 +108,6 @@ def test_targeted_cell(tmp_path):
            "threat": {"eps": ["8/255"], "targeted": True, "target": 0},
            "attacks": [{"name": "pgd", "params": {"steps": 5}}]}
     res = run_experiment(validate_config(raw), tmp_path, report=False)
-    ev = res["evaluations"][0]
+    ev = list(res["cells"].values())[0]
     assert ev["id"] == "pgd-linf-8-targeted" and ev["threat"]["targeted"]
     assert ev["metrics"]["attack_success_rate"] is not None

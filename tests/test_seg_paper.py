@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import medsec
-from medsec.eval.paper_mode import NormalizedInput, paper_attack, quantize_8bit
+from medsec.experiments.segmentation.paper_mode import NormalizedInput, paper_attack, quantize_8bit
 from medsec.models import Segmenter
 from medsec.types import InputSpec
 

@@ -16,6 +16,7 @@ from medsec.errors import ConfigError, DataError, MedsecError
 pytestmark = pytest.mark.unit
 
 CONFIG = """
+kind: segmentation
 name: seg-smoke
 seed: 0
 data: {name: kvasir_seg, params: {size: 32, limit: 60}, eval_fraction: 0.2}
@@ -51,7 +52,7 @@ def _cfg(tmp_path: Path, text: str = CONFIG, sets: list[str] | None = None):
 
 @pytest.fixture(scope="module")
 def run(kvasir_root, tmp_path_factory):
-    from medsec.eval.runner import run_experiment
+    from medsec.runs import run as run_experiment
 
     tmp = tmp_path_factory.mktemp("segrun")
     out = tmp / "run"
@@ -62,21 +63,21 @@ def run(kvasir_root, tmp_path_factory):
 @pytest.mark.effect
 def test_results_json_and_report(run) -> None:
     results, out = run
-    assert results["task"] == "segmentation" and results["status"] == "complete"
+    assert results["kind"] == "segmentation" and results["status"] == "complete"
     on_disk = json.loads((out / "results.json").read_text())
-    ids = [ev["id"] for ev in on_disk["evaluations"]]
+    ids = [ev["id"] for ev in list(on_disk["cells"].values())]
     assert len(ids) == 2 + 2 + 1 + 1 + 1
     for key in ("dice", "iou", "hd95", "lesion_miss_rate", "clean_dice", "dice_drop", "attack_success_rate",
                 "drop_success_rate", "linf"):
-        assert all(key in ev["metrics"] for ev in on_disk["evaluations"]), key
-    paper = [ev for ev in on_disk["evaluations"] if ev["mode"] == "paper"]
+        assert all(key in ev["metrics"] for ev in list(on_disk["cells"].values())), key
+    paper = [ev for ev in list(on_disk["cells"].values()) if ev["mode"] == "paper"]
     assert paper and all(ev["metrics"]["quantized"] for ev in paper)
     big = max(paper, key=lambda e: e["threat"]["eps"])
     assert big["metrics"]["linf"] > 0.1  # eps 0.5 std units ~ 0.11 pixels
-    uni = [ev for ev in on_disk["evaluations"] if ev["universal"]]
+    uni = [ev for ev in list(on_disk["cells"].values()) if ev["universal"]]
     assert {ev["attack"] for ev in uni} == {"uap_sgd", "uap_seg"}
     assert all("fit_fooling_rate" in ev["metrics"] and "test_fooling_rate" in ev["metrics"] for ev in uni)
-    vanish = next(ev for ev in on_disk["evaluations"] if ev["label"] == "vanish")
+    vanish = next(ev for ev in list(on_disk["cells"].values()) if ev["label"] == "vanish")
     assert "target_dice" in vanish["metrics"]
     html = (out / "report.html").read_text()
     assert "Dice and IoU vs eps" in html and "Overlays" in html and html.count("data:image/png;base64") >= 4
@@ -86,11 +87,11 @@ def test_results_json_and_report(run) -> None:
 
 @pytest.mark.effect
 def test_resume_does_not_recompute(run, tmp_path) -> None:
-    from medsec.eval.runner import run_experiment
+    from medsec.runs import run as run_experiment
 
     results, out = run
     again = run_experiment(load_config(out / "config.resolved.yaml", []), out, report=False)
-    assert [ev["runtime_s"] for ev in again["evaluations"]] == [ev["runtime_s"] for ev in results["evaluations"]]
+    assert [ev["runtime_s"] for ev in list(again["cells"].values())] == [ev["runtime_s"] for ev in list(results["cells"].values())]
 
 
 @pytest.mark.parametrize(
@@ -105,14 +106,14 @@ def test_resume_does_not_recompute(run, tmp_path) -> None:
     ids=["unknown-key", "target-next", "deepfool", "missing-folder", "classifier"],
 )
 def test_bad_configs_one_clear_error(kvasir_root, tmp_path, sets, error, match) -> None:
-    from medsec.eval.runner import run_experiment
+    from medsec.runs import run as run_experiment
 
     with pytest.raises(error, match=match):
         run_experiment(_cfg(tmp_path, sets=sets), tmp_path / "out", report=False)
 
 
 def test_paper_mode_refused_for_classification(tmp_path) -> None:
-    from medsec.eval.runner import run_experiment
+    from medsec.runs import run as run_experiment
 
     text = """
 name: c

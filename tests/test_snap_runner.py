@@ -14,7 +14,7 @@ import torch
 import medsec.data
 from medsec.config import load_config, validate_config
 from medsec.errors import ConfigError, DataError
-from medsec.eval import run_experiment
+from medsec.runs import run as run_experiment
 
 pytestmark = pytest.mark.unit
 
@@ -51,9 +51,9 @@ def finished(tmp_path_factory):
 def test_results_hold_naturalness_metrics(finished) -> None:
     out, res = finished
     saved = json.loads((out / "results.json").read_text())
-    assert [ev["label"] for ev in saved["evaluations"]] == ["snap", "snap-unconstrained", "adversarial_patch",
+    assert [ev["label"] for ev in list(saved["cells"].values())] == ["snap", "snap-unconstrained", "adversarial_patch",
                                                             "snap_universal"]
-    for ev in saved["evaluations"]:
+    for ev in list(saved["cells"].values()):
         m = ev["metrics"]
         assert ev["threat"]["norm"] == "patch" and ev["threat"]["targeted"]
         assert 0 < m["coverage"] <= 0.05 and m["coverage_max"] <= 0.05
@@ -62,10 +62,10 @@ def test_results_hold_naturalness_metrics(finished) -> None:
             assert isinstance(m[key], float), key
         hist = m["patch_area_histogram"]
         assert len(hist["counts"]) == len(hist["edges"]) and sum(hist["counts"]) > 0
-    universal = saved["evaluations"][3]
+    universal = list(saved["cells"].values())[3]
     assert universal["universal"] and universal["metrics"]["fit_size"] == 32
-    assert saved["evaluations"][2]["metrics"]["blobs_mean"] == 1.0  # one square
-    assert saved["evaluations"][0]["metrics"]["blobs_mean"] > 1.0  # sporadic blobs
+    assert list(saved["cells"].values())[2]["metrics"]["blobs_mean"] == 1.0  # one square
+    assert list(saved["cells"].values())[0]["metrics"]["blobs_mean"] > 1.0  # sporadic blobs
 
 
 def test_report_shows_patch_figures(finished) -> None:
@@ -87,7 +87,7 @@ def test_patch_eps_over_one_is_a_config_error(tmp_path) -> None:
 
 @pytest.mark.parametrize("name", ["bloodmnist_snap.yaml", "snap_pcam_paper.yaml"])
 def test_shipped_configs_validate(name: str) -> None:
-    from medsec.eval.runner import plan_cells
+    from medsec.experiments.evasion.run import plan_cells
 
     cfg = load_config(ROOT / "configs" / name)
     cells = plan_cells(cfg)

@@ -11,8 +11,7 @@ from __future__ import annotations
 from medsec import attacks, data, defenses, metrics, models, objectives
 from medsec.errors import ConfigError, DataError, InputError, MedsecError, RegistryError
 from medsec.types import AttackResult, InputSpec, ThreatModel
-
-__version__ = "0.1.0"
+from medsec.version import __version__
 
 __all__ = [
     "attacks", "data", "defenses", "metrics", "models", "objectives", "ThreatModel", "InputSpec", "AttackResult",

@@ -1,8 +1,9 @@
 """The ``medsec`` command line.
 
-    medsec run CONFIG [--out DIR] [--set key=value ...]
+    medsec run CONFIG [--out DIR] [--set key=value ...] [--restart]
     medsec demo [--out DIR] [--data synthetic|bloodmnist] [--data-root DIR]
-    medsec ls {attacks,models,datasets,metrics,objectives,defenses,masks,triggers,detectors,repairs}
+    medsec ls {attacks,models,datasets,metrics,objectives,defenses,masks,triggers,detectors,repairs,
+               encoders,mil_heads,kinds,executors}
     medsec validate CONFIG [--set key=value ...]
     medsec report RESULTS.json
     medsec train CONFIG [--out DIR] [--set key=value ...]
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from medsec.errors import MedsecError
+from medsec.version import __version__
 
 log = logging.getLogger("medsec")
 
@@ -39,139 +41,80 @@ def _console() -> Any:
     return Console()
 
 
-def _pct(v: Any) -> str:
-    return "–" if v is None else f"{100 * float(v):.1f}%"
-
-
 def print_summary(results: dict[str, Any], out_dir: Path) -> None:
-    """Print the results table and where the report is."""
-    from rich.table import Table
-
-    from medsec.experiments import kind_of_results
+    """Print the kind's summary of a finished run, its warnings and where the report is."""
+    from medsec.registry import KINDS
 
     con = _console()
-    kind = kind_of_results(results)
-    if kind is not None:
-        if kind.summary is not None:
-            kind.summary(results, out_dir, con)
-        else:
-            con.print(f"{results.get('name')}: {results.get('status')}; report: {out_dir / 'report.html'}")
-        return
-    if results.get("task") == "segmentation":
-        _print_segmentation(con, results, out_dir)
-        return
-    clean = results.get("clean", {})
-    train = (results.get("model") or {}).get("train")
-    if train:
-        con.print(f"trained {results['model']['name']}: test accuracy {_pct(train.get('test_accuracy'))} "
-                  f"in {train.get('runtime_s', 0):.0f}s")
-    con.print(f"clean accuracy {_pct(clean.get('accuracy'))} on {clean.get('n')} images")
-    table = Table(title=results.get("name"))
-    for col in ("attack", "norm", "eps", "robust acc.", "success", "time"):
-        table.add_column(col, justify="left" if col in ("attack", "norm") else "right")
-    for ev in results.get("evaluations", []):
-        t, m = ev["threat"], ev["metrics"]
-        eps = f"{t['eps_255']:.3g}/255" if t["norm"] == "linf" else f"{t['eps']:g}"
-        table.add_row(ev["label"] + (" (T)" if t["targeted"] else ""), t["norm"], eps, _pct(m.get("robust_accuracy")),
-                      _pct(m.get("attack_success_rate")), f"{ev['runtime_s']:.1f}s")
-    con.print(table)
+    for line in KINDS.get(results["kind"]).summary(results, out_dir):
+        con.print(line, markup=False, highlight=False)
     for chk in results.get("checks", []):
-        con.print(f"[yellow]warning[/yellow] {chk['code']}: {chk['message']}", markup=True, highlight=False)
-    con.print(f"report: {out_dir / 'report.html'}")
+        con.print(f"[yellow]{chk['level']}[/yellow] {chk['code']}: {chk['message']}", markup=True, highlight=False)
+    con.print(f"report: {out_dir / 'report.html'}", markup=False, highlight=False)
 
 
-def _print_segmentation(con: Any, results: dict[str, Any], out_dir: Path) -> None:
-    from rich.table import Table
-
-    clean = results.get("clean", {})
-    train = (results.get("model") or {}).get("train")
-    if train:
-        con.print(f"trained {results['model']['name']}: test Dice {train['test']['dice']:.3f} in {train.get('runtime_s', 0):.0f}s")
-    con.print(f"clean Dice {clean.get('dice', float('nan')):.3f}, IoU {clean.get('iou', float('nan')):.3f} "
-              f"on {clean.get('n')} images")
-    table = Table(title=results.get("name"))
-    for col in ("attack", "mode", "eps", "Dice", "IoU", "Dice drop", "success", "time"):
-        table.add_column(col, justify="left" if col in ("attack", "mode") else "right")
-    for ev in results.get("evaluations", []):
-        t, m = ev["threat"], ev["metrics"]
-        eps = f"{t['eps']:g}" if ev.get("mode") == "paper" else f"{t['eps_255']:.3g}/255"
-        table.add_row(ev["label"] + (" (T)" if t["targeted"] else ""), ev.get("mode", "pixel"), eps, f"{m['dice']:.3f}",
-                      f"{m['iou']:.3f}", f"{m['dice_drop']:.3f}", _pct(m.get("attack_success_rate")),
-                      f"{ev['runtime_s']:.1f}s")
-    con.print(table)
-    for chk in results.get("checks", []):
-        con.print(f"[yellow]warning[/yellow] {chk['code']}: {chk['message']}", markup=True, highlight=False)
-    con.print(f"report: {out_dir / 'report.html'}")
+def _out_dir(args: argparse.Namespace, cfg: Any) -> Path:
+    return Path(args.out) if args.out else Path("runs") / cfg.name
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from medsec.config.loader import load_config
-    from medsec.eval.runner import run_experiment
+    from medsec.runs import run
 
     cfg = load_config(args.config, args.set)
-    out = Path(args.out) if args.out else Path("runs") / cfg.name
-    results = run_experiment(cfg, out)
-    print_summary(results, out)
+    out = _out_dir(args, cfg)
+    print_summary(run(cfg, out, restart=args.restart), out)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from medsec.demo import demo_config
-    from medsec.eval.runner import run_experiment
+    from medsec.runs import run
 
     cfg = demo_config(args.data, args.data_root, args.device)
-    out = Path(args.out) if args.out else Path("runs") / cfg.name
-    results = run_experiment(cfg, out)
-    print_summary(results, out)
+    out = _out_dir(args, cfg)
+    print_summary(run(cfg, out, restart=args.restart), out)
     return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from medsec.config.loader import load_config
-    from medsec.eval.runner import plan_cells
+    from medsec.registry import KINDS
 
     cfg = load_config(args.config, args.set)
-    if getattr(cfg, "kind", "evasion") != "evasion":
-        print(f"{args.config}: valid ({cfg.kind} experiment)")
-        return 0
-    cells = plan_cells(cfg)
-    print(f"{args.config}: valid ({len(cfg.attacks)} attacks, {len(cells)} cells)")
+    cells = KINDS.get(cfg.kind).plan(cfg)
+    print(f"{args.config}: valid ({cfg.kind} experiment, {len(cells)} cells)")
     return 0
 
 
-def cmd_ls(args: argparse.Namespace) -> int:
-    import medsec.attacks
-    import medsec.backdoors
-    import medsec.data
-    import medsec.defenses
-    import medsec.masks
-    import medsec.metrics
-    import medsec.metrics.naturalness
-    import medsec.models
-    import medsec.objectives  # noqa: F401
-    from medsec.registries import (
-        ATTACKS,
-        DATASETS,
-        DEFENSES,
-        DETECTORS,
-        MASKS,
-        METRICS,
-        MODELS,
-        OBJECTIVES,
-        REPAIRS,
-        TRIGGERS,
-    )
+LISTS = {"attacks": "ATTACKS", "models": "MODELS", "datasets": "DATASETS", "metrics": "METRICS",
+         "objectives": "OBJECTIVES", "defenses": "DEFENSES", "masks": "MASKS", "triggers": "TRIGGERS",
+         "detectors": "DETECTORS", "repairs": "REPAIRS", "encoders": "ENCODERS", "mil_heads": "MIL_HEADS",
+         "kinds": "KINDS", "executors": "EXECUTORS"}
+# the packages whose import registers each list's units
+UNIT_PACKAGES = {"attacks": ["medsec.attacks"], "models": ["medsec.models"], "datasets": ["medsec.data"],
+                 "metrics": ["medsec.metrics", "medsec.metrics.naturalness"], "objectives": ["medsec.objectives"],
+                 "defenses": ["medsec.defenses"], "masks": ["medsec.masks"], "triggers": ["medsec.backdoors"],
+                 "detectors": ["medsec.defenses"], "repairs": ["medsec.defenses"], "encoders": ["medsec.wsi"],
+                 "mil_heads": ["medsec.wsi"], "kinds": [], "executors": []}
 
-    reg = {"attacks": ATTACKS, "models": MODELS, "datasets": DATASETS, "metrics": METRICS, "objectives": OBJECTIVES,
-           "defenses": DEFENSES, "masks": MASKS, "triggers": TRIGGERS, "detectors": DETECTORS,
-           "repairs": REPAIRS}[args.kind]
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    import importlib
+
+    import medsec.registry
+
+    for module in UNIT_PACKAGES[args.kind]:
+        importlib.import_module(module)
+    reg = getattr(medsec.registry, LISTS[args.kind])
     for name in reg.list():
-        factory = reg.get(name)
-        doc = (factory.__doc__ or "").strip().splitlines()
-        first = doc[0] if doc else ""
-        extra = ""
-        if args.kind == "attacks":
-            extra = f"  [norms: {', '.join(factory.norms)}]"
+        entry = reg.get(name)
+        if args.kind == "kinds":
+            first = entry.description
+        else:
+            doc = (entry.__doc__ or "").strip().splitlines()
+            first = doc[0] if doc else ""
+        extra = f"  [norms: {', '.join(entry.norms)}]" if args.kind == "attacks" else ""
         print(f"{name:<20} {first}{extra}")
     return 0
 
@@ -188,19 +131,22 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from medsec.config.loader import load_config
     from medsec.errors import ConfigError
-    from medsec.eval.runner import build_model, load_splits, resolve_device
+    from medsec.experiments.evasion.run import build_classifier
     from medsec.io import atomic_write_json
     from medsec.models.checkpoint import save_checkpoint
     from medsec.progress import task
+    from medsec.runs.components import load_splits
+    from medsec.runs.context import resolve_device
     from medsec.training import evaluate, train_classifier
 
     cfg = load_config(args.config, args.set)
-    if cfg.train is None:
-        raise ConfigError(f"{args.config} has no train section; add one (epochs, lr, batch_size)")
-    out = Path(args.out) if args.out else Path("runs") / cfg.name
+    if cfg.kind != "evasion" or cfg.train is None:
+        raise ConfigError(f"{args.config} has no train section of a classifier; `medsec train` trains the model of a "
+                          "kind: evasion config with a train section (epochs, lr, batch_size)")
+    out = _out_dir(args, cfg)
     device = resolve_device(cfg.device)
-    train_ds, eval_ds, val_ds = load_splits(cfg)
-    model = build_model(cfg, train_ds)
+    train_ds, eval_ds, val_ds = load_splits(cfg.data, cfg.seed)
+    model = build_classifier(cfg, train_ds)
     t = cfg.train
     with task("training", t.epochs) as bar:
         res = train_classifier(model, train_ds, val_ds, epochs=t.epochs, lr=t.lr, batch_size=t.batch_size,
@@ -217,17 +163,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medsec", description="Security testing of medical-imaging AI.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
-    p.add_argument("--version", action="version", version=f"medsec {__import__('medsec').__version__}")
+    p.add_argument("--version", action="version", version=f"medsec {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_set(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set eval.sample_limit=200 (repeatable)")
 
+    def with_restart(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--restart", action="store_true",
+                        help="start over in a folder that holds a run of another config (default: resume the same config)")
+
     sp = sub.add_parser("run", help="run an experiment YAML")
     sp.add_argument("config")
     sp.add_argument("--out", help="output folder (default runs/<name>)")
     with_set(sp)
+    with_restart(sp)
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("demo", help="the offline demo on built-in data")
@@ -235,11 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", default="synthetic", choices=["synthetic", "bloodmnist"])
     sp.add_argument("--data-root", help="folder holding bloodmnist.npz (default $MEDSEC_DATA/bloodmnist)")
     sp.add_argument("--device", default="cpu")
+    with_restart(sp)
     sp.set_defaults(func=cmd_demo)
 
     sp = sub.add_parser("ls", help="list registered units")
-    sp.add_argument("kind", choices=["attacks", "models", "datasets", "metrics", "objectives", "defenses", "masks",
-                                     "triggers", "detectors", "repairs"])
+    sp.add_argument("kind", choices=list(LISTS))
     sp.set_defaults(func=cmd_ls)
 
     sp = sub.add_parser("validate", help="check a config without running it")

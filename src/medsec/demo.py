@@ -11,12 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from medsec.config.loader import validate_config
-from medsec.config.schema import ExperimentConfig
+from medsec.experiments.evasion.config import EvasionConfig
 
 EPS = ["1/255", "2/255", "4/255", "8/255"]
 
 
-def demo_config(data: str = "synthetic", data_root: str | None = None, device: str = "cpu") -> ExperimentConfig:
+def demo_config(data: str = "synthetic", data_root: str | None = None, device: str = "cpu") -> EvasionConfig:
     """The demo experiment for ``data`` in {"synthetic", "bloodmnist"}."""
     attacks = [{"name": "fgsm"}, {"name": "pgd", "params": {"steps": 10}}]
     raw: dict[str, Any]

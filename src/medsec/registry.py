@@ -1,7 +1,11 @@
-"""A small typed registry with "did you mean" errors.
+"""Every registry of medsec, and the small typed registry they are made of.
 
-Every pluggable unit of medsec (attacks, objectives, models, datasets, metrics) is
-registered by name so that configs can refer to it without import paths or ``eval``.
+Every pluggable unit (attacks, objectives, models, datasets, metrics, defences, triggers,
+detectors, repairs, masks, tile encoders, MIL heads), every experiment kind and every
+executor is registered by name, so that configs refer to it without import paths or ``eval``
+and ``medsec ls`` lists it. Units register themselves when their package is imported; kinds
+and executors are listed here by module (imported on first use, so ``medsec --help`` stays
+light): adding a kind is one folder plus one line in :data:`KINDS`.
 
 Example:
     >>> from medsec.registry import Registry
@@ -17,8 +21,9 @@ Example:
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
 from medsec.errors import ConfigError, RegistryError
@@ -57,17 +62,23 @@ def check_params(factory: Callable[..., Any], params: dict[str, Any], what: str)
 
 
 class Registry(Generic[T]):
-    """Maps names to factories (classes or functions)."""
+    """Maps names to factories (classes or functions).
 
-    def __init__(self, kind: str) -> None:
+    Args:
+        kind: what the registry holds, for messages (``attack`` -> "unknown attack ...").
+        lazy: ``{name: "module:attribute"}`` entries imported on first use.
+    """
+
+    def __init__(self, kind: str, lazy: Mapping[str, str] | None = None) -> None:
         self.kind = kind
         self._items: dict[str, Callable[..., T]] = {}
+        self._lazy: dict[str, str] = dict(lazy or {})
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Decorator that registers a factory under ``name``."""
 
         def deco(factory: Callable[..., T]) -> Callable[..., T]:
-            if name in self._items and self._items[name] is not factory:
+            if (name in self._items and self._items[name] is not factory) or name in self._lazy:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._items[name] = factory
             return factory
@@ -78,6 +89,9 @@ class Registry(Generic[T]):
         """Return the factory registered under ``name``."""
         if not isinstance(name, str):
             raise RegistryError(f"{self.kind} name must be a string, got {type(name).__name__}")
+        if name not in self._items and name in self._lazy:
+            module, _, attr = self._lazy[name].partition(":")
+            self._items[name] = getattr(importlib.import_module(module), attr)
         if name not in self._items:
             raise RegistryError(
                 f"unknown {self.kind} {name!r}.{suggest(name, self.list())} "
@@ -94,13 +108,45 @@ class Registry(Generic[T]):
 
     def list(self) -> list[str]:
         """Sorted registered names."""
-        return sorted(self._items)
+        return sorted(set(self._items) | set(self._lazy))
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return name in self._items or name in self._lazy
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.list())
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(set(self._items) | set(self._lazy))
+
+# the units (they register themselves on import of their package)
+ATTACKS: Registry[Any] = Registry("attack")
+OBJECTIVES: Registry[Any] = Registry("objective")
+MODELS: Registry[Any] = Registry("model")
+DATASETS: Registry[Any] = Registry("dataset")
+METRICS: Registry[Any] = Registry("metric")
+DEFENSES: Registry[Any] = Registry("defense")
+TRIGGERS: Registry[Any] = Registry("trigger")
+DETECTORS: Registry[Any] = Registry("detector")
+REPAIRS: Registry[Any] = Registry("repair")
+MASKS: Registry[Any] = Registry("mask")
+ENCODERS: Registry[Any] = Registry("encoder")
+MIL_HEADS: Registry[Any] = Registry("mil_head")
+
+# experiment kinds: one line each (the folder medsec/experiments/<kind>/ exposes KIND)
+KINDS: Registry[Any] = Registry("kind", lazy={  # medsec.runs.kind.Kind objects
+    "evasion": "medsec.experiments.evasion:KIND",
+    "segmentation": "medsec.experiments.segmentation:KIND",
+    "backdoor_defense": "medsec.experiments.backdoor_defense:KIND",
+    "prompt_backdoor": "medsec.experiments.prompt_backdoor:KIND",
+    "badmatch": "medsec.experiments.badmatch:KIND",
+    "wsi": "medsec.experiments.wsi:KIND",
+})
+
+# executors: run a kind's jobs (medsec.runs.executor)
+EXECUTORS: Registry[Any] = Registry("executor", lazy={  # medsec.runs.executor.Executor classes
+    "sequential": "medsec.runs.executor:SequentialExecutor",
+})
+
+__all__ = ["ATTACKS", "DATASETS", "DEFENSES", "DETECTORS", "ENCODERS", "EXECUTORS", "KINDS", "MASKS", "METRICS",
+           "MIL_HEADS", "MODELS", "OBJECTIVES", "REPAIRS", "TRIGGERS", "Registry", "check_params", "suggest"]

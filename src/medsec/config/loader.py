@@ -4,7 +4,8 @@
 * ``--set key.path=value`` overrides are applied before validation (``value`` is read
   as YAML, so ``--set eval.sample_limit=200`` gives an int).
 * Pydantic errors become one readable line; an unknown key names the nearest valid key.
-* Registry names (attacks, models, datasets) and their params are checked too.
+* The config's ``kind`` (default ``evasion``) picks its schema from the ``KINDS`` registry,
+  and the kind's ``check`` refuses unknown registry names and bad params before any work.
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ from typing import Any, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from medsec.config.schema import ExperimentConfig
 from medsec.errors import ConfigError
-from medsec.registry import suggest
+from medsec.registry import check_params, suggest
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -69,7 +69,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
     return out
 
 
-def _model_at(loc: tuple[Any, ...], root: type[BaseModel] = ExperimentConfig) -> type[BaseModel] | None:
+def _model_at(loc: tuple[Any, ...], root: type[BaseModel]) -> type[BaseModel] | None:
     """The pydantic model class found by walking ``loc`` from ``root``."""
     cls: Any = root
     for part in loc:
@@ -92,7 +92,7 @@ def _unwrap(ann: Any) -> Any:
     return ann
 
 
-def _format(err: ValidationError, root: type[BaseModel] = ExperimentConfig) -> str:
+def _format(err: ValidationError, root: type[BaseModel]) -> str:
     e = err.errors()[0]
     loc = tuple(e.get("loc", ()))
     where = ".".join(str(p) for p in loc) or "(top level)"
@@ -110,60 +110,53 @@ def _format(err: ValidationError, root: type[BaseModel] = ExperimentConfig) -> s
 
 
 def validate_config(raw: dict[str, Any]) -> Any:
-    """Validate a raw dict into an :class:`ExperimentConfig` (or the config of its ``kind``).
+    """Validate a raw dict into the config of its ``kind`` (default ``evasion``), then let the
+    kind check its components (registry names and params) before any work."""
+    from medsec.registry import KINDS
 
-    Registry names are checked too. A config with ``kind: <name>`` other than ``evasion``
-    is validated by that experiment kind's own model (see :mod:`medsec.experiments`).
-    """
     kind_name = raw.get("kind", "evasion")
-    if kind_name != "evasion":
-        from medsec.experiments import get_kind
-
-        if not isinstance(kind_name, str):
-            raise ConfigError(f"kind must be a string, got {kind_name!r}")
-        kind = get_kind(kind_name)
-        try:
-            other = kind.config.model_validate(raw)
-        except ValidationError as exc:
-            raise ConfigError(_format(exc, kind.config)) from None
-        check = getattr(other, "check_components", None)
-        if callable(check):
-            check()
-        return other
+    if not isinstance(kind_name, str):
+        raise ConfigError(f"kind must be a string naming an experiment kind, got {kind_name!r}")
+    if kind_name not in KINDS:
+        names = KINDS.list()
+        raise ConfigError(f"unknown experiment kind {kind_name!r}.{suggest(kind_name, names)} "
+                          f"Known kinds: {', '.join(names)}.")
+    kind = KINDS.get(kind_name)
     try:
-        cfg = ExperimentConfig.model_validate(raw)
+        cfg = kind.config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format(exc)) from None
-    check_components(cfg)
+        raise ConfigError(_format(exc, kind.config)) from None
+    if kind.check is not None:
+        kind.check(cfg)
     return cfg
 
 
-def check_components(cfg: ExperimentConfig) -> None:
-    """Check that every named component exists and takes the given params."""
-    import medsec.attacks  # noqa: F401  (registration)
-    import medsec.data  # noqa: F401
-    import medsec.models  # noqa: F401
-    from medsec.registries import ATTACKS, DATASETS, MODELS
-    from medsec.registry import check_params
+def check_component(registry: Any, name: str, params: dict[str, Any], where: str) -> Any:
+    """The factory of ``name`` in ``registry``; a ConfigError naming ``where`` when the name is
+    unknown or ``params`` holds a key the factory does not take."""
+    factory = registry.get(name)
+    check_params(factory, params, f"{where} ({name})")
+    return factory
 
-    for i, a in enumerate(cfg.attacks):
-        factory = ATTACKS.get(a.name)
-        check_params(factory, a.params, f"attacks.{i} ({a.name})")
-        threat = a.threat or cfg.threat
-        norms = getattr(factory, "norms", ())
-        if norms and threat.norm not in norms:
-            raise ConfigError(f"attacks.{i} ({a.name}) supports norms {', '.join(norms)}, not {threat.norm!r}")
-    check_params(DATASETS.get(cfg.data.name), cfg.data.params, f"data ({cfg.data.name})")
-    import medsec.defenses  # noqa: F401
-    from medsec.registries import DEFENSES
 
-    for i, d in enumerate(cfg.defenses):
-        check_params(DEFENSES.get(d.name), d.params, f"defenses.{i} ({d.name})")
-    if cfg.model.checkpoint is None:
-        name = cfg.model.name
-        if ":" in name and name.split(":", 1)[0] in ("timm", "torchvision"):
-            name = name.split(":", 1)[0]
-        check_params(MODELS.get(name), cfg.model.params, f"model ({cfg.model.name})")
+def model_key(name: str) -> tuple[str, dict[str, Any]]:
+    """The registry key and extra params of a model name: ``timm:resnet18`` -> (``timm``,
+    ``{"arch": "resnet18"}``); a registered name maps to itself."""
+    prefix, sep, arch = name.partition(":")
+    if sep and prefix in ("timm", "torchvision"):
+        if not arch:
+            raise ConfigError(f"model {name!r} names no architecture; write e.g. {prefix}:resnet18")
+        return prefix, {"arch": arch}
+    return name, {}
+
+
+def check_model(model: Any, where: str = "model") -> None:
+    """Check a ``model`` section's name and params (a checkpoint is checked when loaded)."""
+    import medsec.models  # noqa: F401  (registration)
+    from medsec.registry import MODELS
+
+    if model.checkpoint is None:
+        check_component(MODELS, model_key(model.name)[0], model.params, where)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Any:

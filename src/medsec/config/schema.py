@@ -1,8 +1,9 @@
-"""The experiment config schema (pydantic), as read by ``medsec run`` and ``medsec validate``.
+"""The building blocks of every experiment kind's config schema (pydantic).
 
 Every component is ``{name, params}`` resolved through a registry; unknown keys are
-errors; eps may be written as ``8/255``. See ``configs/`` for examples and
-``docs/config.md`` for the reference.
+errors; eps may be written as ``8/255``. Each kind's full schema lives in its folder
+(``medsec/experiments/<kind>/config.py``) and is built from these sections. See
+``configs/`` for examples and ``docs/config.md`` for the reference.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 _FRACTION = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(?:/\s*((?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?))?\s*$")
 
@@ -110,97 +111,10 @@ class TrainConfig(StrictModel):
     adversarial: AdversarialTrainingConfig | None = Field(None, description="train with PGD-AT or TRADES")
 
 
-class ThreatConfig(StrictModel):
-    norm: Literal["linf", "l2", "patch"] = "linf"
-    eps: list[float] = Field(default_factory=lambda: [8 / 255])
-    targeted: bool = False
-    target: int | Literal["next"] | None = Field(
-        None, description="targeted attacks: a class index (all-to-one) or 'next' ((y + 1) mod C)"
-    )
+class RunConfig(StrictModel):
+    """The keys every kind's config has: ``kind``, ``name``, ``seed`` and ``device``."""
 
-    @field_validator("eps", mode="before")
-    @classmethod
-    def _eps(cls, value: Any) -> list[float]:
-        values = value if isinstance(value, (list, tuple)) else [value]
-        if not values:
-            raise ValueError("eps needs at least one value")
-        out = [parse_number(v) for v in values]
-        for v in out:
-            if v < 0:
-                raise ValueError(f"eps must be >= 0, got {v}")
-        return out
-
-    @model_validator(mode="after")
-    def _target(self) -> ThreatConfig:
-        if self.targeted and self.target is None:
-            raise ValueError("targeted: true needs `target` (a class index or 'next')")
-        if self.norm == "patch" and any(e > 1 for e in self.eps):
-            raise ValueError("patch eps is a pixel fraction and must be <= 1")
-        return self
-
-
-class AttackConfig(Component):
-    """One attack; ``threat`` overrides the experiment's default threat model.
-
-    ``mode`` (segmentation only): ``pixel`` (eps in [0, 1] pixel units, clamped to the
-    image range; the default) or ``paper`` (Budathoki & Dhakal's protocol: eps in
-    normalised-tensor units, no clamp during the attack, 8-bit PNG quantisation before
-    scoring)."""
-
-    label: str | None = None
-    threat: ThreatConfig | None = None
-    mode: Literal["pixel", "paper"] = "pixel"
-
-
-class EvalConfig(StrictModel):
-    sample_limit: int | None = Field(1000, ge=1)
-    batch_size: int = Field(256, ge=1)
-    early_stop: bool = Field(True, description="stop attacking points already broken (robust-accuracy mode)")
-    examples: int = Field(8, ge=0, le=64)
-    adaptive: bool = Field(True, description="also attack defences adaptively (BPDA / EOT) when they need it")
-    eot_samples: int = Field(10, ge=1)
-    universal_fit_size: int = Field(1000, ge=1, description="training images a universal attack is fitted on")
-    model_checks: bool = Field(True, description="gradient / randomness / probability sanity checks")
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    channels_last: bool = False
-    compile: bool = False
-
-
-class SegmentationConfig(StrictModel):
-    """Segmentation evaluation settings (the runner switches to segmentation for a
-    segmentation dataset or when this section is present)."""
-
-    drop: float = Field(0.5, gt=0, le=1, description="Dice drop from the clean prediction that counts as attack success")
-    quantize: bool = Field(False, description="pixel mode: also quantise adversarial images to 8 bits before scoring")
-    fooling_threshold: float = Field(0.2, ge=0, lt=1, description="universal 'uap_seg': fraction of changed pixels that fools")
-    prompt: str | None = Field(None, description="text prompt for prompted segmenters (CLIPSeg), e.g. 'polyp'")
-    overlays: int = Field(4, ge=0, le=16, description="images per cell shown as overlays in the report")
-
-
-class DefenseConfig(Component):
-    """An input defence; the runner evaluates every attack against each defence."""
-
-    label: str | None = None
-
-
-class ExperimentConfig(StrictModel):
-    kind: Literal["evasion"] = Field("evasion", description="experiment family; other kinds: medsec.experiments")
+    kind: str
     name: str = "experiment"
     seed: int = 0
     device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
-    data: DataConfig
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    train: TrainConfig | None = None
-    threat: ThreatConfig = Field(default_factory=ThreatConfig)
-    attacks: list[AttackConfig] = Field(min_length=1)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    defenses: list[DefenseConfig] = Field(default_factory=list)
-    include_undefended: bool = True
-    executor: Literal["sequential"] = "sequential"
-    segmentation: SegmentationConfig | None = None
-
-    @model_validator(mode="after")
-    def _model_source(self) -> ExperimentConfig:
-        if self.model.checkpoint is not None and self.train is not None:
-            raise ValueError("give either model.checkpoint or a train section, not both")
-        return self

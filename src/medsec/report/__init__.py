@@ -1,5 +1,9 @@
 """Reports of a run: a self-contained ``report.html`` and a ``report.md`` summary.
 
+The frame every kind fills is :mod:`medsec.report.frame`; each kind renders its own sections
+(``medsec/experiments/<kind>/report.py``), found through the ``KINDS`` registry by the
+results' ``kind``.
+
 Example:
     >>> from medsec.report import write_report
     >>> paths = write_report("runs/demo/results.json")  # doctest: +SKIP
@@ -16,15 +20,13 @@ from typing import Any
 
 from medsec.errors import ConfigError
 from medsec.io import atomic_write_text
-from medsec.report.html import render_html
 from medsec.report.loading import check_schema, load_results
-from medsec.report.markdown import render_markdown
 
 log = logging.getLogger(__name__)
 
 
 def write_report(results: Mapping[str, Any] | str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
-    """Write ``report.html`` and ``report.md`` atomically.
+    """Write ``report.html`` and ``report.md`` atomically, rendered by the results' kind.
 
     Args:
         results: a results dict, or the path of a ``results.json`` (or of its run folder).
@@ -36,9 +38,11 @@ def write_report(results: Mapping[str, Any] | str | Path, out_dir: str | Path | 
 
     Raises:
         DataError: when the results file is missing or not valid JSON.
-        ConfigError: when ``schema_version`` is missing or unsupported, or when a results
-            dict is given without ``out_dir``.
+        ConfigError: when ``schema_version`` is missing or unsupported, the kind is unknown, or
+            a results dict is given without ``out_dir``.
     """
+    from medsec.registry import KINDS
+
     if isinstance(results, (str, Path)):
         path = Path(results)
         data = load_results(path)
@@ -49,17 +53,7 @@ def write_report(results: Mapping[str, Any] | str | Path, out_dir: str | Path | 
         if out_dir is None:
             raise ConfigError("write_report needs out_dir when given a results dict instead of a results.json path")
     out = Path(out_dir)
-    from medsec.experiments import kind_of_results
-
-    kind = kind_of_results(data)
-    if kind is not None and kind.render is not None:
-        html, md = kind.render(data, out)
-    elif data.get("task") == "segmentation":
-        from medsec.report.segmentation import render_segmentation_html, render_segmentation_markdown
-
-        html, md = render_segmentation_html(data, out), render_segmentation_markdown(data)
-    else:
-        html, md = render_html(data, out), render_markdown(data)
+    html, md = KINDS.get(data["kind"]).render(data, out)
     paths = {
         "html": atomic_write_text(out / "report.html", html),
         "md": atomic_write_text(out / "report.md", md),
@@ -68,4 +62,4 @@ def write_report(results: Mapping[str, Any] | str | Path, out_dir: str | Path | 
     return paths
 
 
-__all__ = ["write_report", "load_results", "render_html", "render_markdown"]
+__all__ = ["write_report", "load_results", "check_schema"]

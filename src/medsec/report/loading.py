@@ -14,7 +14,8 @@ from medsec.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_SCHEMA_VERSIONS = (1,)
+SCHEMA_VERSION = 2  # the results envelope written by medsec.runs.store (docs/results-schema.md)
+SUPPORTED_SCHEMA_VERSIONS = (SCHEMA_VERSION,)
 EXAMPLE_KEYS = ("clean", "adv", "label", "pred_clean", "pred_adv")
 
 
@@ -45,6 +46,10 @@ def check_schema(results: Any, source: str = "results") -> dict[str, Any]:
             f"{source} has schema_version {version!r}, which this medsec cannot read (supported: "
             f"{', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))}); upgrade medsec or rerun the experiment"
         )
+    if not isinstance(results.get("kind"), str):
+        raise ConfigError(f"{source} names no experiment kind (the 'kind' field); it was not written by medsec run")
+    if not isinstance(results.get("cells"), dict):
+        raise DataError(f"{source} has no 'cells' object; it is truncated or hand-edited")
     return results
 
 

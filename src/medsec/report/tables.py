@@ -1,7 +1,7 @@
 """Format-independent table specs shared by the HTML and Markdown reports.
 
 A table is a list of :class:`Column` specs applied to a list of rows (usually dicts). The
-renderers (:func:`medsec.report.html.html_table`, :func:`medsec.report.markdown.md_table`)
+renderers (:func:`medsec.report.frame.html_table`, :func:`medsec.report.frame.md_table`)
 only see plain text cells, so a new table (a defence x attack matrix, segmentation Dice,
 ...) is a new list of columns, not new rendering code.
 

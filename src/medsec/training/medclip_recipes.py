@@ -55,8 +55,8 @@ def badmatch_bloodmnist(root: str | Path, cache_dir: str | Path,
     """``{model: checkpoint path}`` of the recipe's four models (:data:`BADMATCH_MODELS`, each
     a :func:`~medsec.models.medclip.save_medclip` file with its training record): shipped,
     cached in ``cache_dir``, or made by running the experiment into ``cache_dir``."""
-    from medsec.experiments.badmatch import run
     from medsec.models.medclip import load_medclip, save_medclip
+    from medsec.runs import run
 
     if not (Path(root) / "bloodmnist.npz").is_file():
         raise DataError(f"BloodMNIST not found at {root} (expected bloodmnist.npz); set MEDSEC_DATA")
@@ -70,12 +70,10 @@ def badmatch_bloodmnist(root: str | Path, cache_dir: str | Path,
         return paths
     cfg = recipe_config(root, r)
     out = Path(cache_dir) / f"badmatch-bloodmnist-{key}"
-    # the recipe's thread count, and the global RNG (dropout in the text tower draws from it) seeded
-    # from the recipe, so that the run does not depend on what the process did before
-    with recipe_threads(r), seeded_init(r["seed"]):
+    with recipe_threads(r):  # the run seeds the global RNGs of each stage itself
         results = run(cfg, out, report=False)
     bb, trig = cfg.backbones[0].label, cfg.triggers[0].label
-    (cell,) = results["cells"]
+    (cell,) = results["cells"].values()
     info = results["models"][bb]
     common = {"data": results["data"]}
     sources = {
@@ -101,7 +99,7 @@ def poisoned_set(root: str | Path, target: int, rate: float, recipe: dict[str, A
     import torch
 
     from medsec.backdoors.badmatch import BadMatch, make_trigger
-    from medsec.experiments.badmatch import load_data
+    from medsec.experiments.badmatch.run import load_data
 
     cfg = recipe_config(root, recipe)
     train, _, _ = load_data(cfg)
@@ -118,8 +116,9 @@ def poisoned_finetune(root: str | Path, models: dict[str, Path], poisoned: Any, 
                       recipe: dict[str, Any] | None = None, threads: int | None = None) -> Any:
     """The recipe's fine-tune on ``poisoned`` (:func:`poisoned_set`) from the pre-trained model
     (``badmatch``) or from it with the BadDist vision tower (``baddist+badmatch``), with the
-    experiment's sentences and seeds (backbone 0), as the experiment's cell trains it, with
-    ``threads`` intra-op threads (default: the recipe's)."""
+    experiment's sentences and seeds (backbone 0, the global RNGs seeded as for the cell of
+    this rate and method), as the experiment's cell trains it, with ``threads`` intra-op
+    threads (default: the recipe's)."""
     import torch
 
     from medsec.data.medclip_text import sentence_bank
@@ -133,7 +132,11 @@ def poisoned_finetune(root: str | Path, models: dict[str, Path], poisoned: Any, 
     ft = cfg.finetune
     bank = sentence_bank(cfg.data.dataset, pairs=cfg.data.sentence_pairs, seed=cfg.seed,
                          synonyms=cfg.data.sentence_synonyms)
-    with recipe_threads({} if threads is None else {"threads": threads}), seeded_init(cfg.seed + 100):
+    from medsec.experiments.badmatch.run import cell_id
+    from medsec.runs.grid import cell_seed
+
+    cid = cell_id(cfg.backbones[0].label, cfg.triggers[0].label, float(poisoned.record["rate"]), method)
+    with recipe_threads({} if threads is None else {"threads": threads}), seeded_init(cell_seed(cfg.seed, cid)):
         train_medclip(model, poisoned.images, poisoned.image_labels, bank, epochs=ft.epochs, lr=ft.lr,
                       batch_size=ft.batch_size, weight_decay=ft.weight_decay, text_batch_size=ft.text_batch_size,
                       label_temperature=ft.label_temperature, generator=torch.Generator().manual_seed(cfg.seed + 100))
@@ -152,7 +155,7 @@ def evaluate_recipe_model(root: str | Path, path: str | Path | Any, triggered: b
 
     from medsec.backdoors.badmatch import make_trigger
     from medsec.data.medclip_text import class_prompts
-    from medsec.experiments.badmatch import evaluate, load_data, target_index
+    from medsec.experiments.badmatch.run import evaluate, load_data, target_index
     from medsec.models.medclip import load_medclip
 
     cfg = recipe_config(root, recipe)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from medsec.report.formatting import fmt_pct
-from medsec.report.html import CSS, esc, figure_html, note, section
+from medsec.report.frame import esc, figure_html, html_page, markdown_page, note, section
 
 MISSING = "–"
 
@@ -167,21 +167,20 @@ def _nc_figure(results: Mapping[str, Any]) -> str:
 
 def render(results: Mapping[str, Any], out_dir: Path) -> tuple[str, str]:
     """(HTML, Markdown) of a backdoor_defense results dict."""
-    parts = [f"<h1>{esc(results.get('name'))} <small>(backdoor defences)</small></h1>",
-             f"<p class=\"muted\">status {esc(results.get('status'))}; data {esc((results.get('data') or {}).get('name'))}: "
-             f"{esc((results.get('data') or {}).get('n_train'))} training, {esc((results.get('data') or {}).get('n_test'))} "
-             f"test, {esc((results.get('data') or {}).get('n_clean'))} clean held-out images</p>"]
-    md = [f"# {results.get('name')} (backdoor defences)", ""]
+    data = results.get("data") or {}
+    facts = (f"data {data.get('name')}: {data.get('n_train')} training, {data.get('n_test')} test, "
+             f"{data.get('n_clean')} clean held-out images")
+    parts = [f'<p class="muted">{esc(facts)}</p>']
+    md = [facts, ""]
     for title, head, rows, legend in _sections(results):
         body = _table(head, rows) + f'<p class="muted">{esc(legend)}</p>'
         if title == "Neural Cleanse per class":
             body += _nc_figure(results)
         parts.append(section(title, body, title.lower().replace(" ", "-").replace("×", "x")))
         md += [f"## {title}", "", _md_table(head, rows), "", legend, ""]
-    cfg = json.dumps(results.get("config"), indent=1, default=str)
-    parts.append(section("Configuration", f"<details><summary>resolved configuration</summary><pre>{esc(cfg)}</pre>"
-                                          "</details>", "config"))
-    html = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>medsec report: {esc(results.get('name'))}</title><style>{CSS}</style></head><body><main>"
-            + "".join(parts) + "</main></body></html>\n")
-    return html, "\n".join(md) + "\n"
+    return html_page(results, parts), markdown_page(results, md)
+
+
+def summary(results: dict[str, Any], out_dir: Path) -> list[str]:
+    """What ``medsec run`` prints: the detector x backdoor matrix and the repairs."""
+    return matrix_lines(results)

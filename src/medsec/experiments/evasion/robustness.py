@@ -31,6 +31,12 @@ UNDEFENDED_KEY = None
 
 
 # --------------------------------------------------------------------------- record fields
+def evaluations_of(results: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The finished cells of an evasion (or segmentation) run, in plan order."""
+    cells = results.get("cells") or {}
+    return [ev for ev in (cells.values() if isinstance(cells, Mapping) else cells) if isinstance(ev, Mapping)]
+
+
 def defense_of(ev: Mapping[str, Any]) -> str | None:
     """The defence label of an evaluation or worst-case record (None: undefended)."""
     d = ev.get("defense")
@@ -271,7 +277,7 @@ def matrix_record(results: Mapping[str, Any]) -> dict[str, Any]:
     BPDA/EOT (its robust accuracy may overstate robustness). Columns come from the
     evaluations, so a newly registered attack listed in the config is one more column.
     """
-    evaluations = [ev for ev in results.get("evaluations") or [] if isinstance(ev, Mapping)]
+    evaluations = evaluations_of(results)
     infos = defense_infos(results, evaluations)
     cols = matrix_spec(evaluations)
     heads = {c["key"]: matrix_header(c) for c in cols}

@@ -1,8 +1,6 @@
-"""The segmentation runner: config -> data + segmenter -> (train) -> attacks -> Dice/IoU -> report.
+"""The segmentation kind's run: config -> data + segmenter -> (train) -> attacks -> Dice/IoU.
 
-Dispatched from :func:`medsec.eval.runner.run_experiment` when the dataset is a
-segmentation dataset (``task = "segmentation"``) or the config has a ``segmentation``
-section. Protocol: clean masks and metrics first; every (attack, eps) cell attacks the
+Protocol: clean masks and metrics first; every (attack, eps) cell attacks the
 whole evaluation set (no early stop: the measured quantity is the Dice damage, not a
 success rate) with the objective ``dice_ce`` against the true mask (or the configured
 loss), in ``pixel`` mode (eps in [0, 1] units, clamped; optional 8-bit quantisation) or
@@ -13,67 +11,62 @@ evaluation set (transfer). Per cell: mean Dice, IoU, HD95, lesion-miss rate,
 empty-prediction rate, their drops from clean, the objective's success rate and the
 relative-drop success rate (clean Dice - adversarial Dice >= ``segmentation.drop``).
 
-Randomness and resumption as in the classification runner (seeded cells, atomic
-results.json after each cell, a rerun of the same config resumes).
+Randomness and resumption through the run services (:mod:`medsec.runs`): seeded cells,
+every finished cell saved at once, a rerun of the same config resumes.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from medsec.config.schema import ExperimentConfig, SegmentationConfig
+from medsec.config.loader import model_key
 from medsec.errors import ConfigError
-from medsec.experiments.finish import finish_run
-from medsec.io import atomic_save_npz, atomic_write_json, atomic_write_text
+from medsec.experiments.evasion.run import Cell, plan_cells
+from medsec.experiments.segmentation.config import SegmentationConfig, SegmentationSection
+from medsec.io import atomic_save_npz
 from medsec.metrics.image_quality import psnr_per_sample
 from medsec.metrics.perturbation import perturbation_norms
 from medsec.metrics.segmentation import dice, segmentation_summary
 from medsec.progress import task
-from medsec.registries import ATTACKS, MODELS
+from medsec.registry import ATTACKS, MODELS
+from medsec.runs.components import eval_subset, load_splits, takes
+from medsec.runs.context import RunContext
 from medsec.types import ThreatModel
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 # the paper's fine-tuning recipe, used where the config's train section leaves a value unset
 SEG_TRAIN_DEFAULTS = {"lr": 1e-3, "weight_decay": 1e-3, "batch_size": 16}
 
 
-def is_segmentation(cfg: ExperimentConfig) -> bool:
-    """Whether ``cfg`` describes a segmentation experiment."""
-    import medsec.data  # noqa: F401  (registration)
-    from medsec.registries import DATASETS
-
-    if cfg.segmentation is not None:
-        return True
-    return getattr(DATASETS.get(cfg.data.name), "task", None) == "segmentation"
-
-
-def _build_model(cfg: ExperimentConfig, train_ds: Any, seg_cfg: SegmentationConfig) -> Any:
-    from medsec.eval.runner import _takes
+def build_segmenter(cfg: SegmentationConfig, train_ds: Any) -> Any:
+    """The config's segmenter (built, or loaded from ``model.checkpoint``), with its prompt set."""
     from medsec.models.checkpoint import load_checkpoint
+
+    seg_cfg = cfg.segmentation
     from medsec.models.segmenter import Segmenter
 
     if cfg.model.checkpoint is not None:
         model = load_checkpoint(cfg.model.checkpoint)
     else:
-        factory = MODELS.get(cfg.model.name)
-        params = dict(cfg.model.params)
+        key, extra = model_key(cfg.model.name)
+        factory = MODELS.get(key)
+        params = {**dict(cfg.model.params), **extra}
         defaults = {"num_classes": getattr(train_ds, "num_classes", 2), "in_channels": train_ds.image_shape[0]}
         for k, v in defaults.items():
-            if k not in params and _takes(factory, k):
+            if k not in params and takes(factory, k):
                 params[k] = v
-        if seg_cfg.prompt is not None and "prompt" not in params and _takes(factory, "prompt"):
+        if seg_cfg.prompt is not None and "prompt" not in params and takes(factory, "prompt"):
             params["prompt"] = seg_cfg.prompt
-        model = MODELS.create(cfg.model.name, **params)
+        model = MODELS.create(key, **params)
     if not isinstance(model, Segmenter):
-        raise ConfigError(f"model {cfg.model.name!r} is not a segmenter; use monai_unet, clipseg or another Segmenter")
+        raise ConfigError(f"model {cfg.model.name!r} is not a segmenter; use monai_unet, clipseg or another Segmenter "
+                          "(classifiers run with kind: evasion)")
     if model.prompted and model.prompt is None:
         if seg_cfg.prompt is None:
             raise ConfigError("this segmenter needs a text prompt: set segmentation.prompt (e.g. 'polyp')")
@@ -87,19 +80,19 @@ def _predict(model: Any, x: torch.Tensor, bs: int, device: torch.device) -> torc
     return predict_masks(model, x, bs, device)
 
 
-def _prepare(cfg: ExperimentConfig, out_dir: Path, prev: dict[str, Any], seg_cfg: SegmentationConfig) -> dict[str, Any]:
-    from medsec.eval.runner import _eval_subset, load_splits, resolve_device
+def prepare(cfg: SegmentationConfig, ctx: RunContext) -> dict[str, Any]:
+    """Load data, build or train or load the segmenter, and compute the clean masks."""
     from medsec.models.checkpoint import load_checkpoint, save_checkpoint
     from medsec.training.segmentation import evaluate_segmenter, train_segmenter
     from medsec.validation import check_images, check_masks
 
-    device = resolve_device(cfg.device)
-    train_ds, eval_ds, val_ds = load_splits(cfg)
-    model = _build_model(cfg, train_ds, seg_cfg)
-    ckpt = out_dir / "model.safetensors"
+    device, seg_cfg = ctx.device, cfg.segmentation
+    train_ds, eval_ds, val_ds = load_splits(cfg.data, cfg.seed)
+    model = build_segmenter(cfg, train_ds)
+    ckpt = ctx.out / "model.safetensors"
     train_info = None
     if cfg.train is not None:
-        prior = (prev.get("model") or {}).get("train")
+        prior = (ctx.store.results.get("model") or {}).get("train")
         if prior and ckpt.is_file():
             log.info("resuming: reusing the model trained by the previous run (%s)", ckpt)
             model = load_checkpoint(ckpt)
@@ -124,7 +117,7 @@ def _prepare(cfg: ExperimentConfig, out_dir: Path, prev: dict[str, Any], seg_cfg
                           "n_train": len(tr), "history": res.history, "test": test, "runtime_s": res.runtime_s}
             save_checkpoint(model, ckpt, extra={"config": cfg.name, "test_dice": test["dice"]})
     model = model.to(device).eval()
-    x, y = _eval_subset(eval_ds, cfg.eval.sample_limit, cfg.seed)
+    x, y = eval_subset(eval_ds, cfg.eval.sample_limit, cfg.seed)
     check_images(x, model.spec, name="evaluation images")
     y = check_masks(y, len(x), model.num_classes, name="evaluation masks", spatial=tuple(x.shape[-2:]))
     pred = _predict(model, x, cfg.eval.batch_size, device)
@@ -153,9 +146,9 @@ def _target_masks(threat: ThreatModel, target: Any, y: torch.Tensor, num_classes
     return torch.full_like(y, t)
 
 
-def _attack(cell: Any, attack: Any, prep: dict[str, Any], cfg: ExperimentConfig, seg_cfg: SegmentationConfig,
+def _attack(cell: Any, attack: Any, prep: dict[str, Any], cfg: SegmentationConfig, seg_cfg: SegmentationSection,
             mode: str, target: torch.Tensor | None, gen: torch.Generator, fit: dict[str, Any]) -> torch.Tensor:
-    from medsec.eval.paper_mode import NormalizedInput, paper_attack, quantize_8bit
+    from medsec.experiments.segmentation.paper_mode import NormalizedInput, paper_attack, quantize_8bit
 
     model, x, y, device = prep["model"], prep["x"], prep["y"], prep["device"]
     bs = cfg.eval.batch_size
@@ -195,18 +188,16 @@ def _attack(cell: Any, attack: Any, prep: dict[str, Any], cfg: ExperimentConfig,
     return out
 
 
-def run_cell(prep: dict[str, Any], cell: Any, cfg: ExperimentConfig, seg_cfg: SegmentationConfig,
-             out_dir: Path) -> dict[str, Any]:
+def run_cell(prep: dict[str, Any], cell: Cell, cfg: SegmentationConfig, ctx: RunContext) -> dict[str, Any]:
     """Attack the evaluation set for one cell and return its results.json record."""
+    seg_cfg = cfg.segmentation
     model, x, y, pred_clean = prep["model"], prep["x"], prep["y"], prep["pred"]
     mode = cfg.attacks[cell.attack_index].mode
     params = dict(cell.params)
     if "loss" not in params and cell.attack == "uap_seg":
         params["loss"] = {"name": "pixel_disagreement", "threshold": seg_cfg.fooling_threshold}
-    from medsec.eval.runner import _takes
-
     loss = params.get("loss")
-    if not _takes(ATTACKS.get(cell.attack), "loss"):
+    if not takes(ATTACKS.get(cell.attack), "loss"):
         pass
     elif isinstance(loss, dict):  # {name, ...params} of an objective
         from medsec.objectives import create as create_objective
@@ -219,10 +210,10 @@ def run_cell(prep: dict[str, Any], cell: Any, cfg: ExperimentConfig, seg_cfg: Se
         params["loss"] = DiceCE("segmentation", drop=seg_cfg.drop)
     attack = ATTACKS.create(cell.attack, **params)
     target = _target_masks(cell.threat, cell.target, y, model.num_classes)
-    gen = torch.Generator(device=prep["device"]).manual_seed(cell.seed)
     fit: dict[str, Any] = {}
     start = time.perf_counter()
-    x_adv = _attack(cell, attack, prep, cfg, seg_cfg, mode, target, gen, fit)
+    with ctx.cell(cell.id) as gen:
+        x_adv = _attack(cell, attack, prep, cfg, seg_cfg, mode, target, gen, fit)
     runtime = time.perf_counter() - start
     pred_adv = _predict(model, x_adv.clamp(*model.spec.bounds) if mode == "paper" else x_adv, cfg.eval.batch_size,
                         prep["device"])
@@ -263,7 +254,7 @@ def run_cell(prep: dict[str, Any], cell: Any, cfg: ExperimentConfig, seg_cfg: Se
     n_ex = min(seg_cfg.overlays, len(x))
     if n_ex:
         rel = f"examples/{cell.id}.npz"
-        atomic_save_npz(out_dir / rel, clean=x[:n_ex].numpy().astype(np.float32),
+        atomic_save_npz(ctx.out / rel, clean=x[:n_ex].numpy().astype(np.float32),
                         adv=x_adv[:n_ex].clamp(0, 1).numpy().astype(np.float32), mask=y[:n_ex].numpy().astype(np.uint8),
                         pred_clean=pred_clean[:n_ex].numpy().astype(np.uint8),
                         pred_adv=pred_adv[:n_ex].numpy().astype(np.uint8))
@@ -271,50 +262,47 @@ def run_cell(prep: dict[str, Any], cell: Any, cfg: ExperimentConfig, seg_cfg: Se
     return record
 
 
-def run_segmentation(cfg: ExperimentConfig, out_dir: str | Path, report: bool = True) -> dict[str, Any]:
-    """Run a segmentation experiment into ``out_dir`` (resuming a partial run of the same config)."""
-    from medsec.config.loader import dump_config
-    from medsec.eval.runner import _load_previous, plan_cells, provenance
+def check(cfg: SegmentationConfig) -> None:
+    """Refuse unknown components, bad parameters, attacks that have no segmentation variant and
+    a grid with repeated cells, before any work."""
+    import medsec.attacks
+    import medsec.data  # noqa: F401  (registration)
+    from medsec.config.loader import check_component, check_model
+    from medsec.registry import DATASETS
 
-    if cfg.defenses:
-        raise ConfigError("defences are not supported for segmentation experiments yet; remove the defenses section")
-    seg_cfg = cfg.segmentation or SegmentationConfig()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config_dump = cfg.model_dump(mode="json")
-    results_path = out_dir / "results.json"
-    prev = _load_previous(results_path, config_dump)
-    for a in cfg.attacks:  # refuse unknown and class-boundary attacks before training
-        if not getattr(ATTACKS.get(a.name), "segmentation", True):
+    for i, a in enumerate(cfg.attacks):
+        factory = check_component(ATTACKS, a.name, a.params, f"attacks.{i}")
+        if not getattr(factory, "segmentation", True):
             raise ConfigError(
                 f"attack {a.name!r} works on class decision boundaries and has no segmentation variant; "
                 "for segmenters use fgsm, pgd, mifgsm, apgd, square (loss: dice_ce), uap_sgd or uap_seg"
             )
+    check_component(DATASETS, cfg.data.name, cfg.data.params, "data")
+    check_model(cfg.model)
+    plan_cells(cfg)
+
+
+def plan(cfg: SegmentationConfig) -> list[str]:
+    """The cell ids of the config."""
+    return [c.id for c in plan_cells(cfg)]
+
+
+def run(ctx: RunContext) -> None:
+    """Run the segmentation grid into ``ctx.store`` (resuming a partial run of the same config)."""
+    cfg: SegmentationConfig = ctx.cfg
+    store = ctx.store
     cells = plan_cells(cfg)
-    atomic_write_text(out_dir / "config.resolved.yaml", dump_config(cfg))
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed % (2**32))
-    prep = _prepare(cfg, out_dir, prev, seg_cfg)
-    results: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION, "task": "segmentation", "name": cfg.name, "status": "running",
-        "config": config_dump, "provenance": provenance(prep["device"]),
-        "seeds": {"global": cfg.seed, "cells": {c.id: c.seed for c in cells}},
-        **prep["info"], "evaluations": [], "worst_case": [], "checks": [],
-    }
-    done = {ev["id"]: ev for ev in prev.get("evaluations", [])}
-    results["evaluations"] = [done[c.id] for c in cells if c.id in done]
-    atomic_write_json(results_path, results)
+    prep = prepare(cfg, ctx)
+    store.update(**prep["info"])
+    store.plan([c.id for c in cells], {c.id: c.seed for c in cells})
     for cell in cells:
-        if cell.id in done:
+        if store.done(cell.id) is not None:
             continue
-        record = run_cell(prep, cell, cfg, seg_cfg, out_dir)
+        record = run_cell(prep, cell, cfg, ctx)
         log.info("%s: Dice %.3f (clean %.3f) in %.1fs", cell.id, record["metrics"]["dice"],
                  record["metrics"]["clean_dice"], record["runtime_s"])
-        done[cell.id] = record
-        results["evaluations"] = [done[c.id] for c in cells if c.id in done]
-        atomic_write_json(results_path, results)
-    results["checks"] = segmentation_checks(results["evaluations"])
-    return finish_run(results, results_path, report)
+        store.put(cell.id, record)
+    store.add_checks(segmentation_checks(list(store.cells.values())))
 
 
 def segmentation_checks(evaluations: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -328,10 +316,10 @@ def segmentation_checks(evaluations: list[dict[str, Any]]) -> list[dict[str, Any
         evs = sorted(evs, key=lambda e: e["threat"]["eps"])
         for a, b in zip(evs, evs[1:]):
             if b["metrics"]["dice"] > a["metrics"]["dice"] + 0.01 and not b["threat"]["targeted"]:
-                checks.append({"code": "dice_rises_with_eps", "status": "warn", "cells": [a["id"], b["id"]],
+                checks.append({"level": "warning", "code": "dice-rises-with-eps", "cells": [a["id"], b["id"]],
                                "message": f"{label} ({mode}): Dice rises from {a['metrics']['dice']:.3f} to "
                                           f"{b['metrics']['dice']:.3f} as eps grows"})
     for ev in evaluations:
         if not np.isfinite(ev["metrics"]["dice"]):
-            checks.append({"code": "non_finite", "status": "fail", "cells": [ev["id"]], "message": "Dice is not finite"})
+            checks.append({"level": "error", "code": "non-finite-dice", "cells": [ev["id"]], "message": "Dice is not finite"})
     return checks

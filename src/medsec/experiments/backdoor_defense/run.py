@@ -46,86 +46,17 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field, model_validator
 
-from medsec.config.schema import Component, DataConfig, ModelConfig, StrictModel
-from medsec.errors import ConfigError, DataError, InputError
-from medsec.experiments import ExperimentKind, register_kind
-from medsec.experiments.finish import finish_run
-from medsec.io import atomic_write_json, atomic_write_text
+from medsec.errors import DataError
+from medsec.experiments.backdoor_defense.config import BackdoorDefenseConfig
+from medsec.runs.components import build_model, load_splits
+from medsec.runs.context import RunContext
+from medsec.runs.grid import safe_id
 
 log = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 1
-TASK = "backdoor_defense"
-
-
-class BackdoorConfig(Component):
-    """One backdoor: a trigger from the registry (``name``, ``params``) and how it poisons;
-    or (``attack: baple`` / ``badmatch``) a backdoored CLIP-style model built by that
-    attack (``params``: BapleSettings fields / ``method``; see
-    :mod:`medsec.experiments.backdoor_victims`)."""
-
-    name: str = "badnets"
-    attack: Literal["poisoning", "baple", "badmatch"] = "poisoning"
-    label: str | None = None
-    target: int | None = 0
-    rate: float = Field(0.05, gt=0, le=1)
-    policy: Literal["all_to_one", "all_to_all", "clean_label"] = "all_to_one"
-
-
-class DetectorConfig(Component):
-    label: str | None = None
-
-
-class RepairConfig(Component):
-    label: str | None = None
-
-
-class BackdoorTrainConfig(StrictModel):
-    epochs: int = Field(4, ge=1)
-    lr: float = Field(5e-3, gt=0)
-    batch_size: int = Field(128, ge=2)
-    weight_decay: float = Field(5e-4, ge=0)
-    augment: bool = True
-    limit: int | None = Field(None, ge=2, description="train on a seeded subset of this many images")
-
-
-class BackdoorEvalConfig(StrictModel):
-    test_limit: int | None = Field(1000, ge=2, description="test images for CA/ASR")
-    clean_size: int = Field(500, ge=2, description="clean held-out images the defender holds")
-    detector_queries: int = Field(200, ge=2, description="STRIP-style detectors: clean and triggered queries each")
-
-
-class BackdoorDefenseConfig(StrictModel):
-    kind: Literal["backdoor_defense"] = "backdoor_defense"
-    name: str = "backdoor-defense"
-    seed: int = 0
-    device: str = "cpu"
-    data: DataConfig
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    train: BackdoorTrainConfig = Field(default_factory=BackdoorTrainConfig)
-    backdoors: list[BackdoorConfig] = Field(default_factory=lambda: [BackdoorConfig()], min_length=1)
-    detectors: list[DetectorConfig] = Field(default_factory=list)
-    repairs: list[RepairConfig] = Field(default_factory=list)
-    eval: BackdoorEvalConfig = Field(default_factory=BackdoorEvalConfig)
-    cache_dir: str | None = Field(None, description="where trained models are cached (default: <out>/models)")
-
-    @model_validator(mode="after")
-    def _check(self) -> BackdoorDefenseConfig:
-        if not self.detectors and not self.repairs:
-            raise ValueError("give at least one detector or repair (e.g. detectors: [{name: spectral}])")
-        if self.model.checkpoint is not None:
-            raise ValueError("backdoor_defense trains its own backdoored models; remove model.checkpoint")
-        for what, items in (("backdoor", self.backdoors), ("detector", self.detectors), ("repair", self.repairs)):
-            labels = [i.label or i.name for i in items]
-            dup = sorted({x for x in labels if labels.count(x) > 1})
-            if dup:
-                raise ValueError(f"{what} label(s) {dup} appear twice; give each a distinct label")
-        return self
 
 
 def _labels(items: list[Any]) -> list[str]:
@@ -133,13 +64,15 @@ def _labels(items: list[Any]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- validation of names
-def _check_names(cfg: BackdoorDefenseConfig) -> None:
+def check(cfg: BackdoorDefenseConfig) -> None:
     """Refuse unknown triggers, detectors and repairs (and bad parameters) before any work."""
     import medsec.defenses  # noqa: F401  (registration)
     from medsec.backdoors import triggers
-    from medsec.experiments.backdoor_victims import bloodmnist_root, check_params
-    from medsec.registries import DETECTORS, REPAIRS
+    from medsec.config.loader import check_model
+    from medsec.experiments.backdoor_defense.victims import bloodmnist_root, check_params
+    from medsec.registry import DETECTORS, REPAIRS
 
+    check_model(cfg.model)
     for b in cfg.backdoors:
         if b.attack == "poisoning":
             triggers.create(b.name, **b.params)
@@ -155,9 +88,7 @@ def _check_names(cfg: BackdoorDefenseConfig) -> None:
 # --------------------------------------------------------------------------- data, model
 def _splits(cfg: BackdoorDefenseConfig) -> tuple[Any, Any, Any]:
     """(train, test, clean): clean is the val split if configured, else a held-out part of test."""
-    from medsec.eval.runner import load_splits
-
-    train, test, val = load_splits(cfg)  # type: ignore[arg-type]
+    train, test, val = load_splits(cfg.data, cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     if cfg.train.limit is not None and cfg.train.limit < len(train):
         train = train.subset(torch.randperm(len(train), generator=g)[: cfg.train.limit].sort().values)
@@ -184,28 +115,24 @@ def _model_key(cfg: BackdoorDefenseConfig, b: Any) -> str:
 
 
 def _backdoored_model(cfg: BackdoorDefenseConfig, b: Any, train: Any, cache: Path, device: torch.device) -> tuple[Any, Any, str]:
+
     from medsec.backdoors import PoisonedDataset, triggers
-    from medsec.eval.runner import build_model
     from medsec.models import load_checkpoint, save_checkpoint
     from medsec.training.classifier import train_classifier
 
     poisoned = PoisonedDataset(train, triggers.create(b.name, **b.params), target=b.target, rate=b.rate,
                                policy=b.policy, seed=cfg.seed)
-    path = cache / f"backdoor-{_safe(b.label or b.name)}-{_model_key(cfg, b)}.safetensors"
+    path = cache / f"backdoor-{safe_id(b.label or b.name)}-{_model_key(cfg, b)}.safetensors"
     if path.is_file():
         log.info("loading the cached backdoored model %s", path)
         return load_checkpoint(path).to(device).eval(), poisoned, "cached"
-    model = build_model(cfg, train)  # type: ignore[arg-type]
+    model = build_model(cfg.model, train)
     t = cfg.train
     log.info("training a %s-backdoored %s on %d images", b.name, cfg.model.name, len(train))
     train_classifier(model, poisoned.dataset, epochs=t.epochs, lr=t.lr, batch_size=t.batch_size,
                      weight_decay=t.weight_decay, augment=t.augment, seed=cfg.seed, device=device)
     save_checkpoint(model.cpu(), path, extra={"config": cfg.name, "backdoor": b.name})
     return model.to(device).eval(), poisoned, "trained"
-
-
-def _safe(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "_." else "_" for ch in text)
 
 
 def _bd_metrics(model: Any, poisoned: Any, test: Any) -> dict[str, Any]:
@@ -221,7 +148,7 @@ def _bd_metrics(model: Any, poisoned: Any, test: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------- cells
 def _run_detector(d: Any, model: Any, poisoned: Any, test: Any, clean: Any, cfg: BackdoorDefenseConfig) -> dict[str, Any]:
     from medsec.defenses.detection import detection_metrics
-    from medsec.registries import DETECTORS
+    from medsec.registry import DETECTORS
 
     det = DETECTORS.create(d.name, **d.params)
     inspects = getattr(det, "inspects", "training_set")
@@ -273,7 +200,7 @@ def _run_detector(d: Any, model: Any, poisoned: Any, test: Any, clean: Any, cfg:
 
 def _run_repair(r: Any, model: Any, poisoned: Any, test: Any, clean: Any, before: dict[str, Any]) -> dict[str, Any]:
     from medsec.defenses.clip_classifier import TextHeadClassifier
-    from medsec.registries import REPAIRS
+    from medsec.registry import REPAIRS
 
     if isinstance(model, TextHeadClassifier):
         return {"repair": r.name, "label": r.label or r.name, "params": dict(r.params), "before": before,
@@ -291,91 +218,65 @@ def _run_repair(r: Any, model: Any, poisoned: Any, test: Any, clean: Any, before
 
 
 # --------------------------------------------------------------------------- driver
-def run_backdoor_defense(cfg: BackdoorDefenseConfig, out_dir: str | Path, report: bool = True) -> dict[str, Any]:
-    """Run the backdoor x (detector, repair) grid into ``out_dir`` (resuming a partial run)."""
-    from medsec.config.loader import dump_config
-    from medsec.eval.runner import provenance, resolve_device
+def labels_of(cfg: BackdoorDefenseConfig) -> tuple[list[str], list[str], list[str]]:
+    """(backdoor, detector, repair) labels."""
+    return _labels(cfg.backdoors), _labels(cfg.detectors), _labels(cfg.repairs)
 
-    out = Path(out_dir)
-    device = resolve_device(cfg.device)
-    _check_names(cfg)
-    config_dump = cfg.model_dump(mode="json")
-    path = out / "results.json"
-    prev: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            prev = json.loads(path.read_text())
-        except (OSError, ValueError):
-            prev = {}
-        if prev and prev.get("config") != config_dump:
-            raise ConfigError(f"{out} holds results of a different config; choose another --out folder or delete it")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.resolved.yaml", dump_config(cfg))
+
+def plan(cfg: BackdoorDefenseConfig) -> list[str]:
+    """The cell ids: ``<backdoor>/detector/<label>`` and ``<backdoor>/repair/<label>``."""
+    backdoors, detectors, repairs = labels_of(cfg)
+    return [f"{b}/{kind}/{label}" for b in backdoors
+            for kind, labels in (("detector", detectors), ("repair", repairs)) for label in labels]
+
+
+def run(ctx: RunContext) -> None:
+    """Run the backdoor x (detector, repair) grid into ``ctx.store`` (resuming a partial run)."""
+    cfg: BackdoorDefenseConfig = ctx.cfg
+    store, device = ctx.store, ctx.device
     train, test, clean = _splits(cfg)
-    cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "models"
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else ctx.out / "models"
     cache.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION, "task": TASK, "name": cfg.name, "status": "running", "config": config_dump,
-        "provenance": provenance(device),
-        "data": {"name": cfg.data.name, "n_train": len(train), "n_test": len(test), "n_clean": len(clean),
-                 "classes": list(getattr(train, "classes", []) or [])},
-        "backdoors": {}, "detectors": _labels(cfg.detectors), "repairs": _labels(cfg.repairs),
-        "cells": dict(prev.get("cells") or {}),
-    }
-    atomic_write_json(path, results)
-    for b, blabel in zip(cfg.backdoors, _labels(cfg.backdoors)):
+    backdoors, detectors, repairs = labels_of(cfg)
+    store.update(data={"name": cfg.data.name, "n_train": len(train), "n_test": len(test), "n_clean": len(clean),
+                       "classes": list(getattr(train, "classes", []) or [])},
+                 backdoors=store.results.get("backdoors") or {}, detectors=detectors, repairs=repairs)
+    ids = plan(cfg)
+    store.plan(ids, {i: ctx.cell_seed(i) for i in ids})
+    for b, blabel in zip(cfg.backdoors, backdoors):
         attack: dict[str, Any] = {}
         if b.attack == "baple":
-            from medsec.experiments.backdoor_victims import baple_victim
+            from medsec.experiments.backdoor_defense.victims import baple_victim
 
             model, poisoned, attack = baple_victim(cfg, b, train, test, cache)
             how = "trained"
         elif b.attack == "badmatch":
-            from medsec.experiments.backdoor_victims import badmatch_victim
+            from medsec.experiments.backdoor_defense.victims import badmatch_victim
 
             model, poisoned, attack = badmatch_victim(cfg, b, cache)
             how = "trained"
         else:
             model, poisoned, how = _backdoored_model(cfg, b, train, cache, device)
         before = _bd_metrics(model, poisoned, test)
-        results["backdoors"][blabel] = {"trigger": b.name if b.attack == "poisoning" else b.attack, "attack": b.attack,
-                                        "params": dict(b.params), "target": b.target, "rate": b.rate,
-                                        "policy": b.policy, "n_poisoned": len(poisoned.poison_indices), "model": how,
-                                        "n_adaptation": len(poisoned.dataset.labels), "victim": attack.get("victim"),
-                                        "attack_info": attack, "metrics": before}
+        store.results["backdoors"][blabel] = {
+            "trigger": b.name if b.attack == "poisoning" else b.attack, "attack": b.attack, "params": dict(b.params),
+            "target": b.target, "rate": b.rate, "policy": b.policy, "n_poisoned": len(poisoned.poison_indices),
+            "model": how, "n_adaptation": len(poisoned.dataset.labels), "victim": attack.get("victim"),
+            "attack_info": attack, "metrics": before}
         log.info("backdoor %s: CA %.3f, ASR %s", blabel, before["clean_accuracy"], before["attack_success_rate"])
-        atomic_write_json(path, results)
-        for kind, items, labels in (("detector", cfg.detectors, _labels(cfg.detectors)),
-                                    ("repair", cfg.repairs, _labels(cfg.repairs))):
+        store.save()
+        for kind, items, labels in (("detector", cfg.detectors, detectors), ("repair", cfg.repairs, repairs)):
             for item, label in zip(items, labels):
                 cid = f"{blabel}/{kind}/{label}"
-                if cid in results["cells"]:
+                if store.done(cid) is not None:
                     continue
                 log.info("running %s", cid)
-                if kind == "detector":
-                    rec = _run_detector(item, model, poisoned, test, clean, cfg)
-                else:
-                    rec = _run_repair(item, model, poisoned, test, clean, before)
-                results["cells"][cid] = {"backdoor": blabel, "kind": kind, **rec}
-                atomic_write_json(path, results)
-    return finish_run(results, path, report)
+                with ctx.cell(cid):
+                    if kind == "detector":
+                        rec = _run_detector(item, model, poisoned, test, clean, cfg)
+                    else:
+                        rec = _run_repair(item, model, poisoned, test, clean, before)
+                store.put(cid, {"backdoor": blabel, "kind": kind, **rec})
 
 
-def summary(results: dict[str, Any], out_dir: Path, console: Any) -> None:
-    """Print the detector x backdoor matrix and the repairs."""
-    from medsec.report.backdoor_defense import matrix_lines
-
-    for line in matrix_lines(results):
-        console.print(line, markup=False, highlight=False) if hasattr(console, "print") else log.info(line)
-
-
-def _render(results: dict[str, Any], out_dir: Path) -> tuple[str, str]:
-    from medsec.report.backdoor_defense import render
-
-    return render(results, out_dir)
-
-
-register_kind(ExperimentKind(TASK, BackdoorDefenseConfig, run_backdoor_defense, summary=summary, render=_render,
-                             description="backdoored classifiers x detectors (AUROC, TPR@5%FPR, Neural Cleanse) and repairs"))
-
-__all__ = ["BackdoorDefenseConfig", "run_backdoor_defense", "InputError"]
+__all__ = ["check", "plan", "run"]

@@ -1,56 +1,42 @@
-"""The experiment runner: config -> data + model -> (train) -> attacks -> results -> report.
+"""The evasion kind's run: config -> data + model -> (train) -> attacks -> cells.
 
 Protocol (RobustBench/AutoAttack style): clean accuracy first; every (attack, eps) cell
-attacks only the points that are correct on clean input (untargeted) or whose label is
-not the target (targeted), with the attack's evaluation-mode early stop switched on;
-robust accuracy counts over all evaluated points. Cells run through an
-:class:`~medsec.eval.executor.Executor`; ``results.json`` is rewritten atomically after
-every finished cell, and a rerun into the same folder with the same config resumes
-where the last run stopped.
-
-Randomness: the runner is the only place that seeds. Each cell gets its own
-``torch.Generator`` seeded from (seed, cell id); the seeds go into results.json.
+attacks only the points that are correct on clean input (untargeted) or whose label is not
+the target (targeted), with the attack's evaluation-mode early stop switched on; robust
+accuracy counts over all evaluated points. Jobs (one cell, or every eps of a minimum-norm
+sweep) run through the run's executor; every finished cell is saved at once by the run
+store, and a rerun resumes (reusing the model a previous run trained).
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
-import platform
-import socket
-import subprocess
 import time
-import zlib
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-import medsec
-from medsec.config.loader import dump_config
-from medsec.config.schema import ExperimentConfig, ThreatConfig
-from medsec.errors import ConfigError, DataError
-from medsec.eval.checks import run_checks
-from medsec.eval.executor import Executor, get_executor
-from medsec.experiments.finish import finish_run
-from medsec.io import atomic_save_npz, atomic_write_json, atomic_write_text
+from medsec.errors import ConfigError
+from medsec.experiments.evasion.checks import model_checks, run_checks
+from medsec.experiments.evasion.config import EvasionConfig, ThreatConfig
+from medsec.io import atomic_save_npz
 from medsec.metrics.accuracy import accuracy, correct
 from medsec.metrics.image_quality import psnr_per_sample, ssim
 from medsec.metrics.perturbation import perturbation_norms
 from medsec.models.checkpoint import load_checkpoint, save_checkpoint
 from medsec.models.classifier import Classifier
 from medsec.progress import task
-from medsec.registries import ATTACKS, DATASETS, MODELS
+from medsec.registry import ATTACKS
+from medsec.runs.components import build_model, eval_subset, load_splits
+from medsec.runs.context import RunContext
+from medsec.runs.grid import cell_seed, check_unique, safe_id, unique_labels
 from medsec.training.classifier import evaluate, predict, train_classifier
 from medsec.types import ThreatModel
 
 log = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 1
 
 
 @dataclass
@@ -96,51 +82,46 @@ class Prepared:
     train_ds: Any = None
 
 
-def _fmt_eps(threat: ThreatConfig | ThreatModel, eps: float) -> str:
+def fmt_eps(threat: ThreatConfig | ThreatModel, eps: float) -> str:
+    """eps as it appears in a cell id: x 255 for pixel norms, as is for patch fractions."""
     return f"{eps:g}" if threat.norm == "patch" else f"{eps * 255:.4g}"
 
 
-def defense_labels(cfg: ExperimentConfig) -> list[str | None]:
-    """Labels of the evaluated models: None for the undefended one, then each defence."""
-    labels: list[str | None] = [None] if cfg.include_undefended or not cfg.defenses else []
-    names = [d.label or d.name for d in cfg.defenses]
-    for i, n in enumerate(names):
-        labels.append(n if names.count(n) == 1 else f"{n}{i}")
+def defense_labels(cfg: Any) -> list[str | None]:
+    """Labels of the evaluated models: None for the undefended one, then each defence (a
+    config without a ``defenses`` section, e.g. segmentation, has the undefended one only)."""
+    defenses = getattr(cfg, "defenses", [])
+    labels: list[str | None] = [None] if getattr(cfg, "include_undefended", True) or not defenses else []
+    labels += unique_labels([d.label or d.name for d in defenses])
     return labels
 
 
-def _safe(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "_." else "_" for ch in text)
-
-
-def plan_cells(cfg: ExperimentConfig, adaptive_for: set[str | None] | None = None) -> list[Cell]:
-    """Expand the config into cells: defence x attack x eps (x plain/adaptive).
+def plan_cells(cfg: Any, adaptive_for: set[str | None] | None = None) -> list[Cell]:
+    """Expand an evasion (or segmentation) config into cells: defence x attack x eps (x
+    plain/adaptive).
 
     ``adaptive_for`` holds the defence labels whose models need adaptive attacks (known
     once the defences are built); gradient attacks get an extra adaptive cell there.
     """
-    names = [a.label or a.name for a in cfg.attacks]
+    names = unique_labels([a.label or a.name for a in cfg.attacks])
     cells = []
     for defense in defense_labels(cfg):
         for i, a in enumerate(cfg.attacks):
             threat = a.threat or cfg.threat
-            prefix = _safe(names[i] if names.count(names[i]) == 1 else f"{names[i]}{i}")
+            prefix = safe_id(names[i])
             needs_grad = getattr(ATTACKS.get(a.name), "needs_gradients", True)
             modes = [False, True] if (adaptive_for and defense in adaptive_for and needs_grad) else [False]
             for adaptive in modes:
                 for eps in threat.eps:
                     mode = "targeted" if threat.targeted else "untargeted"
-                    parts = ([_safe(defense)] if defense else []) + [prefix, threat.norm, _fmt_eps(threat, eps), mode]
+                    parts = ([safe_id(defense)] if defense else []) + [prefix, threat.norm, fmt_eps(threat, eps), mode]
                     cid = "-".join(parts + (["adaptive"] if adaptive else []))
                     cells.append(Cell(
                         id=cid, attack_index=i, attack=a.name, label=a.label or a.name, params=dict(a.params),
                         threat=ThreatModel(threat.norm, eps, threat.targeted), target=threat.target,
-                        seed=zlib.crc32(f"{cfg.seed}:{cid}".encode()) & 0x7FFFFFFF, defense=defense, adaptive=adaptive,
+                        seed=cell_seed(cfg.seed, cid), defense=defense, adaptive=adaptive,
                     ))
-    ids = [c.id for c in cells]
-    dup = {i for i in ids if ids.count(i) > 1}
-    if dup:
-        raise ConfigError(f"the config gives the same cell twice: {sorted(dup)}; remove repeated eps values or add a label")
+    check_unique([c.id for c in cells])
     return cells
 
 
@@ -161,102 +142,58 @@ def plan_jobs(cells: list[Cell]) -> list[Job]:
     return jobs
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available; use device: cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"invalid device {name!r}; use cpu, cuda, cuda:N or auto") from exc
+def plan(cfg: EvasionConfig) -> list[str]:
+    """The cell ids of the config (adaptive cells of defended models are added at run time,
+    once the defences are built)."""
+    return [c.id for c in plan_cells(cfg)]
 
 
-def _git_hash() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5, check=False)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
+def check(cfg: EvasionConfig) -> None:
+    """Refuse unknown components, parameters a component does not take, an attack's
+    unsupported norm, bad attack parameters (e.g. an unknown mask) and a grid with repeated
+    cells, before any work."""
+    import medsec.attacks
+    import medsec.data
+    import medsec.defenses  # noqa: F401  (registration)
+    from medsec.config.loader import check_component, check_model
+    from medsec.registry import DATASETS, DEFENSES
 
-
-def provenance(device: torch.device) -> dict[str, Any]:
-    return {
-        "medsec": medsec.__version__, "python": platform.python_version(), "torch": torch.__version__,
-        "platform": platform.platform(), "git": _git_hash(), "device": str(device), "hostname": socket.gethostname(),
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "finished": None,
-    }
+    for i, a in enumerate(cfg.attacks):
+        factory = check_component(ATTACKS, a.name, a.params, f"attacks.{i}")
+        threat = a.threat or cfg.threat
+        norms = getattr(factory, "norms", ())
+        if norms and threat.norm not in norms:
+            raise ConfigError(f"attacks.{i} ({a.name}) supports norms {', '.join(norms)}, not {threat.norm!r}")
+    check_component(DATASETS, cfg.data.name, cfg.data.params, "data")
+    for i, d in enumerate(cfg.defenses):
+        check_component(DEFENSES, d.name, d.params, f"defenses.{i}")
+    check_model(cfg.model)
+    for a in cfg.attacks:
+        ATTACKS.create(a.name, **a.params)
+    plan_cells(cfg)
 
 
 # --------------------------------------------------------------------------- data + model
-def _takes(factory: Any, name: str) -> bool:
-    try:
-        return name in inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def load_splits(cfg: ExperimentConfig) -> tuple[Any, Any, Any]:
-    """(train, eval, val) datasets; val is None when not configured."""
-    import medsec.data  # noqa: F401  (registration)
-
-    factory = DATASETS.get(cfg.data.name)
-    params = dict(cfg.data.params)
-    if _takes(factory, "split"):
-        if "split" in params:
-            raise ConfigError("set data.train_split / data.eval_split instead of data.params.split")
-        train = DATASETS.create(cfg.data.name, **params, split=cfg.data.train_split)
-        ev = DATASETS.create(cfg.data.name, **params, split=cfg.data.eval_split)
-        val = DATASETS.create(cfg.data.name, **params, split=cfg.data.val_split) if cfg.data.val_split else None
-        return train, ev, val
-    full = DATASETS.create(cfg.data.name, **params)
-    perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(cfg.seed))
-    n_eval = max(1, int(round(cfg.data.eval_fraction * len(full))))
-    if n_eval >= len(full):
-        raise DataError(f"dataset {cfg.data.name!r} has only {len(full)} images, too few to split")
-    return full.subset(perm[n_eval:]), full.subset(perm[:n_eval]), None
-
-
-def build_model(cfg: ExperimentConfig, train_ds: Any) -> Classifier:
-    if cfg.model.checkpoint is not None:
-        return load_checkpoint(cfg.model.checkpoint)
-    name = cfg.model.name
-    key = name.split(":", 1)[0] if ":" in name and name.split(":", 1)[0] in ("timm", "torchvision") else name
-    factory = MODELS.get(key)
-    params = dict(cfg.model.params)
-    defaults = {"num_classes": getattr(train_ds, "num_classes", None), "in_channels": train_ds.image_shape[0],
-                "task": getattr(train_ds, "task", "multiclass"), "classes": list(getattr(train_ds, "classes", []))}
-    for k, v in defaults.items():
-        if v is not None and k not in params and _takes(factory, k):
-            params[k] = v
-    if key != name:
-        params["arch"] = name.split(":", 1)[1]
-    model = MODELS.create(key, **params)
+def build_classifier(cfg: EvasionConfig, train_ds: Any) -> Classifier:
+    """The config's classifier (built, or loaded from ``model.checkpoint``)."""
+    model = build_model(cfg.model, train_ds)
     if not isinstance(model, Classifier):
-        raise ConfigError(f"model {name!r} is not a classifier; the classification runner needs one")
+        raise ConfigError(f"model {cfg.model.name!r} is not a classifier; the evasion kind needs one "
+                          "(segmenters run with kind: segmentation)")
     return model
 
 
-def _eval_subset(ds: Any, limit: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    n = len(ds)
-    if n == 0:
-        raise DataError("the evaluation set is empty")
-    if limit is not None and limit < n:
-        idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].sort().values
-        return ds.images[idx], ds.labels[idx]
-    return ds.images, ds.labels
-
-
-def prepare(cfg: ExperimentConfig, out_dir: Path, results: dict[str, Any]) -> Prepared:
+def prepare(cfg: EvasionConfig, ctx: RunContext) -> Prepared:
     """Load data, build or train or load the model, and compute clean predictions."""
-    device = resolve_device(cfg.device)
-    train_ds, eval_ds, val_ds = load_splits(cfg)
-    model = build_model(cfg, train_ds)
+    device, out_dir = ctx.device, ctx.out
+    train_ds, eval_ds, val_ds = load_splits(cfg.data, cfg.seed)
+    if getattr(train_ds, "task", None) == "segmentation":
+        raise ConfigError(f"dataset {cfg.data.name!r} is a segmentation dataset; set kind: segmentation")
+    model = build_classifier(cfg, train_ds)
     ckpt = out_dir / "model.safetensors"
     train_info = None
     if cfg.train is not None:
-        prior = (results.get("model") or {}).get("train")
+        prior = (ctx.store.results.get("model") or {}).get("train")
         if prior and ckpt.is_file():
             log.info("resuming: reusing the model trained by the previous run (%s)", ckpt)
             model = load_checkpoint(ckpt)
@@ -278,7 +215,7 @@ def prepare(cfg: ExperimentConfig, out_dir: Path, results: dict[str, Any]) -> Pr
                           "test_accuracy": test_acc, "runtime_s": res.runtime_s}
             save_checkpoint(model, ckpt, extra={"config": cfg.name, "test_accuracy": test_acc})
     model = model.to(device).eval()
-    x, y = _eval_subset(eval_ds, cfg.eval.sample_limit, cfg.seed)
+    x, y = eval_subset(eval_ds, cfg.eval.sample_limit, cfg.seed)
     from medsec.validation import check_images, check_labels
 
     check_images(x, model.spec, name="evaluation images")
@@ -299,24 +236,24 @@ def prepare(cfg: ExperimentConfig, out_dir: Path, results: dict[str, Any]) -> Pr
 
 
 def build_defended(
-    cfg: ExperimentConfig, model: Classifier, x: torch.Tensor, device: torch.device
+    cfg: EvasionConfig, model: Classifier, x: torch.Tensor, device: torch.device
 ) -> tuple[dict[str | None, nn.Module], dict[str | None, torch.Tensor], list[dict[str, Any]]]:
     """The model under each defence (None = undefended), its clean predictions and facts."""
     import medsec.defenses  # noqa: F401  (registration)
     from medsec.defenses.base import Defended
     from medsec.models.accelerate import accelerate
-    from medsec.registries import DEFENSES
+    from medsec.registry import DEFENSES
 
     models: dict[str | None, nn.Module] = {}
     preds: dict[str | None, torch.Tensor] = {}
     info = []
     e = cfg.eval
-    for label in defense_labels(cfg):
+    labels = defense_labels(cfg)
+    for label in labels:
         if label is None:
             m: nn.Module = model
         else:
-            idx = defense_labels(cfg).index(label) - (1 if None in defense_labels(cfg) else 0)
-            d = cfg.defenses[idx]
+            d = cfg.defenses[labels.index(label) - (1 if None in labels else 0)]
             m = Defended(model, DEFENSES.create(d.name, **d.params)).to(device).eval()
         models[label] = accelerate(m, e.precision, e.channels_last, e.compile)
         preds[label] = predict(models[label], x, e.batch_size, device)  # type: ignore[arg-type]
@@ -328,7 +265,8 @@ def build_defended(
 
 
 # --------------------------------------------------------------------------- cells
-def _targets(cell: Cell, y: torch.Tensor, model: Classifier) -> torch.Tensor | None:
+def targets_of(cell: Cell, y: torch.Tensor, model: Classifier) -> torch.Tensor | None:
+    """The target class of each image for a targeted cell (None when untargeted)."""
     if not cell.threat.targeted:
         return None
     if model.task == "multilabel":
@@ -341,7 +279,8 @@ def _targets(cell: Cell, y: torch.Tensor, model: Classifier) -> torch.Tensor | N
     return torch.full_like(y, t)
 
 
-def _attack_for(cell: Cell, cfg: ExperimentConfig, model: nn.Module) -> tuple[Any, nn.Module]:
+def attack_for(cell: Cell, cfg: EvasionConfig, model: nn.Module) -> tuple[Any, nn.Module]:
+    """The cell's attack (early stop on), made adaptive (BPDA/EOT) for an adaptive cell."""
     from medsec.attacks.adaptive import adaptive
 
     attack = ATTACKS.create(cell.attack, **cell.params)
@@ -352,60 +291,60 @@ def _attack_for(cell: Cell, cfg: ExperimentConfig, model: nn.Module) -> tuple[An
     return attack, model
 
 
-def run_job(prep: Prepared, job: Job, cfg: ExperimentConfig, out_dir: Path) -> list[dict[str, Any]]:
+def run_job(prep: Prepared, job: Job, cfg: EvasionConfig, ctx: RunContext) -> list[dict[str, Any]]:
     """Attack the evaluation set for every cell of a job; one results.json record per cell."""
     first = job.cells[0]
     model = prep.models[first.defense]
     pred_clean = prep.preds[first.defense]
     x, y = prep.x, prep.y
-    attack, attacked_model = _attack_for(first, cfg, model)
-    target = _targets(first, y, prep.model)
+    attack, attacked_model = attack_for(first, cfg, model)
+    target = targets_of(first, y, prep.model)
     attacked = ~correct(target, y) if target is not None else correct(pred_clean, y)
     idx_all = attacked.nonzero()[:, 0]
     threats = [c.threat for c in job.cells]
     x_adv = [x.clone() for _ in threats]
-    gen = torch.Generator(device=prep.device).manual_seed(first.seed)
     losses: list[list[torch.Tensor]] = [[] for _ in threats]
     queries: list[list[torch.Tensor]] = [[] for _ in threats]
     broken_by: list[list[torch.Tensor]] = [[] for _ in threats]
     stages: list[str] | None = None
-    fit_info: dict[str, Any] = {}
+    fit_info: dict[int, Any] = {}
     start = time.perf_counter()
     bs = cfg.eval.batch_size
-    if getattr(attack, "universal", False):
-        transforms = _fit_universal(prep, attack, attacked_model, first, threats, gen, cfg, fit_info)
-        for k, transform in enumerate(transforms):
-            for i in range(0, len(idx_all), bs):
-                idx = idx_all[i : i + bs]
-                x_adv[k][idx] = transform(x[idx].to(prep.device)).detach().cpu()
-    else:
-        with task(first.id, len(idx_all)) as bar:
-            for i in range(0, len(idx_all), bs):
-                idx = idx_all[i : i + bs]
-                xb, yb = x[idx].to(prep.device), y[idx].to(prep.device)
-                tb = target[idx].to(prep.device) if target is not None else None
-                results = attack.sweep(attacked_model, xb, yb, threats, target=tb, generator=gen)
-                for k, res in enumerate(results):
-                    x_adv[k][idx] = res.x_adv.detach().cpu()
-                    losses[k].append(res.loss.cpu())
-                    if res.queries is not None:
-                        queries[k].append(res.queries.cpu().float())
-                    if "broken_by" in res.extras:
-                        broken_by[k].append(res.extras["broken_by"].cpu())
-                        stages = list(res.extras["stages"])
-                bar.advance(len(idx))
+    with ctx.cell(first.id) as gen:
+        if getattr(attack, "universal", False):
+            transforms = fit_universal(prep, attack, attacked_model, first, threats, gen, cfg, fit_info)
+            for k, transform in enumerate(transforms):
+                for i in range(0, len(idx_all), bs):
+                    idx = idx_all[i : i + bs]
+                    x_adv[k][idx] = transform(x[idx].to(prep.device)).detach().cpu()
+        else:
+            with task(first.id, len(idx_all)) as bar:
+                for i in range(0, len(idx_all), bs):
+                    idx = idx_all[i : i + bs]
+                    xb, yb = x[idx].to(prep.device), y[idx].to(prep.device)
+                    tb = target[idx].to(prep.device) if target is not None else None
+                    results = attack.sweep(attacked_model, xb, yb, threats, target=tb, generator=gen)
+                    for k, res in enumerate(results):
+                        x_adv[k][idx] = res.x_adv.detach().cpu()
+                        losses[k].append(res.loss.cpu())
+                        if res.queries is not None:
+                            queries[k].append(res.queries.cpu().float())
+                        if "broken_by" in res.extras:
+                            broken_by[k].append(res.extras["broken_by"].cpu())
+                            stages = list(res.extras["stages"])
+                    bar.advance(len(idx))
     runtime = time.perf_counter() - start
     records = []
     for k, cell in enumerate(job.cells):
-        records.append(_record(prep, cell, attack, model, pred_clean, target, idx_all, x_adv[k], losses[k], queries[k],
-                               broken_by[k], stages, runtime / len(job.cells), cfg, out_dir, fit_info.get(k)))
+        records.append(record_of(prep, cell, attack, model, pred_clean, target, idx_all, x_adv[k], losses[k],
+                                 queries[k], broken_by[k], stages, runtime / len(job.cells), cfg, ctx, fit_info.get(k)))
         if len(job.cells) > 1:
             records[-1]["sweep"] = {"cells": len(job.cells), "runtime_s_total": runtime}
     return records
 
 
-def _fit_universal(prep: Prepared, attack: Any, model: nn.Module, cell: Cell, threats: list[ThreatModel],
-                   gen: torch.Generator, cfg: ExperimentConfig, info: dict[int, Any]) -> list[Any]:
+def fit_universal(prep: Prepared, attack: Any, model: nn.Module, cell: Cell, threats: list[ThreatModel],
+                  gen: torch.Generator, cfg: EvasionConfig, info: dict[int, Any]) -> list[Any]:
     """Fit one universal attack per eps on (a seeded subset of) the training split.
 
     Returns one function x -> attacked x per eps: the attack's ``fitted_transform()``
@@ -419,7 +358,7 @@ def _fit_universal(prep: Prepared, attack: Any, model: nn.Module, cell: Cell, th
     bounds = prep.model.spec.bounds
     transforms = []
     for k, threat in enumerate(threats):
-        target = _targets(cell, fy.cpu(), prep.model)
+        target = targets_of(cell, fy.cpu(), prep.model)
         kwargs = {"target": target.to(prep.device)} if target is not None else {}
         delta = attack.fit(model, fx, fy, threat, generator=gen, **kwargs)
         info[k] = {"fit_size": n, "fit_fooling_rate": getattr(attack, "fooling_rate_", None)}
@@ -432,10 +371,11 @@ def _fit_universal(prep: Prepared, attack: Any, model: nn.Module, cell: Cell, th
     return transforms
 
 
-def _record(prep: Prepared, cell: Cell, attack: Any, model: nn.Module, pred_clean: torch.Tensor,
-            target: torch.Tensor | None, idx_all: torch.Tensor, x_adv: torch.Tensor, losses: list[torch.Tensor],
-            queries: list[torch.Tensor], broken_by: list[torch.Tensor], stages: list[str] | None, runtime: float,
-            cfg: ExperimentConfig, out_dir: Path, fit: dict[str, Any] | None) -> dict[str, Any]:
+def record_of(prep: Prepared, cell: Cell, attack: Any, model: nn.Module, pred_clean: torch.Tensor,
+              target: torch.Tensor | None, idx_all: torch.Tensor, x_adv: torch.Tensor, losses: list[torch.Tensor],
+              queries: list[torch.Tensor], broken_by: list[torch.Tensor], stages: list[str] | None, runtime: float,
+              cfg: EvasionConfig, ctx: RunContext, fit: dict[str, Any] | None) -> dict[str, Any]:
+    """The results.json record of one finished cell (and its example images)."""
     x, y = prep.x, prep.y
     bs = cfg.eval.batch_size
     pred_adv = predict(model, x_adv, bs, prep.device)  # type: ignore[arg-type]
@@ -491,7 +431,7 @@ def _record(prep: Prepared, cell: Cell, attack: Any, model: nn.Module, pred_clea
     if k:
         ex = idx_all[:k]
         rel = f"examples/{cell.id}.npz"
-        atomic_save_npz(out_dir / rel, clean=x[ex].numpy().astype(np.float32), adv=x_adv[ex].numpy().astype(np.float32),
+        atomic_save_npz(ctx.out / rel, clean=x[ex].numpy().astype(np.float32), adv=x_adv[ex].numpy().astype(np.float32),
                         label=y[ex].numpy(), pred_clean=pred_clean[ex].numpy(), pred_adv=pred_adv[ex].numpy())
         record["examples"] = rel
     return record
@@ -516,51 +456,14 @@ def worst_case(evaluations: list[dict[str, Any]], n: int) -> list[dict[str, Any]
 
 
 # --------------------------------------------------------------------------- driver
-def _load_previous(path: Path, config_dump: dict[str, Any]) -> dict[str, Any]:
-    import json
-
-    if not path.is_file():
-        return {}
-    try:
-        prev = json.loads(path.read_text())
-    except (OSError, ValueError):
-        log.warning("ignoring unreadable %s", path)
-        return {}
-    if prev.get("config") != config_dump:
-        raise ConfigError(
-            f"{path.parent} holds results of a different config; choose another --out folder or delete it"
-        )
-    return prev
-
-
-def run_experiment(
-    cfg: ExperimentConfig, out_dir: str | Path, executor: Executor | None = None, report: bool = True
-) -> dict[str, Any]:
-    """Run an experiment into ``out_dir`` (resuming it if it holds a partial run of the same config)."""
+def run(ctx: RunContext) -> None:
+    """Run the evasion grid into ``ctx.store`` (resuming a partial run of the same config)."""
     from medsec.attacks.adaptive import needs_adaptive
-    from medsec.eval.checks import model_checks
-    from medsec.eval.segmentation import is_segmentation, run_segmentation
+    from medsec.experiments.evasion.robustness import matrix_record
 
-    if not isinstance(cfg, ExperimentConfig):  # another experiment kind (medsec.experiments)
-        from medsec.experiments import get_kind
-
-        return get_kind(cfg.kind).run(cfg, out_dir, report=report)
-    if is_segmentation(cfg):
-        return run_segmentation(cfg, out_dir, report=report)
-    if any(a.mode != "pixel" for a in cfg.attacks):
-        raise ConfigError("attack mode 'paper' is for segmentation experiments only; remove mode or use mode: pixel")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config_dump = cfg.model_dump(mode="json")
-    results_path = out_dir / "results.json"
-    prev = _load_previous(results_path, config_dump)
-    for a in cfg.attacks:  # refuse bad attack parameters (e.g. an unknown mask) before any output
-        ATTACKS.create(a.name, **a.params)
-    atomic_write_text(out_dir / "config.resolved.yaml", dump_config(cfg))
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed % (2**32))
-    plan_cells(cfg)  # refuse a bad grid before any work
-    prep = prepare(cfg, out_dir, prev)
+    cfg: EvasionConfig = ctx.cfg
+    store = ctx.store
+    prep = prepare(cfg, ctx)
     adaptive_for = {d for d, m in prep.models.items() if cfg.eval.adaptive and needs_adaptive(m)}
     cells = plan_cells(cfg, adaptive_for)
     jobs = plan_jobs(cells)
@@ -570,30 +473,22 @@ def run_experiment(
         for label, m in prep.models.items():
             pre_checks += model_checks(m, prep.x[:k].to(prep.device), prep.y[:k].to(prep.device),
                                        label=label or "model")
-    results: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION, "name": cfg.name, "status": "running", "config": config_dump,
-        "provenance": provenance(prep.device),
-        "seeds": {"global": cfg.seed, "cells": {c.id: c.seed for c in cells}},
-        **prep.info, "evaluations": [], "worst_case": [], "checks": pre_checks,
-    }
-    done = {ev["id"]: ev for ev in prev.get("evaluations", [])}
-    results["evaluations"] = [done[c.id] for c in cells if c.id in done]
-    if done:
-        log.info("resuming: %d of %d cells already done", len(results["evaluations"]), len(cells))
-    atomic_write_json(results_path, results)
-    pending = [j for j in jobs if any(c.id not in done for c in j.cells)]
-    executor = executor or get_executor(cfg.executor)
-    order = {c.id: i for i, c in enumerate(cells)}
-    for _job, records in executor.map(lambda j: run_job(prep, j, cfg, out_dir), pending):
+    store.update(**prep.info)
+    store.plan([c.id for c in cells], {c.id: c.seed for c in cells})
+    if store.cells:
+        log.info("resuming: %d of %d cells already done", len(store.cells), len(cells))
+    pending = [j for j in jobs if any(store.done(c.id) is None for c in j.cells)]
+    for _job, records in ctx.executor.map(lambda j: run_job(prep, j, cfg, ctx), pending):
         for record in records:
             log.info("%s: robust accuracy %.3f (%.1fs)", record["id"], record["metrics"]["robust_accuracy"],
                      record["runtime_s"])
-            done[record["id"]] = record
-        results["evaluations"] = sorted((done[c.id] for c in cells if c.id in done), key=lambda ev: order[ev["id"]])
-        atomic_write_json(results_path, results)
-    results["worst_case"] = worst_case(results["evaluations"], len(prep.x))
-    results["checks"] = pre_checks + run_checks(results["evaluations"])
-    from medsec.report.robustness import matrix_record
+            store.put(record["id"], record)
+    store.plan([c.id for c in cells])  # plan order
+    evaluations = list(store.cells.values())
+    store.add_checks(pre_checks + run_checks(evaluations))
+    store.update(worst_case=worst_case(evaluations, len(prep.x)))
+    store.update(matrix=matrix_record(store.results))
 
-    results["matrix"] = matrix_record(results)  # the defence x attack matrix of the report (issue 9)
-    return finish_run(results, results_path, report)
+
+__all__ = ["Cell", "Job", "Prepared", "build_classifier", "check", "defense_labels", "plan", "plan_cells",
+           "plan_jobs", "prepare", "run", "run_job", "worst_case"]

@@ -1,14 +1,13 @@
-"""The segmentation report: Dice/IoU-vs-eps curves, a per-cell table and overlays
-(image, ground truth, clean prediction, adversarial prediction), as one self-contained
-HTML page (inline CSS, base64 PNG figures, every data string escaped) plus Markdown.
+"""The segmentation kind's report: Dice/IoU-vs-eps curves, a per-cell table and overlays
+(image, ground truth, clean prediction, adversarial prediction), in the report frame
+(:mod:`medsec.report.frame`), plus the table ``medsec run`` prints.
 
 Example:
-    >>> html = render_segmentation_html(results, run_dir)  # doctest: +SKIP
+    >>> html, md = render(results, run_dir)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from medsec.experiments.evasion.robustness import evaluations_of
 from medsec.report.figures import new_figure, png_bytes
-from medsec.report.html import CSS, esc, figure_html, note, section
+from medsec.report.frame import esc, figure_html, html_page, markdown_page, note, section
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def _groups(evaluations: list[Mapping[str, Any]]) -> dict[str, dict[str, list[Ma
 
 def dice_iou_vs_eps(results: Mapping[str, Any], mode: str) -> bytes:
     """Two panels (Dice, IoU) against eps for every attack of one mode, clean at eps 0."""
-    curves = _groups([ev for ev in results.get("evaluations", []) if isinstance(ev, Mapping)]).get(mode, {})
+    curves = _groups(evaluations_of(results)).get(mode, {})
     clean = results.get("clean") or {}
     fig = new_figure(9.0, 3.4)
     axes = fig.subplots(1, 2)
@@ -101,7 +101,7 @@ def _table(results: Mapping[str, Any]) -> str:
     heads = ["cell", "attack", "mode", "eps", "eps (px, approx)"] + [h for _, h in METRIC_COLUMNS] + ["runtime s"]
     clean = results.get("clean") or {}
     rows = [["clean", "-", "-", "0", "0"] + [_fmt(clean.get(k)) for k, _ in METRIC_COLUMNS] + ["-"]]
-    for ev in results.get("evaluations", []):
+    for ev in evaluations_of(results):
         m = ev["metrics"]
         eps = ev["threat"]["eps"]
         eps_txt = f"{eps:g}" if ev.get("mode") == "paper" else f"{eps * 255:.3g}/255"
@@ -114,7 +114,7 @@ def _table(results: Mapping[str, Any]) -> str:
 
 
 def _universal(results: Mapping[str, Any]) -> str:
-    evs = [ev for ev in results.get("evaluations", []) if ev.get("universal")]
+    evs = [ev for ev in evaluations_of(results) if ev.get("universal")]
     if not evs:
         return ""
     lines = []
@@ -128,9 +128,9 @@ def _universal(results: Mapping[str, Any]) -> str:
     return section("Universal perturbation", "<ul>" + "".join(lines) + "</ul>", "universal")
 
 
-def render_segmentation_html(results: Mapping[str, Any], out_dir: Path) -> str:
+def render_html(results: Mapping[str, Any], out_dir: Path) -> str:
     """The HTML report of a segmentation run."""
-    evaluations = [ev for ev in results.get("evaluations", []) if isinstance(ev, Mapping)]
+    evaluations = evaluations_of(results)
     model, data, clean = results.get("model") or {}, results.get("data") or {}, results.get("clean") or {}
     train = model.get("train") or {}
     facts = [("model", model.get("name")), ("prompt", model.get("prompt")), ("parameters", model.get("parameters")),
@@ -139,8 +139,7 @@ def render_segmentation_html(results: Mapping[str, Any], out_dir: Path) -> str:
              ("training", f"{train.get('epochs')} epochs, {train.get('n_train')} images, {train.get('runtime_s', 0):.0f}s"
               if train else "not trained by this run"),
              ("clean Dice / IoU", f"{_fmt(clean.get('dice'))} / {_fmt(clean.get('iou'))}")]
-    body = [f"<h1>medsec segmentation report: {esc(results.get('name'))}</h1>",
-            section("Model and data", "<ul>" + "".join(f"<li>{esc(k)}: {esc(v)}</li>" for k, v in facts) + "</ul>")]
+    body = [section("Model and data", "<ul>" + "".join(f"<li>{esc(k)}: {esc(v)}</li>" for k, v in facts) + "</ul>")]
     figs = []
     for mode in sorted({ev.get("mode", "pixel") for ev in evaluations}):
         try:
@@ -152,10 +151,6 @@ def render_segmentation_html(results: Mapping[str, Any], out_dir: Path) -> str:
     body.append(section("Dice and IoU vs eps", "".join(figs), "curves"))
     body.append(section("Results per cell", _table(results), "table"))
     body.append(_universal(results))
-    checks = results.get("checks") or []
-    if checks:
-        body.append(section("Checks", "<ul>" + "".join(f"<li>{esc(c.get('status'))}: {esc(c.get('message'))}</li>"
-                                                      for c in checks) + "</ul>", "checks"))
     overlays = []
     curves = _groups(evaluations)
     for named in curves.values():
@@ -173,23 +168,43 @@ def render_segmentation_html(results: Mapping[str, Any], out_dir: Path) -> str:
                 overlays.append(note(f"overlays of {ev['id']} could not be drawn: {exc}"))
     if overlays:
         body.append(section("Overlays (largest eps of each attack)", "".join(overlays), "overlays"))
-    cfg = json.dumps(results.get("config"), indent=1, default=str)
-    body.append(section("Config", f"<pre>{esc(cfg)}</pre>", "config"))
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>medsec report: {esc(results.get('name'))}</title><style>{CSS}</style></head><body><main>"
-            + "".join(body) + "</main></body></html>\n")
+    return html_page(results, body)
 
 
-def render_segmentation_markdown(results: Mapping[str, Any]) -> str:
+def render_markdown(results: Mapping[str, Any]) -> str:
     """A Markdown summary table of a segmentation run."""
     clean = results.get("clean") or {}
-    lines = [f"# {results.get('name')} (segmentation)", "",
-             f"Clean: Dice {_fmt(clean.get('dice'))}, IoU {_fmt(clean.get('iou'))}, HD95 {_fmt(clean.get('hd95'))}, "
+    lines = [f"Clean: Dice {_fmt(clean.get('dice'))}, IoU {_fmt(clean.get('iou'))}, HD95 {_fmt(clean.get('hd95'))}, "
              f"lesion miss {_fmt(clean.get('lesion_miss_rate'))} on {clean.get('n')} images.", "",
              "| cell | mode | eps | Dice | IoU | Dice drop | lesion miss | success |", "|---|---|---|---|---|---|---|---|"]
-    for ev in results.get("evaluations", []):
+    for ev in evaluations_of(results):
         m = ev["metrics"]
         lines.append(f"| {ev['id']} | {ev.get('mode')} | {ev['threat']['eps']:.4g} | {_fmt(m['dice'])} | "
                      f"{_fmt(m['iou'])} | {_fmt(m['dice_drop'])} | {_fmt(m['lesion_miss_rate'])} | "
                      f"{_fmt(m['attack_success_rate'])} |")
-    return "\n".join(lines) + "\n"
+    return markdown_page(results, [*lines, ""])
+
+
+def render(results: dict[str, Any], out_dir: Path) -> tuple[str, str]:
+    """(report.html, report.md) of a segmentation run."""
+    return render_html(results, out_dir), render_markdown(results)
+
+
+def summary(results: dict[str, Any], out_dir: Path) -> list[str]:
+    """What ``medsec run`` prints: training, clean Dice/IoU, one line per cell."""
+    clean = results.get("clean", {})
+    lines = []
+    train = (results.get("model") or {}).get("train")
+    if train:
+        lines.append(f"trained {results['model']['name']}: test Dice {train['test']['dice']:.3f} "
+                     f"in {train.get('runtime_s', 0):.0f}s")
+    lines.append(f"clean Dice {clean.get('dice', float('nan')):.3f}, IoU {clean.get('iou', float('nan')):.3f} "
+                 f"on {clean.get('n')} images")
+    lines.append(f"{'attack':<24} {'mode':<6} {'eps':>9} {'Dice':>6} {'IoU':>6} {'drop':>6} {'success':>8} {'time':>8}")
+    for ev in evaluations_of(results):
+        t, m = ev["threat"], ev["metrics"]
+        eps = f"{t['eps']:g}" if ev.get("mode") == "paper" else f"{t['eps_255']:.3g}/255"
+        success = "–" if m.get("attack_success_rate") is None else f"{100 * m['attack_success_rate']:.1f}%"
+        lines.append(f"{ev['label'] + (' (T)' if t['targeted'] else ''):<24} {ev.get('mode', 'pixel'):<6} {eps:>9} "
+                     f"{m['dice']:>6.3f} {m['iou']:>6.3f} {m['dice_drop']:>6.3f} {success:>8} {ev['runtime_s']:>7.1f}s")
+    return lines

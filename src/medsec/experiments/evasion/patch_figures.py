@@ -17,7 +17,7 @@ from medsec.report.figures import (
     CHANGED_COLOR,
     KEPT_COLOR,
     MAX_EXAMPLES,
-    _changed,
+    changed,
     display_range,
     label_text,
     message_figure,
@@ -66,9 +66,9 @@ def patch_grid(examples: Mapping[str, np.ndarray], classes: Sequence[str] | None
             ax_m.contour(mask.astype(np.float32), levels=[0.5], colors=OUTLINE_COLOR, linewidths=0.9)
         ax_m.set_title(f"mask outline\n({100 * mask.mean():.2f}% of pixels)", fontsize=8)
         show_image(ax_a, adv[i], vrange)
-        changed = _changed(pred_adv[i], pred_clean[i])
+        moved = changed(pred_adv[i], pred_clean[i])
         ax_a.set_title(f"attacked:\n{label_text(pred_adv[i], classes)}", fontsize=8,
-                       color=CHANGED_COLOR if changed else KEPT_COLOR, fontweight="bold" if changed else "normal")
+                       color=CHANGED_COLOR if moved else KEPT_COLOR, fontweight="bold" if moved else "normal")
     return png_bytes(fig)
 
 

@@ -11,6 +11,11 @@ added to the registry later is covered without touching this file:
 * the same ``torch.Generator`` seed gives the same result;
 * success flags agree with the model's predictions (untargeted and targeted), robust
   accuracy never exceeds clean accuracy, and a targeted threat needs a target.
+
+Every attack is checked in each setting it declares: ``classification`` (a small CNN
+classifier, also as a plain module), ``segmentation`` (a small segmenter) and
+``label_free`` (an embedding model, :class:`medsec.objectives.EmbeddingAsLogits`, with the
+feature-deviation objective and ``y = torch.arange(n)``); every attack declares one.
 """
 
 from __future__ import annotations
@@ -53,6 +58,13 @@ SEG_CASES = [
     pytest.param(name, norm, id=f"{name}-{norm}")
     for name in medsec.attacks.list()
     if getattr(medsec.attacks.get(name), "segmentation", True)
+    for norm in medsec.attacks.get(name).norms
+]
+# label-free: every attack that declares it runs on an embedding model with the feature deviation
+LABEL_FREE_CASES = [
+    pytest.param(name, norm, id=f"{name}-{norm}")
+    for name in medsec.attacks.list()
+    if getattr(medsec.attacks.get(name), "label_free", False)
     for norm in medsec.attacks.get(name).norms
 ]
 
@@ -455,3 +467,145 @@ def test_float64_input_keeps_dtype_pgd(norm: str) -> None:
     assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
     assert torch.equal(res.success, predict(model, res.x_adv) != y)
     assert all(p.dtype == torch.float64 for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- label-free setting
+
+
+class _Encoder(torch.nn.Module):
+    """The trained small CNN without its head: (B, 32) penultimate embeddings, normalisation inside."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.features(self.net.stem((x - 0.5) / 0.5))
+
+
+def make_embedding_model(n: int = BATCH) -> medsec.objectives.EmbeddingAsLogits:
+    """The trained small CNN's features as an embedding model, in TRAIN mode with a mix of
+    frozen and trainable parameters (BatchNorm buffers hold trained statistics)."""
+    return medsec.objectives.EmbeddingAsLogits(_Encoder(make_model().net), n)
+
+
+def label_free_attack(name: str, eps: float) -> medsec.attacks.Attack:
+    """The attack with the label-free defaults of the WSI attacks (random starts) and the light budgets."""
+    from medsec.wsi.attacks import label_free_params
+
+    accepted = inspect.signature(medsec.attacks.get(name)).parameters
+    params = label_free_params(name, eps, {k: v for k, v in GENERIC_BUDGET.items() if k in accepted})
+    return medsec.attacks.create(name, **params)
+
+
+@torch.no_grad()
+def embed(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    was = model.training
+    model.eval()
+    try:
+        return model(x)
+    finally:
+        model.train(was)
+
+
+def test_every_attack_declares_a_setting() -> None:
+    for name in medsec.attacks.list():
+        cls = medsec.attacks.get(name)
+        flags = [getattr(cls, a, None) for a in ("classification", "segmentation", "label_free")]
+        assert all(isinstance(f, bool) for f in flags), f"{name}: classification/segmentation/label_free must be bools"
+        assert any(flags), f"{name} declares no setting it runs in"
+    assert {"fgsm_rs", "pgd", "mifgsm", "feature_cw", "feature_deepfool"} <= set(medsec.attacks.label_free())
+
+
+@pytest.mark.parametrize("name, norm", LABEL_FREE_CASES)
+def test_call_contract_label_free(name: str, norm: str) -> None:
+    """The call contract on an embedding model: the same guarantees, the loss is the
+    deviation of the perturbed embedding from the clean one (computed independently) and
+    success is a deviation above the objective's threshold."""
+    from medsec.objectives import deviation
+
+    model = make_embedding_model()
+    x = make_batch()
+    y = torch.arange(BATCH)
+    x_copy = x.clone()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
+    assert model.training and not all(flags) and any(flags)
+    eps = eps_for(norm)
+    attack = label_free_attack(name, eps)
+    threat = medsec.ThreatModel(norm, eps)
+    res = attack(model, x, y, threat=threat, generator=torch.Generator().manual_seed(0))
+
+    assert torch.equal(x, x_copy) and torch.equal(y, torch.arange(BATCH))
+    assert res.x_adv.shape == x.shape and res.x_adv.dtype == x.dtype and res.x_adv.device == x.device
+    assert not res.x_adv.requires_grad
+    assert model.training and all(m.training for m in model.modules())
+    assert [p.requires_grad for p in model.parameters()] == flags
+    for key, value in state.items():
+        assert torch.equal(model.state_dict()[key], value), f"state_dict[{key!r}] changed"
+    assert all(p.grad is None for p in model.parameters())
+    assert res.x_adv.min() >= 0.0 and res.x_adv.max() <= 1.0
+    assert_within_budget(x, res.x_adv, norm, eps)
+    assert res.steps >= 1 and res.queries is not None and (res.queries >= 1).all()
+    dev = deviation(embed(model, res.x_adv), embed(model, x))
+    torch.testing.assert_close(res.loss, dev, atol=1e-5, rtol=1e-4)
+    assert torch.equal(res.success, res.loss > 0.5)  # the cosine objective's default threshold
+    # far more deviation than random noise on the surface of the same ball (measured: 0.07-0.11 vs
+    # 0.0003 mean 1 - cos for every label-free attack and norm on this model)
+    g = torch.Generator().manual_seed(1)
+    noise = torch.randn(x.shape, generator=g)
+    noise = noise.sign() * eps if norm == "linf" else noise / noise.flatten(1).norm(dim=1).reshape(-1, 1, 1, 1) * eps
+    noise_dev = deviation(embed(model, (x + noise).clamp(0, 1)), embed(model, x))
+    assert res.loss.mean() > 10 * noise_dev.mean(), f"{res.loss.mean():.3g} vs noise {noise_dev.mean():.3g}"
+    # the same generator gives the same result; eps = 0 is the identity
+    again = attack(model, x, y, threat=threat, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(res.x_adv, again.x_adv) and torch.equal(res.loss, again.loss)
+    zero = attack(model, x, y, threat=medsec.ThreatModel(norm, 0.0))
+    assert torch.equal(zero.x_adv, x) and not zero.success.any()
+
+
+@pytest.mark.parametrize("name, norm", LABEL_FREE_CASES)
+def test_label_free_sweep_matches_single_calls(name: str, norm: str) -> None:
+    model = make_embedding_model()
+    x = make_batch()
+    y = torch.arange(BATCH)
+    base = eps_for(norm)
+    threats = [medsec.ThreatModel(norm, e) for e in (base / 2, 0.0, base)]
+    attack = label_free_attack(name, base)
+    results = attack.sweep(model, x, y, threats, generator=torch.Generator().manual_seed(5))
+    for t, res in zip(threats, results):
+        assert_within_budget(x, res.x_adv, norm, t.eps)
+    assert torch.equal(results[1].x_adv, x), "eps=0 inside a sweep must be the identity"
+    single = attack(model, x, y, threat=threats[0], generator=torch.Generator().manual_seed(5))
+    assert torch.equal(single.x_adv, results[0].x_adv)
+
+
+@pytest.mark.parametrize("name, norm", LABEL_FREE_CASES)
+def test_label_free_attacks_refuse_labels_and_targets(name: str, norm: str) -> None:
+    model = make_embedding_model()
+    x = make_batch()
+    attack = label_free_attack(name, eps_for(norm))
+    with pytest.raises(medsec.InputError, match="arange"):
+        attack(model, x, torch.arange(BATCH).flip(0), threat=medsec.ThreatModel(norm, eps_for(norm)))
+    with pytest.raises(medsec.InputError, match="untargeted|no targeted variant"):
+        attack(model, x, torch.arange(BATCH), threat=medsec.ThreatModel(norm, eps_for(norm), targeted=True),
+               target=torch.zeros(BATCH, dtype=torch.long))
+    assert model.training, "model mode changed by a call that raised"
+
+
+@pytest.mark.parametrize("name", medsec.attacks.list())
+def test_attacks_refuse_settings_they_do_not_declare(name: str) -> None:
+    """An attack without the label_free capability refuses an embedding model, and a
+    label-free-only attack refuses a classifier, each with one clear InputError."""
+    cls = medsec.attacks.get(name)
+    norm = cls.norms[0]
+    threat = medsec.ThreatModel(norm, eps_for(norm))
+    attack = make_attack(name)
+    if not cls.label_free:
+        with pytest.raises(medsec.InputError, match="label-free"):
+            attack(make_embedding_model(), make_batch(), torch.arange(BATCH), threat=threat)
+    if not cls.classification and not cls.segmentation:
+        model = make_model()
+        x = make_batch()
+        with pytest.raises(medsec.InputError, match="label-free.*embedding"):
+            attack(model, x, predict(model, x), threat=threat)

@@ -1,4 +1,4 @@
-"""medsec FGSM/PGD against torchattacks 3.5 on the same model and batch.
+"""medsec FGSM, FGSM-RS and PGD against torchattacks 3.5 on the same model and batch.
 
 Both libraries receive the same :class:`medsec.models.Classifier` (normalisation inside
 the model, images in [0, 1]) in eval mode. The update rules are the same, with one
@@ -198,3 +198,38 @@ def test_pgd_l2_matches_torchattacks_default(setup, targeted: bool) -> None:  # 
     assert (per_sample < 1e-5).float().mean() >= 0.9, f"per-sample differences {per_sample.tolist()}"
     assert abs(res.success.float().mean().item() - expected.float().mean().item()) <= 1 / BATCH
     assert (res.success == expected).float().mean() >= 1 - 1 / BATCH
+
+
+@pytest.mark.parametrize("targeted", [False, True], ids=["untargeted", "targeted"])
+@pytest.mark.parametrize("eps_255", [2, 8])
+def test_fgsm_rs_matches_torchattacks_ffgsm(setup, eps_255: int, targeted: bool) -> None:  # type: ignore[no-untyped-def]
+    """FGSM with a random start (Wong, Rice & Kolter 2020) against torchattacks' ``FFGSM``
+    at the paper's alpha = 1.25 eps. torchattacks draws its start from the global RNG with
+    ``torch.randn_like(x).uniform_(-eps, eps)``; medsec draws it from the generator with
+    ``torch.rand``, so the generator replays the same stream after the same normal draws,
+    and the start (up to one rounding of 2u - 1 times eps), the step and the projection
+    must then give the same images."""
+    model, x, y, target = setup
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    eps = eps_255 / 255
+    ta = torchattacks.FFGSM(model, eps=eps, alpha=1.25 * eps)
+    if targeted:
+        ta.set_mode_targeted_by_label(quiet=True)
+    torch.manual_seed(123)
+    ref = ta(x, target if targeted else y)
+    _check_model_untouched(model, state)
+    gen = torch.Generator().manual_seed(123)
+    torch.randn(x.shape, generator=gen)  # the normal draws randn_like makes before uniform_ overwrites them
+    attack = medsec.attacks.create("fgsm_rs")
+    res = attack(model, x, y, threat=medsec.ThreatModel("linf", eps, targeted), target=target if targeted else None,
+                 generator=gen)
+    _check_model_untouched(model, state)
+    diff = (res.x_adv - ref).abs().max().item()
+    assert diff < 1e-6, f"max |medsec - torchattacks| = {diff:.3g}"
+    pred = _pred(model, ref)
+    assert torch.equal(res.success, (pred == target) if targeted else (pred != y))
+    assert res.success.any() or eps_255 == 2, "8/255 FGSM-RS should break some samples"
+    # the random start matters: a different generator gives another result
+    other = attack(model, x, y, threat=medsec.ThreatModel("linf", eps, targeted), target=target if targeted else None,
+                   generator=torch.Generator().manual_seed(124))
+    assert not torch.equal(other.x_adv, res.x_adv)

@@ -105,9 +105,9 @@ def test_only_k_tiles_change_within_eps(encoder, tiles: torch.Tensor, rho: float
 
 def test_random_selection_ignores_labels_head_and_features(encoder, tiles: torch.Tensor) -> None:
     feats = encoder.encode(tiles[:500])
-    a = attack_slide(encoder, TensorTiles(tiles[:500]), feats, WSIBudget(0.01, EPS), "fgsm", "random",
+    a = attack_slide(encoder, TensorTiles(tiles[:500]), feats, WSIBudget(0.01, EPS), "fgsm_rs", "random",
                      generator=torch.Generator().manual_seed(3))
-    b = attack_slide(encoder, TensorTiles(tiles[:500]), torch.zeros_like(feats), WSIBudget(0.01, EPS), "fgsm", "random",
+    b = attack_slide(encoder, TensorTiles(tiles[:500]), torch.zeros_like(feats), WSIBudget(0.01, EPS), "fgsm_rs", "random",
                      head=_Forbidden(), generator=torch.Generator().manual_seed(3))
     assert torch.equal(a.indices, b.indices)  # the choice depends on N and the generator only
     assert torch.equal(a.tiles_adv, b.tiles_adv)
@@ -126,7 +126,7 @@ def test_cost_in_proportion_to_attack(encoder, tiles: torch.Tensor) -> None:
 @pytest.mark.parametrize("norm,eps", [("linf", EPS), ("l2", 0.5)])
 def test_feature_attacks_label_free(encoder, tiles: torch.Tensor, name: str, norm: str, eps: float) -> None:
     x = tiles[:8]
-    params = {"steps": 10} if name in ("cw", "deepfool") else {}
+    params = {"steps": 10} if name in ("feature_cw", "feature_deepfool") else {}
     res = feature_attack(name, encoder, x, ThreatModel(norm, eps), generator=torch.Generator().manual_seed(0), **params)
     d = (res.x_adv - x).flatten(1)
     size = d.abs().max(1).values if norm == "linf" else d.norm(dim=1)
@@ -142,7 +142,7 @@ def test_feature_attacks_label_free(encoder, tiles: torch.Tensor, name: str, nor
 def test_attention_selection_and_bad_input(encoder, tiles: torch.Tensor) -> None:
     feats = encoder.encode(tiles[:300])
     head = create_head("abmil", encoder.dim)
-    res = attack_slide(encoder, TensorTiles(tiles[:300]), feats, WSIBudget(0.01, EPS), "fgsm", "attention", head=head)
+    res = attack_slide(encoder, TensorTiles(tiles[:300]), feats, WSIBudget(0.01, EPS), "fgsm_rs", "attention", head=head)
     assert set(res.indices.tolist()) == set(torch.topk(head.attention(feats), 3).indices.tolist())
     src = TensorTiles(tiles[:300])
     with pytest.raises(InputError, match="needs the MIL head"):
@@ -168,3 +168,62 @@ def test_attention_selection_and_bad_input(encoder, tiles: torch.Tensor) -> None
     nan[0, 0, 0, 0] = float("nan")
     with pytest.raises(InputError, match="NaN"):
         feature_attack("pgd", encoder, nan, ThreatModel("linf", EPS))
+
+
+def test_feature_attacks_are_the_registered_label_free_attacks(encoder, tiles: torch.Tensor) -> None:
+    """``feature_attack`` resolves its name through the attack registry and adds only the
+    documented label-free defaults: PGD through it is the registered ``pgd`` with 10 steps of
+    eps/4 from a random start, on the feature-deviation objective, bit for bit."""
+    import medsec
+    from medsec.objectives import EmbeddingAsLogits, FeatureDeviation
+    from medsec.wsi.attacks import LABEL_FREE_DEFAULTS, label_free_params
+
+    assert set(FEATURE_ATTACKS) == set(medsec.attacks.label_free())
+    assert {"fgsm_rs", "pgd", "mifgsm", "feature_cw", "feature_deepfool"} <= set(FEATURE_ATTACKS)
+    assert set(LABEL_FREE_DEFAULTS) <= set(FEATURE_ATTACKS)
+    assert label_free_params("pgd", EPS) == {"steps": 10, "step_size": EPS / 4, "random_start": True}
+    assert label_free_params("pgd", EPS, {"steps": 3}) == {"steps": 3, "step_size": EPS / 4, "random_start": True}
+    assert label_free_params("mifgsm", EPS) == {"random_start": True}
+    assert label_free_params("feature_cw", EPS, {"c": 1.0}) == {"c": 1.0}
+    x = tiles[:6]
+    threat = ThreatModel("linf", EPS)
+    res = feature_attack("pgd", encoder, x, threat, generator=torch.Generator().manual_seed(5))
+    ref = encoder.encode(x)
+    unit = medsec.attacks.create("pgd", steps=10, step_size=EPS / 4, random_start=True,
+                                 loss=FeatureDeviation(reference=ref))
+    direct = unit(EmbeddingAsLogits(encoder, 6), x, torch.arange(6), threat=threat,
+                  generator=torch.Generator().manual_seed(5))
+    assert torch.equal(res.x_adv, direct.x_adv) and torch.equal(res.loss, direct.loss)
+
+
+def test_feature_attack_refuses_attacks_that_need_labels(encoder, tiles: torch.Tensor) -> None:
+    threat = ThreatModel("linf", EPS)
+    for old, new in (("fgsm", "fgsm_rs"), ("cw", "feature_cw"), ("deepfool", "feature_deepfool")):
+        with pytest.raises(InputError, match=f"not label-free.*'{new}'"):
+            feature_attack(old, encoder, tiles[:2], threat)
+    with pytest.raises(InputError, match="'apgd' needs class labels.*pgd"):
+        feature_attack("apgd", encoder, tiles[:2], threat)
+
+
+def _wsi_config(names: list[str], params: dict | None = None) -> dict:
+    return {"kind": "wsi", "name": "cfg", "bags": {"tasks": [{"name": "t", "positive": [4]}]},
+            "attack": {"names": names, "params": params or {}}}
+
+
+def test_wsi_config_names_registered_label_free_attacks() -> None:
+    from medsec.config.loader import validate_config
+    from medsec.errors import ConfigError
+
+    ok = validate_config(_wsi_config(["fgsm_rs", "pgd", "mifgsm", "feature_cw", "feature_deepfool"],
+                                     {"pgd": {"steps": 3}, "feature_cw": {"c": 5.0}}))
+    assert ok.attack.names[0] == "fgsm_rs"
+    # the names the wsi kind used to give other meanings: one ConfigError naming the new name
+    for old, new in (("fgsm", "fgsm_rs"), ("cw", "feature_cw"), ("deepfool", "feature_deepfool")):
+        with pytest.raises(ConfigError, match=f"attack.names.*'{old}' is not label-free.*'{new}'"):
+            validate_config(_wsi_config([old]))
+    with pytest.raises(ConfigError, match="'uap' needs class labels and cannot run label-free"):
+        validate_config(_wsi_config(["pgd", "uap"]))
+    with pytest.raises(ConfigError, match="unknown feature attack 'pgdd'.*'pgd'"):
+        validate_config(_wsi_config(["pgdd"]))
+    with pytest.raises(ConfigError, match="'pgd' has no parameter 'stpes'.*steps"):
+        validate_config(_wsi_config(["pgd"], {"pgd": {"stpes": 3}}))

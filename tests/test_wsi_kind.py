@@ -28,7 +28,9 @@ def _cfg(data_root: Path) -> dict:
         "train": {"epochs": 3},
         "attack": {"names": ["pgd"], "rhos": [0.002], "eps": 8 / 255, "strategies": ["random", "attention"],
                    "params": {"pgd": {"steps": 3}}},
-        "defenses": {"enabled": False},
+        # one bag defence, the registered embedding_outlier detector (the purifiers: tests/test_wsi_defenses.py)
+        "defenses": {"enabled": True, "rho": 0.002, "outlier_k": 5, "jpeg_quality": None, "blur_sigma": None,
+                     "finetune_epochs": None},
         "slides": {"paths": [str(data_root / "he-samples" / "cmu_small_region.svs")], "tile_size": 512,
                    "level": 0, "min_tissue": 0.5, "rho": 0.05},
     }
@@ -53,6 +55,10 @@ def test_wsi_kind_end_to_end_and_resume(tmp_path, data_root, bloodmnist_model) -
     for title in ("Attacked tiles and attention", "Tile vulnerability vs content", "Real slides"):
         assert title in html, title
     assert html.count("data:image/png;base64,") >= 4
+    outlier = res["cells"]["defense/lymphocyte/outlier"]  # the registered detector, through DETECTORS
+    assert outlier["params"] == {"k": 5, "quantile": 0.99} and outlier["threshold"] > 0
+    assert 0 <= outlier["clean_tile_fpr"] <= 0.2 and 0 <= outlier["tpr_random"] <= 1
+    assert 0 <= outlier["attacked_attention"] <= 1
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["cells"].keys() == res["cells"].keys()
     # a rerun into the same folder resumes: every finished cell is kept as it was

@@ -67,12 +67,27 @@ class Registry(Generic[T]):
     Args:
         kind: what the registry holds, for messages (``attack`` -> "unknown attack ...").
         lazy: ``{name: "module:attribute"}`` entries imported on first use.
+        providers: modules whose import registers units; imported once before the first
+            lookup (``get``, ``create``, ``list``, ``in``, ``len``, iteration), so listing the
+            registry needs no import of its package first. Registering imports nothing.
     """
 
-    def __init__(self, kind: str, lazy: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, kind: str, lazy: Mapping[str, str] | None = None, providers: tuple[str, ...] = ()
+    ) -> None:
         self.kind = kind
         self._items: dict[str, Callable[..., T]] = {}
         self._lazy: dict[str, str] = dict(lazy or {})
+        self.providers = providers
+        self._loaded = not providers
+
+    def load(self) -> None:
+        """Import the providers once (their imports register the units)."""
+        if self._loaded:
+            return
+        self._loaded = True
+        for module in self.providers:
+            importlib.import_module(module)
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Decorator that registers a factory under ``name``."""
@@ -89,6 +104,7 @@ class Registry(Generic[T]):
         """Return the factory registered under ``name``."""
         if not isinstance(name, str):
             raise RegistryError(f"{self.kind} name must be a string, got {type(name).__name__}")
+        self.load()
         if name not in self._items and name in self._lazy:
             module, _, attr = self._lazy[name].partition(":")
             self._items[name] = getattr(importlib.import_module(module), attr)
@@ -108,15 +124,18 @@ class Registry(Generic[T]):
 
     def list(self) -> list[str]:
         """Sorted registered names."""
+        self.load()
         return sorted(set(self._items) | set(self._lazy))
 
     def __contains__(self, name: object) -> bool:
+        self.load()
         return name in self._items or name in self._lazy
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.list())
 
     def __len__(self) -> int:
+        self.load()
         return len(set(self._items) | set(self._lazy))
 
 # the units (they register themselves on import of their package)
@@ -130,8 +149,8 @@ TRIGGERS: Registry[Any] = Registry("trigger")
 DETECTORS: Registry[Any] = Registry("detector")
 REPAIRS: Registry[Any] = Registry("repair")
 MASKS: Registry[Any] = Registry("mask")
-ENCODERS: Registry[Any] = Registry("encoder")
-MIL_HEADS: Registry[Any] = Registry("mil_head")
+ENCODERS: Registry[Any] = Registry("encoder", providers=("medsec.wsi.encoders",))
+MIL_HEADS: Registry[Any] = Registry("mil_head", providers=("medsec.wsi.mil",))
 
 # experiment kinds: one line each (the folder medsec/experiments/<kind>/ exposes KIND)
 KINDS: Registry[Any] = Registry("kind", lazy={  # medsec.runs.kind.Kind objects

@@ -17,7 +17,10 @@ from medsec.attacks import (  # noqa: F401  (registration)
     autoattack,
     cw,
     deepfool,
+    feature_cw,
+    feature_deepfool,
     fgsm,
+    fgsm_rs,
     mifgsm,
     pgd,
     snap,
@@ -45,4 +48,10 @@ def get(name: str) -> type[Attack]:
     return ATTACKS.get(name)  # type: ignore[return-value]
 
 
-__all__ = ["Attack", "Problem", "adaptive", "attack_mode", "create", "list", "get", "needs_adaptive"]
+def label_free() -> list[str]:
+    """The attacks that run label-free, on an embedding model with the feature-deviation
+    objective (capability ``label_free``), sorted."""
+    return [n for n in ATTACKS.list() if getattr(ATTACKS.get(n), "label_free", False)]
+
+
+__all__ = ["Attack", "Problem", "adaptive", "attack_mode", "create", "get", "label_free", "list", "needs_adaptive"]

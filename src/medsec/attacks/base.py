@@ -159,7 +159,11 @@ class Attack:
     ``supports_targeted``, ``needs_gradients``, ``stochastic`` (uses randomness) and
     ``iterative`` (honours ``early_stop``) and ``minimum_norm`` (finds the smallest
     perturbation it can; one run is evaluated at every eps of a sweep, and the result of
-    a call is projected onto the eps-ball). ``eot_samples`` > 1 averages every loss and
+    a call is projected onto the eps-ball). The settings an attack runs in:
+    ``classification`` (classifier heads), ``segmentation`` (segmenters) and
+    ``label_free`` (embedding models, ``task = "embedding"``, with the label-free
+    :class:`~medsec.objectives.FeatureDeviation` objective and ``y = torch.arange(n)``;
+    see :class:`~medsec.objectives.EmbeddingAsLogits`). ``eot_samples`` > 1 averages every loss and
     gradient over that many forward passes (EOT, for randomised models); set it through
     :func:`medsec.attacks.adaptive.adaptive`.
 
@@ -179,7 +183,8 @@ class Attack:
     iterative: ClassVar[bool] = False
     minimum_norm: ClassVar[bool] = False
     segmentation: ClassVar[bool] = True  # False: needs class decision boundaries (DeepFool, C&W, ...)
-    classification: ClassVar[bool] = True  # False: segmenters only (uap_seg)
+    classification: ClassVar[bool] = True  # False: segmenters only (uap_seg) or label-free only (feature_cw)
+    label_free: ClassVar[bool] = False  # True: runs on embedding models with the feature-deviation objective
     eot_samples: int = 1
 
     def __init__(self, loss: str | Objective = "auto", early_stop: bool = False) -> None:
@@ -234,8 +239,8 @@ class Attack:
             self._check_task(task)
             targeted = threats[0].targeted
             labels = self._labels(x, y, targeted, target, task, num_classes)
-            objective = resolve(self.loss, task)
             x_in = x.detach()
+            objective = resolve(self.loss, task).prepare(model, x_in)
             self._check_inputs(x_in, task, num_classes)
             if self.minimum_norm:
                 largest = max(threats, key=lambda t: t.eps)
@@ -261,6 +266,13 @@ class Attack:
         the true labels (untargeted) or the targets (targeted; an int means all-to-one)."""
         spatial = tuple(x.shape[-2:]) if task == "segmentation" else None
         y = check_labels(y, x.shape[0], task, num_classes, spatial=spatial)
+        if task == "embedding":
+            if targeted:
+                raise InputError(f"attack {self.name!r} on an embedding model is label-free and untargeted; "
+                                 "use an untargeted ThreatModel")
+            if not torch.equal(y.cpu(), torch.arange(x.shape[0])):
+                raise InputError("a label-free attack on an embedding model takes y = torch.arange(n): each input's "
+                                 "'label' is its own index into the clean embeddings")
         if not targeted:
             if target is not None:
                 raise InputError("target was given but the threat model is untargeted; set targeted=True")
@@ -276,6 +288,17 @@ class Attack:
         return check_labels(target, x.shape[0], task, num_classes, name="target", spatial=spatial).to(x.device)
 
     def _check_task(self, task: str) -> None:
+        if task == "embedding":
+            if not self.label_free:
+                from medsec.registries import ATTACKS
+
+                free = [n for n in ATTACKS.list() if getattr(ATTACKS.get(n), "label_free", False)]
+                raise InputError(f"attack {self.name!r} has no label-free variant and cannot attack an embedding model; "
+                                 f"label-free attacks: {', '.join(free)}")
+            return
+        if not self.classification and not self.segmentation:
+            raise InputError(f"attack {self.name!r} is label-free: it attacks embedding models (wrap the encoder in "
+                             f"medsec.objectives.EmbeddingAsLogits, y = torch.arange(n)), not a {task!r} head")
         if task != "segmentation" and not self.classification:
             raise InputError(f"attack {self.name!r} attacks segmenters only; this is a {task!r} model")
         if task == "segmentation" and not self.segmentation:

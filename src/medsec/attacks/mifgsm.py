@@ -41,6 +41,7 @@ class MIFGSM(Attack):
 
     name = "mifgsm"
     iterative = True
+    label_free = True  # runs on the feature deviation of an embedding model (with a random start)
 
     def __init__(
         self,

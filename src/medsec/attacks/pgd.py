@@ -40,6 +40,7 @@ class PGD(Attack):
     name = "pgd"
     iterative = True
     stochastic = True  # with the default random start; instances say exactly
+    label_free = True  # runs on the feature deviation of an embedding model (with a random start)
 
     def __init__(
         self,

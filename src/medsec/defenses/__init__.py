@@ -13,6 +13,7 @@ from typing import Any
 from medsec.defenses import (  # noqa: F401  (registration)
     activation_clustering,
     bit_depth,
+    embedding_outlier,
     gaussian_blur,
     jpeg,
     median_filter,
@@ -25,6 +26,7 @@ from medsec.defenses import (  # noqa: F401  (registration)
 from medsec.defenses.activation_clustering import ActivationClustering
 from medsec.defenses.base import Defended, InputDefense
 from medsec.defenses.detection import Detector, detection_metrics
+from medsec.defenses.embedding_outlier import EmbeddingOutlierDetector
 from medsec.defenses.fine_pruning import FinePruning
 from medsec.defenses.neural_cleanse import NeuralCleanse
 from medsec.defenses.smoothing import SmoothedClassifier, certified_accuracy_curve
@@ -46,12 +48,13 @@ def list() -> list[str]:  # noqa: A001
 
 
 def create_detector(name: str, **params: Any) -> Detector:
-    """Build a registered backdoor detector (``strip``, ``spectral``, ``activation_clustering``,
-    ``neural_cleanse``)."""
+    """Build a registered detector: the backdoor detectors (``strip``, ``spectral``,
+    ``activation_clustering``, ``neural_cleanse``) and the embedding outlier detector of the
+    whole-slide defences (``embedding_outlier``)."""
     from medsec.registries import DETECTORS
 
     return DETECTORS.create(name, **params)
 
 
-__all__ = ["ActivationClustering", "Defended", "Detector", "FinePruning", "InputDefense", "NeuralCleanse", "STRIP",
+__all__ = ["ActivationClustering", "Defended", "Detector", "EmbeddingOutlierDetector", "FinePruning", "InputDefense", "NeuralCleanse", "STRIP",
            "SmoothedClassifier", "SpectralSignatures", "StainNormalization", "certified_accuracy_curve", "create", "create_detector", "detection_metrics", "list"]

@@ -17,12 +17,13 @@ from medsec.errors import InputError
 
 
 class Detector:
-    """Base class of backdoor detectors."""
+    """Base class of detectors (backdoor detectors and the embedding outlier detector)."""
 
     name: ClassVar[str] = "detector"
     #: what the detector inspects: "training_set" (the possibly poisoned training data;
-    #: scored per training sample), "inputs" (test-time queries; fitted on clean data) or
-    #: "model" (the model itself, with a clean set; scored per class)
+    #: scored per training sample), "inputs" (test-time queries; fitted on clean data),
+    #: "model" (the model itself, with a clean set; scored per class) or "embeddings"
+    #: (an encoder's embeddings, fitted on clean ones: ``fit(z)``, ``score(z)``, ``detect(z)``)
     inspects: ClassVar[str] = "training_set"
 
     def fit(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> Detector:

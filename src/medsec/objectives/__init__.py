@@ -2,19 +2,29 @@
 
 Example:
     >>> from medsec import objectives
-    >>> objectives.list()
-    ['bce', 'ce', 'margin']
+    >>> {'bce', 'ce', 'margin', 'feature_deviation'} <= set(objectives.list())
+    True
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from medsec.objectives import bce, cross_entropy, dice_ce, dlr, margin, pixel_disagreement  # noqa: F401  (registration)
+from medsec.objectives import (  # noqa: F401  (registration)
+    bce,
+    cross_entropy,
+    dice_ce,
+    dlr,
+    feature_deviation,
+    margin,
+    pixel_disagreement,
+)
 from medsec.objectives.base import Objective, signed_margins
+from medsec.objectives.feature_deviation import EmbeddingAsLogits, FeatureDeviation, deviation
 from medsec.registries import OBJECTIVES
 
-DEFAULT_FOR_TASK = {"multiclass": "ce", "binary": "bce", "multilabel": "bce", "segmentation": "dice_ce"}
+DEFAULT_FOR_TASK = {"multiclass": "ce", "binary": "bce", "multilabel": "bce", "segmentation": "dice_ce",
+                    "embedding": "feature_deviation"}
 
 
 def create(name: str, **params: Any) -> Objective:
@@ -28,11 +38,12 @@ def list() -> list[str]:  # noqa: A001  (mirrors torchattacks/timm naming)
 
 def resolve(spec: str | Objective | None, task: str) -> Objective:
     """An objective from a name (``"auto"`` picks CE or BCE by head type, Dice+CE for
-    segmenters) or an instance."""
+    segmenters, the feature deviation for embedding models) or an instance."""
     if isinstance(spec, Objective):
         return spec
     name = DEFAULT_FOR_TASK[task] if spec in (None, "auto") else spec
     return OBJECTIVES.create(name, task=task)
 
 
-__all__ = ["Objective", "create", "list", "resolve", "signed_margins", "DEFAULT_FOR_TASK"]
+__all__ = ["DEFAULT_FOR_TASK", "EmbeddingAsLogits", "FeatureDeviation", "Objective", "create", "deviation", "list",
+           "resolve", "signed_margins"]

@@ -1,14 +1,15 @@
 """The objective contract: a per-sample loss to maximise and a per-sample success test.
 
 An objective is independent of the attack: the same PGD maximises cross-entropy for a
-classifier, BCE for a multi-label head and, in later modules, Dice+CE for a segmenter or
-a feature deviation for a foundation model. For a targeted attack ``y`` holds the
-target and the loss rewards reaching it.
+classifier, BCE for a multi-label head, Dice+CE for a segmenter or the label-free
+feature deviation for a foundation model. For a targeted attack ``y`` holds the target
+and the loss rewards reaching it.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from medsec.errors import InputError
 from medsec.models.classifier import TASKS, predict_from_logits
@@ -30,6 +31,12 @@ class Objective:
                 f"objective {self.name!r} does not support {task!r} heads; it supports {', '.join(self.tasks)}"
             )
         self.task = task
+
+    def prepare(self, model: nn.Module, x: torch.Tensor) -> Objective:
+        """The objective for one attack call on the clean inputs ``x`` (the model in eval
+        mode): itself, or a copy bound to what it needs from the clean point (the label-free
+        feature deviation binds the clean embeddings). Called once per call, before any loss."""
+        return self
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor, targeted: bool = False) -> torch.Tensor:
         """Per-sample loss (shape (B,)) that the attacker maximises."""

@@ -9,7 +9,7 @@ Selection strategies (which k tiles):
 
 * ``random`` (default; the label-free attacker): k distinct tiles drawn with the given
   generator. Reads nothing but N: no label, no feature, no MIL head.
-* ``vulnerability``: a cheap one-step attack (FGSM with random start) on every tile, then
+* ``vulnerability``: a cheap one-step attack (``fgsm_rs``, FGSM with a random start) on every tile, then
   the k tiles whose embedding moved most. White-box on the encoder, still label-free
   and head-free; costs one forward+backward pass per tile of the slide.
 * ``attention`` (grey-box upper bound): the k tiles the MIL head attends to most; needs
@@ -81,7 +81,7 @@ def select_attention(attention: torch.Tensor, k: int) -> torch.Tensor:
 
 def vulnerability_scores(encoder: torch.nn.Module, tiles: Any, threat: ThreatModel, generator: torch.Generator | None,
                          batch_size: int = 256, distance: str = "cosine") -> torch.Tensor:
-    """(N,) feature deviation of every tile after a one-step FGSM-RS (the ranking of ``vulnerability``)."""
+    """(N,) feature deviation of every tile after a one-step ``fgsm_rs`` (the ranking of ``vulnerability``)."""
     from medsec.wsi.attacks.feature_attack import feature_attack
 
     n = len(tiles)
@@ -89,7 +89,7 @@ def vulnerability_scores(encoder: torch.nn.Module, tiles: Any, threat: ThreatMod
     out = []
     for i in range(0, n, batch_size):
         x = tiles[np.arange(i, min(n, i + batch_size))].to(dev)
-        out.append(feature_attack("fgsm", encoder, x, threat, generator=generator, distance=distance).loss.detach().cpu())
+        out.append(feature_attack("fgsm_rs", encoder, x, threat, generator=generator, distance=distance).loss.detach().cpu())
     return torch.cat(out)
 
 

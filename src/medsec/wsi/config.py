@@ -90,7 +90,13 @@ class TrainConfig(StrictModel):
 
 
 class AttackConfig(StrictModel):
-    names: list[Literal["fgsm", "pgd", "mifgsm", "cw", "deepfool"]] = Field(default_factory=lambda: ["pgd"], min_length=1)
+    """The label-free attack grid. ``names`` are registered attacks that run label-free
+    (``medsec.attacks.label_free()``: ``fgsm_rs``, ``pgd``, ``mifgsm``, ``feature_cw``,
+    ``feature_deepfool``); ``params`` per name override the label-free defaults
+    (:data:`medsec.wsi.attacks.LABEL_FREE_DEFAULTS`: PGD 10 steps of eps/4 with a random
+    start, MI-FGSM with a random start) and the units' own defaults."""
+
+    names: list[str] = Field(default_factory=lambda: ["pgd"], min_length=1)
     rhos: list[float] = Field(default_factory=lambda: [0.001], min_length=1)
     eps: float = 8 / 255
     norm: Literal["linf", "l2"] = "linf"
@@ -107,6 +113,15 @@ class AttackConfig(StrictModel):
             raise ValueError(f"eps must be > 0, got {out}")
         return out
 
+    @field_validator("names")
+    @classmethod
+    def _label_free(cls, v: list[str]) -> list[str]:
+        from medsec.wsi.attacks.feature_attack import check_label_free
+
+        for name in v:
+            check_label_free(name)  # an InputError (a ValueError): the loader reports it as a ConfigError
+        return v
+
     @field_validator("rhos")
     @classmethod
     def _rhos(cls, v: list[float]) -> list[float]:
@@ -120,6 +135,11 @@ class AttackConfig(StrictModel):
         unknown = set(self.params) - set(self.names)
         if unknown:
             raise ValueError(f"params given for attacks not in names: {sorted(unknown)}")
+        import medsec.attacks
+        from medsec.registry import check_params
+
+        for name, params in self.params.items():
+            check_params(medsec.attacks.get(name), params, f"attack {name!r}")
         return self
 
 

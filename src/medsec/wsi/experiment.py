@@ -313,7 +313,9 @@ def _keep_example(figs: dict[str, np.ndarray], task: str, head: str, attack: str
 
 def _bag_defenses(cfg: WSIConfig, st: _State, encoder: Any, pools: dict[str, Any], btr: Any, bte: Any,
                   ftr: list[torch.Tensor], fte: list[torch.Tensor], heads: dict[str, Any], task: str) -> None:
-    from medsec.wsi.defenses import EmbeddingOutlierDetector, adversarial_finetune, create_purifier, drop_flagged
+    import medsec.defenses
+    from medsec.registries import DETECTORS
+    from medsec.wsi.defenses import adversarial_finetune, drop_flagged
     from medsec.wsi.mil import create_head
 
     d = cfg.defenses
@@ -334,7 +336,7 @@ def _bag_defenses(cfg: WSIConfig, st: _State, encoder: Any, pools: dict[str, Any
         key = f"defense/{task}/{name}"
         if st.done(key) is not None:
             continue
-        pur = create_purifier(name, **params)
+        pur = medsec.defenses.create(name, **params)
         with torch.no_grad():
             fp = torch.cat([encoder.encode(pur(te["x"][i:i + 1024])) for i in range(0, len(te["x"]), 1024)])
         clean_b = [fp[i] for i in bte.indices]
@@ -352,9 +354,10 @@ def _bag_defenses(cfg: WSIConfig, st: _State, encoder: Any, pools: dict[str, Any
     if d.outlier_k is not None and st.done(f"defense/{task}/outlier") is None:
         g = _seed(cfg, "outlier", task)
         fit_idx = torch.randperm(len(pools["train"]["f"]), generator=g)[:4000]
-        det = EmbeddingOutlierDetector(d.outlier_k, d.outlier_quantile).fit(pools["train"]["f"][fit_idx])
+        det = DETECTORS.create("embedding_outlier", k=d.outlier_k, quantile=d.outlier_quantile)
+        det.fit(pools["train"]["f"][fit_idx])
         row = {**base, "defense": "outlier", "params": {"k": d.outlier_k, "quantile": d.outlier_quantile},
-               "threshold": det.threshold}
+               "threshold": det.threshold_}
         clean_flags = [det.detect(f) for f in fte]
         row["clean_tile_fpr"] = float(np.mean(np.concatenate(clean_flags)))
         row["clean"] = _metrics(head, [drop_flagged(f, m) for f, m in zip(fte, clean_flags)], bte.labels)["accuracy"]
@@ -384,10 +387,10 @@ def _bag_defenses(cfg: WSIConfig, st: _State, encoder: Any, pools: dict[str, Any
 # --------------------------------------------------------------------------- slides
 def _run_slides(cfg: WSIConfig, st: _State, encoder: Any, out: Path, figs: dict[str, np.ndarray],
                 head: Any | None) -> None:
-    from medsec.wsi.attacks.objective import deviation
+    import medsec.defenses
+    from medsec.objectives.feature_deviation import deviation
     from medsec.wsi.budget import WSIBudget, vulnerability_scores
     from medsec.wsi.content import content_correlations, tile_content
-    from medsec.wsi.defenses import create_purifier
     from medsec.wsi.feature_cache import extract_features
     from medsec.wsi.slide import Slide
     from medsec.wsi.slide_attack import attack_slide
@@ -443,16 +446,17 @@ def _run_slides(cfg: WSIConfig, st: _State, encoder: Any, out: Path, figs: dict[
         if cfg.defenses.enabled:
             target = sc.macenko_target
             try:
-                mac = create_purifier("macenko", **({"target": target} if target else {}))
+                # Macenko stain normalisation (the registered purifier; default target in its docstring)
+                mac = medsec.defenses.create("stain_normalization", **({"target": target} if target else {}))
                 zc = encoder.encode(mac(res.tiles_clean))
                 za = encoder.encode(mac(res.tiles_adv))
                 row["macenko_deviation"] = deviation(za, zc).tolist()
-                row["macenko_failures"] = mac.failures
+                row["macenko_failures"] = mac.passthrough_
             except DataError as exc:
                 row["macenko_error"] = str(exc)
             for name, params in (("jpeg", {"quality": cfg.defenses.jpeg_quality or 75}),
                                  ("gaussian_blur", {"sigma": cfg.defenses.blur_sigma or 1.0})):
-                pur = create_purifier(name, **params)
+                pur = medsec.defenses.create(name, **params)
                 row[f"{name}_deviation"] = deviation(encoder.encode(pur(res.tiles_adv)),
                                                      encoder.encode(pur(res.tiles_clean))).tolist()
         thumb, ds = slide.thumbnail(512)

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from medsec.errors import InputError
+from medsec.objectives.feature_deviation import deviation
 from medsec.wsi.attacks.feature_attack import feature_attack
-from medsec.wsi.attacks.objective import deviation
 from medsec.wsi.budget import WSIBudget, select_tiles
 
 
@@ -74,7 +74,8 @@ def attack_slide(
             selected ones are read.
         features: (N, D) cached clean features of the same tiles.
         budget: (rho, eps, norm).
-        attack: ``fgsm``, ``pgd``, ``mifgsm``, ``cw`` or ``deepfool``.
+        attack: a label-free registered attack (``fgsm_rs``, ``pgd``, ``mifgsm``, ``feature_cw``,
+            ``feature_deepfool``; :func:`~medsec.wsi.attacks.feature_attack`).
         strategy: ``random``, ``vulnerability`` or ``attention`` (needs ``head``).
         head: the MIL head, read only by ``attention``.
         generator: randomness of the selection and the attack.

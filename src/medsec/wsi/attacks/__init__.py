@@ -1,11 +1,21 @@
-"""Label-free attacks on tile encoders and the whole-slide attack built on them."""
+"""The entry point of label-free attacks on tile encoders (the attacks and the objective
+are registered units: :mod:`medsec.attacks`, :mod:`medsec.objectives.feature_deviation`)."""
 
 from __future__ import annotations
 
-from medsec.wsi.attacks.cw import FeatureCW
-from medsec.wsi.attacks.deepfool import FeatureDeepFool
-from medsec.wsi.attacks.feature_attack import FEATURE_ATTACKS, EmbeddingAsLogits, build_attack, feature_attack
-from medsec.wsi.attacks.objective import FeatureDeviation, deviation
+import medsec.attacks
+from medsec.objectives.feature_deviation import EmbeddingAsLogits, FeatureDeviation, deviation
+from medsec.wsi.attacks.feature_attack import (
+    LABEL_FREE_DEFAULTS,
+    RENAMED,
+    PerEps,
+    check_label_free,
+    feature_attack,
+    label_free_params,
+)
 
-__all__ = ["FEATURE_ATTACKS", "EmbeddingAsLogits", "FeatureCW", "FeatureDeepFool", "FeatureDeviation",
-           "build_attack", "deviation", "feature_attack"]
+#: the registered label-free attacks (``medsec.attacks.label_free()``)
+FEATURE_ATTACKS = tuple(medsec.attacks.label_free())
+
+__all__ = ["FEATURE_ATTACKS", "LABEL_FREE_DEFAULTS", "RENAMED", "EmbeddingAsLogits", "FeatureDeviation", "PerEps",
+           "check_label_free", "deviation", "feature_attack", "label_free_params"]

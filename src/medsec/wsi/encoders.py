@@ -245,17 +245,12 @@ def medsec_bloodmnist(root: str | None = None, cache_dir: str | None = None) -> 
 
 
 def create_encoder(name: str, **params: Any) -> TileEncoder:
-    """An encoder by name: a registered one, or ``timm:<arch>`` / ``open_clip:<arch>``."""
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"encoder name must be a non-empty string, got {name!r}")
-    for prefix in ("timm:", "open_clip:"):
-        if name.startswith(prefix):
-            arch = name[len(prefix):]
-            if not arch:
-                raise ConfigError(f"{name!r} names no architecture; write e.g. {prefix}vit_small_patch16_224")
-            return ENCODERS.create(prefix[:-1], arch=arch, **params)
-    enc = ENCODERS.create(name, **params)
-    return enc
+    """An encoder by name: a registered one, or ``timm:<arch>`` / ``open_clip:<arch>``, parsed by
+    :func:`medsec.models.resolve` (the one model-name parser) against the encoder registry."""
+    from medsec.models.names import resolve
+
+    key, params = resolve(name, params, registry=ENCODERS)
+    return ENCODERS.create(key, **params)
 
 
 def list_encoders() -> list[str]:

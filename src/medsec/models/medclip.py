@@ -124,7 +124,13 @@ def vision_backbone(name: str, pretrained: bool, in_channels: int, image_size: i
 
 
 class MedCLIPVision(nn.Module):
-    """Vision tower: normalisation, timm backbone, bias-free projection to ``embed_dim``."""
+    """Vision tower: normalisation, timm backbone, bias-free projection to ``embed_dim``.
+
+    Args:
+        backbone: a timm backbone without head (``num_features`` outputs).
+        embed_dim: the shared embedding width.
+        spec: the input contract (mean/std applied inside).
+    """
 
     def __init__(self, backbone: nn.Module, embed_dim: int, spec: InputSpec) -> None:
         super().__init__()
@@ -143,7 +149,12 @@ class MedCLIPVision(nn.Module):
 
 
 class MedCLIPText(nn.Module):
-    """Text tower: BERT, mean of hidden layers {1, 2, last} over tokens, bias-free projection."""
+    """Text tower: BERT, mean of hidden layers {1, 2, last} over tokens, bias-free projection.
+
+    Args:
+        bert: a ``transformers.BertModel`` (>= 2 layers).
+        embed_dim: the shared embedding width.
+    """
 
     def __init__(self, bert: nn.Module, embed_dim: int) -> None:
         super().__init__()
@@ -167,9 +178,10 @@ class MedCLIP(nn.Module):
         tokenizer: a ``transformers`` tokenizer (hub BERT or :func:`word_tokenizer`).
         arch: the builder arguments of :func:`medclip` (stored in checkpoints to rebuild the model).
         max_length: token budget per sentence (reference: 77 for training).
+        logit_scale_init: initial log temperature scale (reference ln(1/0.07)).
     """
 
-    def __init__(self, vision: MedCLIPVision, text: MedCLIPText, tokenizer: Any, arch: dict[str, Any] | None = None,
+    def __init__(self, vision: MedCLIPVision, text: MedCLIPText, tokenizer: Any, arch: dict[str, Any] | None = None, *,
                  max_length: int = 32, logit_scale_init: float = math.log(1 / 0.07)) -> None:
         super().__init__()
         self.vision, self.text, self.tokenizer = vision, text, tokenizer

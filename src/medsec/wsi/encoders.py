@@ -61,7 +61,7 @@ class TileEncoder(nn.Module):
         num_prefix_tokens: tokens before the patch tokens (CLS + registers).
     """
 
-    def __init__(self, net: nn.Module, spec: InputSpec, dim: int, pool: str = "none", name: str = "",
+    def __init__(self, net: nn.Module, spec: InputSpec, dim: int, *, pool: str = "none", name: str = "",
                  num_prefix_tokens: int = 1) -> None:
         super().__init__()
         if pool not in ("none", "cls+mean"):
@@ -93,7 +93,7 @@ class TileEncoder(nn.Module):
 
 def _infer_dim(net: nn.Module, spec: InputSpec, pool: str, prefix: int = 1) -> int:
     size = spec.size or (224, 224)
-    probe = TileEncoder(net, spec, 1, pool, num_prefix_tokens=prefix)
+    probe = TileEncoder(net, spec, 1, pool=pool, num_prefix_tokens=prefix)
     with torch.no_grad():
         return int(probe(torch.rand(1, spec.channels, *size)).shape[1])
 
@@ -165,7 +165,7 @@ def _preset(name: str) -> Any:
                          size=tuple(int(s) for s in net.patch_embed.img_size))
         prefix = int(getattr(net, "num_prefix_tokens", 1))
         dim = _infer_dim(net, spec, p["pool"], prefix)
-        return TileEncoder(net, spec, dim, p["pool"], name=name, num_prefix_tokens=prefix)
+        return TileEncoder(net, spec, dim, pool=p["pool"], name=name, num_prefix_tokens=prefix)
 
     build.__doc__ = f"The {name} foundation model ({PRESETS[name]['hub']}); random weights unless pretrained."
     return build

@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medsec.registries import MIL_HEADS
 from medsec.models.mil.base import MILHead
+from medsec.registries import MIL_HEADS
 
 
 @MIL_HEADS.register("abmil")

@@ -24,8 +24,8 @@ import math
 import torch
 from torch import nn
 
-from medsec.registries import MIL_HEADS
 from medsec.models.mil.base import MILHead
+from medsec.registries import MIL_HEADS
 
 
 class _TransLayer(nn.Module):

@@ -141,7 +141,7 @@ def family_of(model: nn.Module) -> str:
                     "safetensors.torch.save_file)")
 
 
-def local_arch(name: str, params: dict[str, Any]) -> dict[str, Any]:
+def _local_arch(name: str, params: dict[str, Any]) -> dict[str, Any]:
     """``{"name", "params"}`` with the params a builder ignores offline dropped (a hub id that
     is not used when ``pretrained`` is false)."""
     params = copy.deepcopy(dict(params))
@@ -151,7 +151,7 @@ def local_arch(name: str, params: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "params": params}
 
 
-def medclip_arch(model: nn.Module) -> dict[str, Any]:
+def _medclip_arch(model: nn.Module) -> dict[str, Any]:
     """The local ``{"name": "medclip", "params"}`` of a MedCLIP model: its builder arguments with
     the tokenizer inlined (``tokenizer_json``) and, for hub towers, the BERT config spelt out, so
     it is rebuilt without the hub."""
@@ -164,20 +164,20 @@ def medclip_arch(model: nn.Module) -> dict[str, Any]:
         params["text_config"] = {k: cfg[k] for k in keep if k in cfg}
     params["pretrained"] = False
     params["tokenizer_json"] = model.serialized_tokenizer()
-    return local_arch("medclip", params)
+    return _local_arch("medclip", params)
 
 
-def model_arch(model: nn.Module, family: str) -> dict[str, Any]:
+def _model_arch(model: nn.Module, family: str) -> dict[str, Any]:
     if family == "medclip":
-        return medclip_arch(model)
+        return _medclip_arch(model)
     arch = getattr(model, "arch", None) or {}
     if not isinstance(arch, dict) or "name" not in arch:
         raise DataError(f"this {type(model).__name__} has no `arch` to rebuild it from; build it through "
                         "medsec.models.create (or create_head for MIL heads)")
-    return local_arch(arch["name"], arch.get("params", {}))
+    return _local_arch(arch["name"], arch.get("params", {}))
 
 
-def model_attributes(model: nn.Module, family: str) -> dict[str, Any]:
+def _model_attributes(model: nn.Module, family: str) -> dict[str, Any]:
     if family == "classifier":
         return {"task": model.task, "num_classes": model.num_classes, "classes": list(model.classes)}
     if family == "segmenter":
@@ -199,7 +199,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, extra: dict[str, Any] | 
     from safetensors.torch import save as st_save
 
     family = family_of(model)
-    arch = model_arch(model, family)
+    arch = _model_arch(model, family)
     try:
         check_arch(arch, family, "<model being saved>")
     except DataError as exc:
@@ -216,7 +216,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, extra: dict[str, Any] | 
     state, zero_rows = pack_zero_rows(state)
     meta = {"format": FORMAT, "version": VERSION, "family": family, "arch": arch,
             "spec": spec.to_dict() if isinstance(spec, InputSpec) else None,
-            "attributes": model_attributes(model, family), "zero_rows": zero_rows, "extra": extra or {}}
+            "attributes": _model_attributes(model, family), "zero_rows": zero_rows, "extra": extra or {}}
     try:
         text = json.dumps(meta, default=str)
     except (TypeError, ValueError) as exc:
@@ -225,7 +225,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, extra: dict[str, Any] | 
 
 
 # ---------------------------------------------------------------------------------- reading
-def header(path: str | Path) -> dict[str, str]:
+def _header(path: str | Path) -> dict[str, str]:
     """The raw safetensors metadata of ``path`` (a DataError when missing or not safetensors)."""
     from safetensors import safe_open
 
@@ -249,40 +249,40 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     Raises:
         DataError: a missing or unreadable file, or one without medsec metadata.
     """
-    record = metadata_or_none(path)
+    record = _metadata_or_none(path)
     if record is None:
         raise DataError(f"{str(path)!r} has no medsec metadata (a bare state dict, e.g. a MIL head saved by an earlier "
                         "medsec): build the model and load its weights with medsec.models.load_weights(path, model)")
     return record
 
 
-def metadata_or_none(path: str | Path) -> dict[str, Any] | None:
+def _metadata_or_none(path: str | Path) -> dict[str, Any] | None:
     """:func:`read_metadata`, or None for a safetensors file without medsec metadata."""
     path = Path(path)
-    meta = header(path)
+    meta = _header(path)
     if META_KEY in meta:
-        info = json_object(meta[META_KEY], path, META_KEY)
+        info = _json_object(meta[META_KEY], path, META_KEY)
         if info.get("format") == FORMAT:
             return {**info, "source": f"{FORMAT}-v{info.get('version')}"}
         if info.get("task") == "segmentation":  # the classifier/segmenter format before version 2
             family, keys = "segmenter", ("num_classes", "classes")
         else:
             family, keys = "classifier", ("task", "num_classes", "classes")
-        return legacy(family, info.get("arch"), info.get("spec"), {k: info[k] for k in keys if k in info}, {},
+        return _legacy(family, info.get("arch"), info.get("spec"), {k: info[k] for k in keys if k in info}, {},
                       info.get("extra"), "medsec-v1")
     if "medsec_clip" in meta:
-        info = json_object(meta["medsec_clip"], path, "medsec_clip")
-        return legacy("clip", info.get("arch"), info.get("spec"), {}, info.get("zero_rows") or {}, info.get("extra"),
+        info = _json_object(meta["medsec_clip"], path, "medsec_clip")
+        return _legacy("clip", info.get("arch"), info.get("spec"), {}, info.get("zero_rows") or {}, info.get("extra"),
                       "medsec_clip-v1")
     if meta.get("format") == "medsec-medclip":
-        flat = json_object(meta.get("arch", "null"), path, "arch")
+        flat = _json_object(meta.get("arch", "null"), path, "arch")
         flat = {**flat, "pretrained": False, "tokenizer_json": meta.get("tokenizer")}
-        return legacy("medclip", {"name": "medclip", "params": flat}, None, {}, {},
-                      json_object(meta.get("extra", "{}"), path, "extra"), "medsec-medclip-v1")
+        return _legacy("medclip", {"name": "medclip", "params": flat}, None, {}, {},
+                      _json_object(meta.get("extra", "{}"), path, "extra"), "medsec-medclip-v1")
     return None
 
 
-def json_object(text: str, path: Path, field: str) -> dict[str, Any]:
+def _json_object(text: str, path: Path, field: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except (TypeError, ValueError) as exc:
@@ -292,24 +292,24 @@ def json_object(text: str, path: Path, field: str) -> dict[str, Any]:
     return value
 
 
-def legacy(family: str, arch: Any, spec: Any, attributes: dict[str, Any], zero_rows: dict[str, Any], extra: Any,
+def _legacy(family: str, arch: Any, spec: Any, attributes: dict[str, Any], zero_rows: dict[str, Any], extra: Any,
            source: str) -> dict[str, Any]:
     """An earlier format's metadata in the current layout (version 1)."""
     if isinstance(arch, dict) and isinstance(arch.get("name"), str) and isinstance(arch.get("params", {}), dict):
-        arch = local_arch(arch["name"], arch.get("params", {}))
+        arch = _local_arch(arch["name"], arch.get("params", {}))
     return {"format": FORMAT, "version": 1, "family": family, "arch": arch, "spec": spec, "attributes": attributes,
             "zero_rows": zero_rows, "extra": extra if extra is not None else {}, "source": source}
 
 
 # ---------------------------------------------------------------------------------- validation
-def is_remote(text: str) -> bool:
+def _is_remote(text: str) -> bool:
     """Whether a string names something outside the file: a hub id, URL or file path."""
     s = text.strip()
     return (s.lower().startswith(REMOTE_PREFIXES) or "://" in s or "/" in s or "\\" in s or s.startswith(("~", "."))
             or (len(s) > 1 and s[1] == ":" and s[0].isalpha()))
 
 
-def walk(value: Any, field: str, path: str) -> None:
+def _walk(value: Any, field: str, path: str) -> None:
     """Refuse pretrained flags, remote keys and hub/URL/path strings anywhere in ``value``."""
     if isinstance(value, dict):
         for key, sub in value.items():
@@ -326,11 +326,11 @@ def walk(value: Any, field: str, path: str) -> None:
                 if sub is not None and not isinstance(sub, str):
                     raise DataError(f"{path}: metadata field {name!r} must be a string")
                 continue
-            walk(sub, name, path)
+            _walk(sub, name, path)
     elif isinstance(value, list):
         for i, sub in enumerate(value):
-            walk(sub, f"{field}.{i}", path)
-    elif isinstance(value, str) and is_remote(value):
+            _walk(sub, f"{field}.{i}", path)
+    elif isinstance(value, str) and _is_remote(value):
         raise DataError(f"{path}: metadata field {field!r} = {value!r} names a hub id, URL or file; loading a "
                         "checkpoint builds only local architectures: build the model yourself and use load_weights")
     elif value is not None and not isinstance(value, (str, int, float, bool)):
@@ -348,8 +348,8 @@ def check_arch(arch: Any, family: str, path: str) -> None:
     if name not in FAMILIES[family]:
         raise DataError(f"{path}: metadata field 'arch.name' is {name!r}, not a builder a {family} checkpoint may "
                         f"name ({', '.join(FAMILIES[family])})")
-    walk(params, "arch.params", path)
-    factory = registry_of(family).get(name)
+    _walk(params, "arch.params", path)
+    factory = _registry_of(family).get(name)
     signature = inspect.signature(factory)
     accepted = set(signature.parameters)
     unknown = sorted(set(params) - accepted)
@@ -374,7 +374,7 @@ def check_arch(arch: Any, family: str, path: str) -> None:
                             "Face text tower without its config would be fetched from the hub")
 
 
-def registry_of(family: str) -> Any:
+def _registry_of(family: str) -> Any:
     if family == "mil_head":
         import medsec.models.mil  # noqa: F401  (registration)
 
@@ -382,7 +382,7 @@ def registry_of(family: str) -> Any:
     return MODELS
 
 
-def checked(record: dict[str, Any], path: Path) -> InputSpec | None:
+def _checked(record: dict[str, Any], path: Path) -> InputSpec | None:
     """Validate the metadata of ``path`` before anything is built; returns its InputSpec."""
     where = repr(str(path))
     version = record.get("version")
@@ -415,10 +415,10 @@ def checked(record: dict[str, Any], path: Path) -> InputSpec | None:
         raise DataError(f"{where}: metadata field 'spec' is not a valid InputSpec ({exc})") from exc
 
 
-def build(record: dict[str, Any], path: Path) -> nn.Module:
+def _build(record: dict[str, Any], path: Path) -> nn.Module:
     name, params = record["arch"]["name"], record["arch"].get("params", {})
     try:
-        model = registry_of(record["family"]).create(name, **copy.deepcopy(params))
+        model = _registry_of(record["family"]).create(name, **copy.deepcopy(params))
     except (MedsecError, TypeError, ValueError, KeyError, RuntimeError, AssertionError) as exc:
         raise DataError(f"{str(path)!r}: metadata field 'arch' ({name!r}) could not be rebuilt: {exc}") from exc
     if family_of(model) != record["family"]:
@@ -427,7 +427,7 @@ def build(record: dict[str, Any], path: Path) -> nn.Module:
     return model
 
 
-def stored_weights(path: Path, record: dict[str, Any]) -> dict[str, torch.Tensor]:
+def _stored_weights(path: Path, record: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint as ``model.state_dict()`` keys (zero rows unpacked, earlier
     formats' key prefixes added)."""
     from safetensors.torch import load_file
@@ -437,7 +437,7 @@ def stored_weights(path: Path, record: dict[str, Any]) -> dict[str, torch.Tensor
     return {prefix + k: v for k, v in state.items()} if prefix else state
 
 
-def put_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+def _put_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
     want = model.state_dict()
     missing, unexpected = sorted(set(want) - set(state)), sorted(set(state) - set(want))
     wrong = sorted(k for k in set(want) & set(state) if tuple(want[k].shape) != tuple(state[k].shape))
@@ -447,7 +447,7 @@ def put_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path) ->
     model.load_state_dict(state, strict=True)
 
 
-def restore(model: nn.Module, record: dict[str, Any], spec: InputSpec | None, path: Path) -> None:
+def _restore(model: nn.Module, record: dict[str, Any], spec: InputSpec | None, path: Path) -> None:
     from medsec.models.classifier import register_normalization
 
     attrs, family = record["attributes"], record["family"]
@@ -458,7 +458,10 @@ def restore(model: nn.Module, record: dict[str, Any], spec: InputSpec | None, pa
     if "classes" in attrs:
         model.classes = list(attrs["classes"])
     if family == "segmenter" and attrs.get("prompt") is not None:
-        model.set_prompt(attrs["prompt"])
+        try:
+            model.set_prompt(attrs["prompt"])
+        except MedsecError as exc:
+            raise DataError(f"{str(path)!r}: metadata field 'attributes.prompt' does not fit the model ({exc})") from exc
     if spec is not None and family in ("classifier", "segmenter", "clip") and spec != model.spec:
         if spec.channels != model.spec.channels:
             raise DataError(f"{str(path)!r}: metadata field 'spec.channels' is {spec.channels} but the rebuilt model "
@@ -478,10 +481,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.
     """
     path = Path(path)
     record = read_metadata(path)
-    spec = checked(record, path)
-    model = build(record, path)
-    put_weights(model, stored_weights(path, record), path)
-    restore(model, record, spec, path)
+    spec = _checked(record, path)
+    model = _build(record, path)
+    _put_weights(model, _stored_weights(path, record), path)
+    _restore(model, record, spec, path)
     return model.to(device).eval()
 
 
@@ -497,10 +500,10 @@ def load_weights(path: str | Path, model: nn.Module, strict: bool = True) -> nn.
     from safetensors.torch import load_file
 
     path = Path(path)
-    record = metadata_or_none(path)
-    state = stored_weights(path, record) if record is not None else load_file(str(path), device="cpu")
+    record = _metadata_or_none(path)
+    state = _stored_weights(path, record) if record is not None else load_file(str(path), device="cpu")
     if strict:
-        put_weights(model, state, path)
+        _put_weights(model, state, path)
     else:
         model.load_state_dict(state, strict=False)
     return model

@@ -267,7 +267,7 @@ def load_clip(path: str | Path, device: str | torch.device = "cpu") -> ClipModel
 
 def read_clip_metadata(path: str | Path) -> dict[str, Any]:
     """The ``extra`` dict stored with a CLIP checkpoint (recipe, zero-shot accuracy)."""
-    return dict(read_metadata(path)["extra"])
+    return dict(read_metadata(path).get("extra") or {})
 
 
 def simple_tokenizer(context_length: int = 77) -> Callable[[Sequence[str]], torch.Tensor]:

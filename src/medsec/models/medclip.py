@@ -318,7 +318,7 @@ def read_medclip_metadata(path: str | Path) -> dict[str, Any]:
     """The ``extra`` dict stored with a MedCLIP checkpoint."""
     from medsec.models.checkpoint import read_metadata
 
-    return dict(read_metadata(path)["extra"])
+    return dict(read_metadata(path).get("extra") or {})
 
 
 def load_medclip(path: str | Path, device: str | torch.device = "cpu") -> MedCLIP:

@@ -181,7 +181,7 @@ def medical_clip(cache_dir: str | Path, root: str | Path | None = None,
     data = [top / "busi-256", top / "kvasir-seg-256", top / "bloodmnist" / "bloodmnist.npz"]
     path = locate(f"medical-clip-{recipe_key(r)}.safetensors", cache_dir, data)
     if path.is_file():
-        return load_checkpoint(path), read_metadata(path)["extra"]
+        return load_checkpoint(path), read_metadata(path).get("extra") or {}
     pairs, repeat, test = recipe_data(r, top)
     with seeded_init(r["seed"]):
         clip = open_clip_model(config=r["config"])

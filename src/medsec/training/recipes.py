@@ -259,7 +259,7 @@ def bloodmnist_clip(root: str | Path, cache_dir: str | Path,
     data = [Path(root) / "bloodmnist.npz"]
     path = locate(f"bloodmnist-clip-{recipe_key(r)}.safetensors", cache_dir, data)
     if path.is_file():
-        return load_checkpoint(path), read_metadata(path)["extra"]
+        return load_checkpoint(path), read_metadata(path).get("extra") or {}
     _blood_npz(root)
     train = medsec.data.create("medmnist", flag="bloodmnist", split="train", root=str(root))
     test = medsec.data.create("medmnist", flag="bloodmnist", split="test", root=str(root))

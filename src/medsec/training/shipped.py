@@ -176,7 +176,7 @@ def read_record(path: str | Path) -> dict[str, Any]:
     and format (:func:`medsec.models.checkpoint.read_metadata`)."""
     from medsec.models.checkpoint import read_metadata
 
-    return dict(read_metadata(path)["extra"] or {})
+    return dict(read_metadata(path).get("extra") or {})
 
 
 def write_manifest(folder: str | Path = SHIPPED_DIR) -> dict[str, Any]:

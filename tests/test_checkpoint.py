@@ -293,3 +293,18 @@ def test_bad_files(tmp_path: Path) -> None:
         M.load_checkpoint(tmp_path / "shape.safetensors")
     with pytest.raises(DataError, match="cannot checkpoint"):
         M.save_checkpoint(torch.nn.Linear(2, 2), tmp_path / "lin.safetensors")
+
+
+def test_loading_a_mil_head_does_not_import_the_wsi_package(tmp_path: Path) -> None:
+    """MIL heads are model units: models/ never reaches up into wsi/ (GUIDE: data flows one way)."""
+    import os
+    import subprocess
+    import sys
+
+    path = M.save_checkpoint(M.create_head("abmil", 8), tmp_path / "head.safetensors")
+    code = ("import sys, medsec.models as M; h = M.load_checkpoint(sys.argv[1]); "
+            "assert type(h).__name__ == 'GatedAttentionMIL'; "
+            "print(sorted(m for m in sys.modules if m.startswith('medsec.wsi')))")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(M.__file__).parents[2])})
+    assert out.stdout.strip() == "[]", out.stdout

@@ -56,7 +56,7 @@ def main() -> None:
         torch.manual_seed(0)
         cfg = SMALL_CONFIGS[args.arch]
         clip = hf_clip_model(config=cfg) if args.arch == "PLIP" else open_clip_model(config=cfg)
-    if clip._tokenizer is None:
+    if clip.tokenizer is None:
         raise SystemExit(f"{args.arch} has no offline tokenizer; use bloodmnist_clip, ViT-B-32 or PLIP")
     train = medsec.data.create("medmnist", flag="bloodmnist", split="train", root=str(root))
     fewshot = few_shot(train, args.shots, torch.Generator().manual_seed(0))

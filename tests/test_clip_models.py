@@ -31,7 +31,7 @@ def test_named_architectures_encode_and_embedding_path(arch: str) -> None:
     img = clip.encode_image(x)
     assert img.shape == (3, clip.embed_dim) == (3, 32)
     assert torch.allclose(clip.encode_image(x, normalize=True).norm(dim=-1), torch.ones(3), atol=1e-5)
-    if clip._tokenizer is not None:
+    if clip.tokenizer is not None:
         tokens = clip.tokenize(["a microscopy image of a basophil", "platelet"])
     else:  # the BERT text tower of BiomedCLIP has no offline vocabulary: ids from its own range
         tokens = torch.randint(1, 1000, (2, 32))

@@ -71,6 +71,12 @@ def test_mil_bad_input() -> None:
 
     with pytest.raises(ConfigError):
         create_head("abmill", 16)
+    from medsec.wsi.mil import GatedAttentionMIL
+
+    with pytest.raises(TypeError):
+        GatedAttentionMIL(16, 2, 64)  # hyper-parameters are keyword-only
+    assert create_head("abmil", 16, hidden=64).arch == {
+        "name": "abmil", "params": {"in_dim": 16, "num_classes": 2, "hidden": 64, "attn_dim": 64, "dropout": 0.0}}
 
 
 def test_mnist_bags_protocol() -> None:

@@ -22,9 +22,19 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Accelerated(nn.Module):
-    """``model`` run under autocast / channels_last / torch.compile; float32 logits out."""
+    """``model`` run under autocast / channels_last / torch.compile; float32 logits out
+    (https://pytorch.org/docs/stable/amp.html, https://pytorch.org/tutorials/intermediate/memory_format_tutorial.html).
 
-    def __init__(self, model: nn.Module, precision: str = "fp32", channels_last: bool = False,
+    Threat model: unchanged from ``model``'s (a speed wrapper; inputs and outputs keep its contract).
+
+    Args:
+        model: a model with the classifier contract.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast).
+        channels_last: run convolutions in channels-last memory format.
+        compile: wrap the forward in ``torch.compile``.
+    """
+
+    def __init__(self, model: nn.Module, *, precision: str = "fp32", channels_last: bool = False,
                  compile: bool = False) -> None:
         super().__init__()
         if precision not in PRECISIONS:
@@ -57,4 +67,4 @@ def accelerate(model: nn.Module, precision: str = "fp32", channels_last: bool = 
     """``model`` itself when nothing is asked, else an :class:`Accelerated` wrapper."""
     if precision == "fp32" and not channels_last and not compile:
         return model
-    return Accelerated(model, precision, channels_last, compile)
+    return Accelerated(model, precision=precision, channels_last=channels_last, compile=compile)

@@ -34,7 +34,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medsec.errors import ConfigError, DataError, InputError
+from medsec.models.checkpoint import load_checkpoint, pack_zero_rows, read_metadata, save_checkpoint, unpack_zero_rows
 from medsec.models.classifier import register_normalization
 from medsec.registries import MODELS
 from medsec.types import InputSpec
@@ -54,7 +54,6 @@ log = logging.getLogger(__name__)
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-META_KEY = "medsec_clip"
 
 # Small configs of the named architectures (same building blocks, fewer and narrower layers),
 # for offline tests. "ViT-B-32" is OpenAI CLIP / QuiltNet-B-32 (quick_gelu for the OpenAI
@@ -89,7 +88,8 @@ class ClipModel(nn.Module):
         model: the backend module (``open_clip.CLIP``/``CustomTextCLIP`` or ``transformers.CLIPModel``).
         backend: ``"open_clip"`` or ``"hf"``.
         spec: the image input contract (mean/std and input size); images come in [0, 1].
-        tokenizer: callable ``list[str] -> LongTensor (N, context_length)``.
+        tokenizer: callable ``list[str] -> LongTensor (N, context_length)``, or None (no
+            offline vocabulary; token ids are then given directly).
         arch: ``{"name", "params"}`` that rebuilds the model (stored in checkpoints).
 
     Attributes:
@@ -104,7 +104,7 @@ class ClipModel(nn.Module):
         if backend not in ("open_clip", "hf"):
             raise ConfigError(f"backend must be 'open_clip' or 'hf', got {backend!r}")
         self.model, self.backend, self.spec = model, backend, spec
-        self._tokenizer = tokenizer
+        self.tokenizer = tokenizer
         self.arch = arch or {}
         register_normalization(self, spec)
 
@@ -150,9 +150,9 @@ class ClipModel(nn.Module):
         """Token ids (N, context_length) of ``texts``."""
         if isinstance(texts, str):
             texts = [texts]
-        if self._tokenizer is None:
+        if self.tokenizer is None:
             raise ConfigError("this CLIP model has no tokenizer; pass tokenizer= when building it")
-        tokens = self._tokenizer(list(texts))
+        tokens = self.tokenizer(list(texts))
         if isinstance(tokens, dict) or hasattr(tokens, "input_ids"):
             tokens = tokens["input_ids"]
         return torch.as_tensor(tokens, dtype=torch.long)
@@ -228,16 +228,11 @@ class ClipModel(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-        """Weights and the config that rebuilds them, as one safetensors file (atomically)."""
-        from safetensors.torch import save as st_save
-
-        from medsec.io import atomic_write_bytes
-
+        """Weights and the config that rebuilds them, as one safetensors file (atomically):
+        :func:`medsec.models.save_checkpoint`."""
         if not self.arch:
             raise DataError("this CLIP model has no `arch` to rebuild it from; build it with open_clip_model(config=...)")
-        state, sparse = pack_zero_rows({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()})
-        meta = {"arch": self.arch, "spec": self.spec.to_dict(), "extra": extra or {}, "zero_rows": sparse}
-        return atomic_write_bytes(path, st_save(state, metadata={META_KEY: json.dumps(meta)}))
+        return save_checkpoint(self, path, extra=extra)
 
     def trim_vocabulary(self, texts: Sequence[str]) -> int:
         """Zero the rows of the token embedding that no token of ``texts`` uses; returns how many rows stay.
@@ -257,68 +252,22 @@ class ClipModel(nn.Module):
         return int(keep.numel())
 
 
-def pack_zero_rows(state: dict[str, torch.Tensor], min_fraction: float = 0.5) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Store each 2-D tensor whose rows are at least ``min_fraction`` exactly zero as its non-zero
-    rows (``key`` becomes ``key.rows`` values and ``key.row_ids`` int64 ids); returns the state and
-    ``{key: full shape}`` for :func:`unpack_zero_rows`. Lossless."""
-    out: dict[str, torch.Tensor] = {}
-    shapes: dict[str, list[int]] = {}
-    for key, value in state.items():
-        if value.dim() == 2 and value.is_floating_point() and value.shape[0] > 1:
-            nonzero = value.ne(0).any(dim=1)
-            if float((~nonzero).float().mean()) >= min_fraction:
-                ids = nonzero.nonzero()[:, 0]
-                out[f"{key}.row_ids"] = ids.to(torch.int64).contiguous()
-                out[f"{key}.rows"] = value[ids].contiguous()
-                shapes[key] = list(value.shape)
-                continue
-        out[key] = value
-    return out, shapes
-
-
-def unpack_zero_rows(state: dict[str, torch.Tensor], shapes: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The inverse of :func:`pack_zero_rows`."""
-    out = dict(state)
-    for key, shape in shapes.items():
-        try:
-            ids, rows = out.pop(f"{key}.row_ids"), out.pop(f"{key}.rows")
-        except KeyError as exc:
-            raise DataError(f"checkpoint lists {key!r} as stored by rows but lacks {exc.args[0]!r}") from None
-        if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(s, int) and s > 0 for s in shape)) \
-                or rows.dim() != 2 or rows.shape[1] != shape[1] or ids.shape != rows.shape[:1] \
-                or (ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= shape[0])):
-            raise DataError(f"checkpoint entry {key!r}: row ids or rows do not fit the stored shape {shape}")
-        full = torch.zeros(shape, dtype=rows.dtype)
-        full[ids] = rows
-        out[key] = full
-    return out
-
-
 def load_clip(path: str | Path, device: str | torch.device = "cpu") -> ClipModel:
-    """Rebuild a :class:`ClipModel` written by :meth:`ClipModel.save`."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
+    """Rebuild a :class:`ClipModel` from a checkpoint (:func:`medsec.models.load_checkpoint`,
+    which also reads the files of earlier versions); a DataError for another family."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"CLIP checkpoint {str(path)!r} does not exist; train it with its recipe or fix the path")
-    with safe_open(str(path), framework="pt") as fh:
-        meta = (fh.metadata() or {}).get(META_KEY)
-    if meta is None:
-        raise DataError(f"{str(path)!r} is not a medsec CLIP checkpoint (no {META_KEY!r} metadata)")
-    info = json.loads(meta)
-    clip = MODELS.create(info["arch"]["name"], **info["arch"]["params"])
-    clip.model.load_state_dict(unpack_zero_rows(load_file(str(path)), info.get("zero_rows") or {}))
-    clip.spec = InputSpec.from_dict(info["spec"])
-    return clip.to(device).eval()
+    family = read_metadata(path)["family"]
+    if family != "clip":
+        raise DataError(f"{str(path)!r} holds a {family} checkpoint, not a CLIP model; load it with "
+                        "medsec.models.load_checkpoint")
+    return load_checkpoint(path, device)
 
 
 def read_clip_metadata(path: str | Path) -> dict[str, Any]:
     """The ``extra`` dict stored with a CLIP checkpoint (recipe, zero-shot accuracy)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as fh:
-        return json.loads((fh.metadata() or {})[META_KEY]).get("extra", {})
+    return dict(read_metadata(path).get("extra") or {})
 
 
 def simple_tokenizer(context_length: int = 77) -> Callable[[Sequence[str]], torch.Tensor]:

@@ -67,13 +67,18 @@ SMALL_CONFIG: dict[str, Any] = {
 
 
 class Adapter(nn.Module):
-    """VLSM adapter: x + ReLU(W2 ReLU(W1 x)) with a ``bottleneck``-wide hidden layer.
+    """VLSM adapter (Dhakal et al., "VLSM-Adapter", arXiv 2405.06196): x + ReLU(W2 ReLU(W1 x))
+    with a ``bottleneck``-wide hidden layer.
 
     W2 starts at zero, so an untrained adapter is the identity (the backbone's behaviour
-    is unchanged at the start of fine-tuning).
+    is unchanged at the start of fine-tuning). Threat model: not applicable (part of a victim).
+
+    Args:
+        dim: the width of the features it adapts.
+        bottleneck: the hidden width (the paper's 64).
     """
 
-    def __init__(self, dim: int, bottleneck: int = 64) -> None:
+    def __init__(self, dim: int, *, bottleneck: int = 64) -> None:
         super().__init__()
         self.down = nn.Linear(dim, bottleneck)
         self.up = nn.Linear(bottleneck, dim)
@@ -101,7 +106,11 @@ class _Adapted(nn.Module):
 
 class ByteTokenizer:
     """Offline tokenizer for randomly initialised CLIPSeg text towers: UTF-8 bytes + 1,
-    then BOS = 257 and EOS = 258 (the largest id, where CLIP pools), padding 0."""
+    then BOS = 257 and EOS = 258 (the largest id, where CLIP pools), padding 0.
+
+    Args:
+        max_length: tokens per prompt, BOS and EOS included (longer texts are cut).
+    """
 
     vocab_size = 259
     bos, eos, pad = 257, 258, 0
@@ -128,10 +137,21 @@ class CLIPSegNet(nn.Module):
     """CLIPSeg with optional VLSM adapters; ``forward(pixel_values, prompt)`` -> logits (B, H, W).
 
     The text embedding of a prompt is cached while the module is in eval mode with
-    frozen text parameters (the attack setting: the text is never perturbed).
+    frozen text parameters (the attack setting: the text is never perturbed). Lüddecke &
+    Ecker, "Image Segmentation Using Text and Image Prompts", CVPR 2022; adapters after
+    VLSM-Adapter (arXiv 2405.06196). Threat model: not applicable (a victim network).
+
+    Args:
+        model: a ``transformers.CLIPSegForImageSegmentation``.
+        tokenizer: ``text -> {"input_ids", "attention_mask"}``.
+        adapter: ``"dense"`` (after attention and MLP of every layer used), ``"shallow"``
+            (on the extracted activations) or None.
+        bottleneck: the adapters' hidden width.
+        freeze_backbone: freeze CLIP (default: True when an adapter is used).
+        train_decoder: keep the decoder trainable when the backbone is frozen.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any, adapter: str | None = None, bottleneck: int = 64,
+    def __init__(self, model: nn.Module, tokenizer: Any, *, adapter: str | None = None, bottleneck: int = 64,
                  freeze_backbone: bool | None = None, train_decoder: bool = False) -> None:
         super().__init__()
         if adapter is not None and adapter not in ADAPTERS:
@@ -157,13 +177,14 @@ class CLIPSegNet(nn.Module):
             for layer in model.clip.text_model.encoder.layers:
                 self._adapt(layer, cfg.text_config.hidden_size, bottleneck)
         elif adapter == "shallow":
-            self.shallow = nn.ModuleList(Adapter(cfg.vision_config.hidden_size, bottleneck) for _ in self.extract_layers)
+            self.shallow = nn.ModuleList(Adapter(cfg.vision_config.hidden_size, bottleneck=bottleneck)
+                                         for _ in self.extract_layers)
         self._cache: dict[str, torch.Tensor] = {}
 
     @staticmethod
     def _adapt(layer: nn.Module, dim: int, bottleneck: int) -> None:
-        layer.self_attn = _Adapted(layer.self_attn, Adapter(dim, bottleneck))
-        layer.mlp = _Adapted(layer.mlp, Adapter(dim, bottleneck))
+        layer.self_attn = _Adapted(layer.self_attn, Adapter(dim, bottleneck=bottleneck))
+        layer.mlp = _Adapted(layer.mlp, Adapter(dim, bottleneck=bottleneck))
 
     def adapter_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if ".adapter." in n or n.startswith("shallow.")]
@@ -263,7 +284,8 @@ def clipseg(
             )
         model = transformers.CLIPSegForImageSegmentation(cfg)
         tokenizer = ByteTokenizer(cfg.text_config.max_position_embeddings)
-    net = CLIPSegNet(model, tokenizer, adapter, bottleneck, freeze_backbone, train_decoder)
+    net = CLIPSegNet(model, tokenizer, adapter=adapter, bottleneck=bottleneck, freeze_backbone=freeze_backbone,
+                     train_decoder=train_decoder)
     if prompt is not None and not str(prompt).strip():
         raise InputError("prompt must be a non-empty string")
     spec = InputSpec(channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD)

@@ -31,7 +31,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -125,7 +124,13 @@ def vision_backbone(name: str, pretrained: bool, in_channels: int, image_size: i
 
 
 class MedCLIPVision(nn.Module):
-    """Vision tower: normalisation, timm backbone, bias-free projection to ``embed_dim``."""
+    """Vision tower: normalisation, timm backbone, bias-free projection to ``embed_dim``.
+
+    Args:
+        backbone: a timm backbone without head (``num_features`` outputs).
+        embed_dim: the shared embedding width.
+        spec: the input contract (mean/std applied inside).
+    """
 
     def __init__(self, backbone: nn.Module, embed_dim: int, spec: InputSpec) -> None:
         super().__init__()
@@ -144,7 +149,12 @@ class MedCLIPVision(nn.Module):
 
 
 class MedCLIPText(nn.Module):
-    """Text tower: BERT, mean of hidden layers {1, 2, last} over tokens, bias-free projection."""
+    """Text tower: BERT, mean of hidden layers {1, 2, last} over tokens, bias-free projection.
+
+    Args:
+        bert: a ``transformers.BertModel`` (>= 2 layers).
+        embed_dim: the shared embedding width.
+    """
 
     def __init__(self, bert: nn.Module, embed_dim: int) -> None:
         super().__init__()
@@ -166,17 +176,23 @@ class MedCLIP(nn.Module):
         vision: a :class:`MedCLIPVision`.
         text: a :class:`MedCLIPText`.
         tokenizer: a ``transformers`` tokenizer (hub BERT or :func:`word_tokenizer`).
-        arch: the builder arguments (stored in checkpoints to rebuild the model).
+        arch: the builder arguments of :func:`medclip` (stored in checkpoints to rebuild the model).
         max_length: token budget per sentence (reference: 77 for training).
+        logit_scale_init: initial log temperature scale (reference ln(1/0.07)).
     """
 
-    def __init__(self, vision: MedCLIPVision, text: MedCLIPText, tokenizer: Any, arch: dict[str, Any] | None = None,
+    def __init__(self, vision: MedCLIPVision, text: MedCLIPText, tokenizer: Any, arch: dict[str, Any] | None = None, *,
                  max_length: int = 32, logit_scale_init: float = math.log(1 / 0.07)) -> None:
         super().__init__()
         self.vision, self.text, self.tokenizer = vision, text, tokenizer
         self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale_init)))
         self.arch = dict(arch or {})
         self.max_length = int(max_length)
+        self.tokenizer_json: str | None = None  # the offline tokenizer as built (set by :func:`medclip`)
+
+    def serialized_tokenizer(self) -> str:
+        """The tokenizer serialised by the ``tokenizers`` library (what a checkpoint stores)."""
+        return self.tokenizer_json or self.tokenizer.backend_tokenizer.to_str()
 
     @property
     def spec(self) -> InputSpec:
@@ -286,45 +302,35 @@ def medclip(vision: str = "resnet50", text: str = "bert", pretrained: bool = Fal
             "logit_scale_init": float(logit_scale_init)}
     model = MedCLIP(vis, MedCLIPText(bert, embed_dim), tokenizer, arch=arch, max_length=max_length,
                     logit_scale_init=logit_scale_init)
-    model._tokenizer_json = tok_json  # type: ignore[assignment]
+    model.tokenizer_json = tok_json
     return model
 
 
 def save_medclip(model: MedCLIP, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Save weights, architecture and tokenizer to one safetensors file (atomically)."""
-    from safetensors.torch import save
+    """Save weights, architecture and tokenizer to one safetensors file (atomically):
+    :func:`medsec.models.save_checkpoint`."""
+    from medsec.models.checkpoint import save_checkpoint
 
-    from medsec.io import atomic_write_bytes
-
-    tok = getattr(model, "_tokenizer_json", None) or model.tokenizer.backend_tokenizer.to_str()
-    meta = {"format": "medsec-medclip", "arch": json.dumps(model.arch), "tokenizer": tok,
-            "extra": json.dumps(extra or {}, default=str)}
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return atomic_write_bytes(path, save(state, metadata=meta))
+    return save_checkpoint(model, path, extra=extra)
 
 
 def read_medclip_metadata(path: str | Path) -> dict[str, Any]:
-    from safetensors import safe_open
+    """The ``extra`` dict stored with a MedCLIP checkpoint."""
+    from medsec.models.checkpoint import read_metadata
 
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata() or {}
-    return json.loads(meta.get("extra", "{}"))
+    return dict(read_metadata(path).get("extra") or {})
 
 
 def load_medclip(path: str | Path, device: str | torch.device = "cpu") -> MedCLIP:
-    """Rebuild a model saved by :func:`save_medclip`."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    """Rebuild a MedCLIP model from a checkpoint (:func:`medsec.models.load_checkpoint`, which
+    also reads the files :func:`save_medclip` wrote before); a DataError for another family."""
+    from medsec.models.checkpoint import load_checkpoint, read_metadata
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"MedCLIP checkpoint not found: {path}")
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata() or {}
-    if meta.get("format") != "medsec-medclip":
-        raise DataError(f"{path} is not a medsec MedCLIP checkpoint (saved by save_medclip)")
-    arch = json.loads(meta["arch"])
-    arch.pop("pretrained", None)
-    model = medclip(**arch, tokenizer_json=meta["tokenizer"])
-    model.load_state_dict(load_file(str(path)))
-    return model.to(device).eval()
+    family = read_metadata(path)["family"]
+    if family != "medclip":
+        raise DataError(f"{path} holds a {family} checkpoint, not a MedCLIP model (saved by save_medclip); load it "
+                        "with medsec.models.load_checkpoint")
+    return load_checkpoint(path, device)

@@ -93,7 +93,12 @@ class Segmenter(nn.Module):
         return self
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in the spec's bounds -> the network's normalised input, (x - mean) / std."""
         return (x - self._mean.to(x.dtype)) / self._std.to(x.dtype)
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`normalize`: z * std + mean (normalised tensors back to pixels)."""
+        return z * self._std.to(z.dtype) + self._mean.to(z.dtype)
 
     def forward_normalized(self, z: torch.Tensor) -> torch.Tensor:
         """Mask logits of already normalised images (the paper-mode attack space)."""

@@ -20,9 +20,17 @@ from medsec.types import InputSpec
 
 
 class SmallCNNNet(nn.Module):
-    """conv(32)x2 - pool - conv(64)x2 - pool - conv(128) - GAP - linear."""
+    """conv(w)x2 - pool - conv(2w)x2 - pool - conv(4w) - GAP - linear (w = ``width``; VGG-style,
+    Simonyan & Zisserman, ICLR 2015). Threat model: not applicable (a victim network).
 
-    def __init__(self, in_channels: int = 3, num_outputs: int = 10, width: int = 32, stem_pool: int = 1) -> None:
+    Args:
+        in_channels: image channels.
+        num_outputs: logits.
+        width: channels of the first stage (32 gives 32/64/128).
+        stem_pool: average-pool the input by this factor first (1: none).
+    """
+
+    def __init__(self, in_channels: int = 3, num_outputs: int = 10, *, width: int = 32, stem_pool: int = 1) -> None:
         super().__init__()
         self.stem = nn.AvgPool2d(stem_pool) if stem_pool > 1 else nn.Identity()
 
@@ -71,4 +79,5 @@ def small_cnn(
                                               "mean": list(spec.mean or ()), "std": list(spec.std or ())}}
     if stem_pool > 1:  # only then, so earlier checkpoints' metadata is unchanged
         arch["params"]["stem_pool"] = int(stem_pool)
-    return Classifier(SmallCNNNet(in_channels, outputs, width, int(stem_pool)), spec, num_classes, task, classes, arch)
+    net = SmallCNNNet(in_channels, outputs, width=width, stem_pool=int(stem_pool))
+    return Classifier(net, spec, num_classes, task, classes, arch)

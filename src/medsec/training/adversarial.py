@@ -33,7 +33,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import KW_ONLY, asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +59,7 @@ class AdversarialTraining:
     """
 
     method: str = "pgd_at"
+    _: KW_ONLY
     eps: float = 4 / 255
     steps: int = 5
     step_size: float | None = None

@@ -171,7 +171,8 @@ def medical_clip(cache_dir: str | Path, root: str | Path | None = None,
     """
     from medsec.data.captioned import read_busi_captions
     from medsec.data.paths import data_root
-    from medsec.models.clip import load_clip, open_clip_model, read_clip_metadata
+    from medsec.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+    from medsec.models.clip import open_clip_model
     from medsec.training.recipes import recipe_key, recipe_threads, seeded_init
     from medsec.training.shipped import locate, training_record
 
@@ -180,7 +181,7 @@ def medical_clip(cache_dir: str | Path, root: str | Path | None = None,
     data = [top / "busi-256", top / "kvasir-seg-256", top / "bloodmnist" / "bloodmnist.npz"]
     path = locate(f"medical-clip-{recipe_key(r)}.safetensors", cache_dir, data)
     if path.is_file():
-        return load_clip(path), read_clip_metadata(path)
+        return load_checkpoint(path), read_metadata(path).get("extra") or {}
     pairs, repeat, test = recipe_data(r, top)
     with seeded_init(r["seed"]):
         clip = open_clip_model(config=r["config"])
@@ -201,7 +202,7 @@ def medical_clip(cache_dir: str | Path, root: str | Path | None = None,
             "zero_shot_majority_rate": zs["majority_rate"], "zero_shot_data": f"BUSI test split ({len(test)} images)",
             "class_names": list(test.classes), "pairs": pairs.group_counts(), "n_captions": len(pairs.captions),
             "vocabulary_rows": rows}
-    clip.save(path, extra=meta)
+    save_checkpoint(clip, path, extra=meta)
     log.info("medical CLIP: BUSI zero-shot %.3f (majority %.3f), %.0f s", zs["accuracy"], zs["majority_rate"], train_time)
     return clip.eval(), meta
 

@@ -17,21 +17,16 @@ Example:
 
 from __future__ import annotations
 
-import logging
-import math
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from medsec.errors import DataError, InputError
-from medsec.training.classifier import TrainResult
+from medsec.errors import DataError
+from medsec.training.loop import TrainResult, TrainTask, fit
 
 if TYPE_CHECKING:
     from medsec.training.adversarial import AdversarialTraining
-
-log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -59,10 +54,35 @@ def evaluate_segmenter(model: torch.nn.Module, ds: Any, batch_size: int = 64,
     return segmentation_summary(pred, ds.labels, getattr(model, "num_classes", 2))
 
 
+def dice_ce_loss(num_classes: int = 2) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """MONAI ``DiceCELoss(lambda_dice=1.5, lambda_ce=1.0)`` on mask logits: sigmoid for a binary
+    (one-logit) head, softmax over one-hot targets otherwise."""
+    from monai.losses import DiceCELoss
+
+    if num_classes == 2:
+        return DiceCELoss(sigmoid=True, lambda_dice=1.5, lambda_ce=1.0)
+    return DiceCELoss(softmax=True, to_onehot_y=True, lambda_dice=1.5, lambda_ce=1.0)
+
+
+def segmentation_task(num_classes: int = 2) -> TrainTask:
+    """The :func:`~medsec.training.loop.fit` hooks of segmenter training: masks as (B, 1, H, W)
+    float targets flipped with the images, Dice+CE (:func:`dice_ce_loss`), the PGD-AT/TRADES
+    segmentation loss, ``val_dice``."""
+    loss_fn = dice_ce_loss(num_classes)
+    return TrainTask(
+        loss=lambda model, x, y: loss_fn(model(x), y),
+        adversarial_loss=lambda adv, model, x, y, gen: adv.segmenter_loss(model, x, y, loss_fn, gen),
+        targets=lambda masks: masks[:, None].float(),
+        spatial_targets=True,
+        validate=lambda model, val, device: {"val_dice": evaluate_segmenter(model, val, device=device)["dice"]},
+    )
+
+
 def train_segmenter(
     model: torch.nn.Module,
     train: Any,
     val: Any | None = None,
+    *,
     epochs: int = 10,
     lr: float = 1e-3,
     batch_size: int = 16,
@@ -75,73 +95,20 @@ def train_segmenter(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     adversarial: AdversarialTraining | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place with DiceCE and AdamW; return the per-epoch history.
+    """Train ``model`` in place with DiceCE and AdamW; return the per-epoch history
+    (:func:`~medsec.training.loop.fit` with the segmentation hooks and the warm-up + cosine
+    schedule).
 
     ``adversarial`` (method ``pgd_at``) trains on PGD points that maximise the same
     Dice+CE loss (:mod:`medsec.training.adversarial`).
     """
-    from monai.losses import DiceCELoss
-
     images, masks = getattr(train, "images", None), getattr(train, "labels", None)
     if images is None or masks is None or len(images) == 0:
         raise DataError("train_segmenter needs a non-empty segmentation dataset (images + masks)")
-    if epochs < 1 or batch_size < 1:
-        raise InputError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise InputError("the model has no trainable parameters (everything is frozen)")
-    binary = getattr(model, "num_classes", 2) == 2
-    loss_fn = (DiceCELoss(sigmoid=True, lambda_dice=1.5, lambda_ce=1.0) if binary
-               else DiceCELoss(softmax=True, to_onehot_y=True, lambda_dice=1.5, lambda_ce=1.0))
-    gen = torch.Generator().manual_seed(seed)
-    model.to(device).train()
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = (len(images) + batch_size - 1) // batch_size
-    total_steps, warm = max(1, epochs * steps_per_epoch), warmup_epochs * steps_per_epoch
+    return fit(model, train, val, task=segmentation_task(getattr(model, "num_classes", 2)), epochs=epochs, lr=lr,
+               batch_size=batch_size, weight_decay=weight_decay, schedule="warmup_cosine",
+               warmup_epochs=warmup_epochs, grad_clip=grad_clip, augment=augment, seed=seed, device=device,
+               on_epoch=on_epoch, adversarial=adversarial)
 
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        t = (step - warm) / max(1, total_steps - warm)
-        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    result = TrainResult()
-    start = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        model.train()
-        perm = torch.randperm(len(images), generator=gen)
-        total, n = 0.0, 0
-        for i in range(0, len(images), batch_size):
-            idx = perm[i : i + batch_size]
-            if len(idx) < 2:
-                continue  # BatchNorm needs two samples
-            xb, yb = images[idx].to(device), masks[idx].to(device)[:, None].float()
-            if augment:
-                fh = (torch.rand(len(idx), generator=gen) < 0.5).to(device)[:, None, None, None]
-                fv = (torch.rand(len(idx), generator=gen) < 0.5).to(device)[:, None, None, None]
-                xb, yb = torch.where(fh, xb.flip(3), xb), torch.where(fh, yb.flip(3), yb)
-                xb, yb = torch.where(fv, xb.flip(2), xb), torch.where(fv, yb.flip(2), yb)
-            if adversarial is not None:
-                loss = adversarial.segmenter_loss(model, xb, yb, loss_fn, gen)
-            else:
-                loss = loss_fn(model(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-            n += len(idx)
-        record: dict[str, Any] = {"epoch": epoch, "loss": total / max(n, 1)}
-        if val is not None:
-            record["val_dice"] = evaluate_segmenter(model, val, device=device)["dice"]
-        log.info("epoch %d: %s", epoch, record)
-        result.history.append(record)
-        if on_epoch is not None:
-            on_epoch(record)
-    opt.zero_grad(set_to_none=True)  # leave no parameter gradients behind
-    model.eval()
-    result.runtime_s = time.perf_counter() - start
-    return result
+__all__ = ["train_segmenter", "segmentation_task", "dice_ce_loss", "evaluate_segmenter", "predict_masks"]

@@ -172,20 +172,11 @@ def training_record(recipe: dict[str, Any], data: Sequence[str | Path], **metric
 
 
 def read_record(path: str | Path) -> dict[str, Any]:
-    """The training record (the ``extra`` metadata) of a medsec checkpoint of any model family."""
-    from safetensors import safe_open
+    """The training record (the ``extra`` metadata) of a medsec checkpoint of any model family
+    and format (:func:`medsec.models.checkpoint.read_metadata`)."""
+    from medsec.models.checkpoint import read_metadata
 
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-    except Exception as exc:  # safetensors raises its own error types
-        raise DataError(f"{str(path)!r} is not a readable safetensors file ({exc})") from exc
-    for key in ("medsec", "medsec_clip"):
-        if key in meta:
-            return dict(json.loads(meta[key]).get("extra") or {})
-    if "extra" in meta:
-        return dict(json.loads(meta["extra"]))
-    raise DataError(f"{str(path)!r} has no medsec metadata")
+    return dict(read_metadata(path).get("extra") or {})
 
 
 def write_manifest(folder: str | Path = SHIPPED_DIR) -> dict[str, Any]:

@@ -61,7 +61,7 @@ class TileEncoder(nn.Module):
         num_prefix_tokens: tokens before the patch tokens (CLS + registers).
     """
 
-    def __init__(self, net: nn.Module, spec: InputSpec, dim: int, pool: str = "none", name: str = "",
+    def __init__(self, net: nn.Module, spec: InputSpec, dim: int, *, pool: str = "none", name: str = "",
                  num_prefix_tokens: int = 1) -> None:
         super().__init__()
         if pool not in ("none", "cls+mean"):
@@ -93,7 +93,7 @@ class TileEncoder(nn.Module):
 
 def _infer_dim(net: nn.Module, spec: InputSpec, pool: str, prefix: int = 1) -> int:
     size = spec.size or (224, 224)
-    probe = TileEncoder(net, spec, 1, pool, num_prefix_tokens=prefix)
+    probe = TileEncoder(net, spec, 1, pool=pool, num_prefix_tokens=prefix)
     with torch.no_grad():
         return int(probe(torch.rand(1, spec.channels, *size)).shape[1])
 
@@ -165,7 +165,7 @@ def _preset(name: str) -> Any:
                          size=tuple(int(s) for s in net.patch_embed.img_size))
         prefix = int(getattr(net, "num_prefix_tokens", 1))
         dim = _infer_dim(net, spec, p["pool"], prefix)
-        return TileEncoder(net, spec, dim, p["pool"], name=name, num_prefix_tokens=prefix)
+        return TileEncoder(net, spec, dim, pool=p["pool"], name=name, num_prefix_tokens=prefix)
 
     build.__doc__ = f"The {name} foundation model ({PRESETS[name]['hub']}); random weights unless pretrained."
     return build
@@ -245,17 +245,12 @@ def medsec_bloodmnist(root: str | None = None, cache_dir: str | None = None) -> 
 
 
 def create_encoder(name: str, **params: Any) -> TileEncoder:
-    """An encoder by name: a registered one, or ``timm:<arch>`` / ``open_clip:<arch>``."""
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"encoder name must be a non-empty string, got {name!r}")
-    for prefix in ("timm:", "open_clip:"):
-        if name.startswith(prefix):
-            arch = name[len(prefix):]
-            if not arch:
-                raise ConfigError(f"{name!r} names no architecture; write e.g. {prefix}vit_small_patch16_224")
-            return ENCODERS.create(prefix[:-1], arch=arch, **params)
-    enc = ENCODERS.create(name, **params)
-    return enc
+    """An encoder by name: a registered one, or ``timm:<arch>`` / ``open_clip:<arch>``, parsed by
+    :func:`medsec.models.resolve` (the one model-name parser) against the encoder registry."""
+    from medsec.models.names import resolve
+
+    key, params = resolve(name, params, registry=ENCODERS)
+    return ENCODERS.create(key, **params)
 
 
 def list_encoders() -> list[str]:

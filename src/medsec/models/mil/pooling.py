@@ -15,20 +15,29 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from medsec.models.mil.base import MILHead
 from medsec.registries import MIL_HEADS
-from medsec.wsi.mil.base import MILHead
 
 
 class _PoolMIL(MILHead):
-    def __init__(self, in_dim: int, num_classes: int = 2, hidden: int = 128) -> None:
+    def __init__(self, in_dim: int, num_classes: int = 2, *, hidden: int = 128) -> None:
         super().__init__(in_dim, num_classes)
+        self.hparams = {"hidden": int(hidden)}
         self.embed = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU())
         self.classifier = nn.Linear(hidden, num_classes)
 
 
 @MIL_HEADS.register("mean")
 class MeanPoolMIL(_PoolMIL):
-    """Mean of the tile embeddings."""
+    """Mean of the tile embeddings (Ilse et al., ICML 2018, Sec. 2.3).
+
+    Threat model: not applicable (a victim head).
+
+    Args:
+        in_dim: the tile-feature size D.
+        num_classes: slide classes.
+        hidden: width of the tile embedding.
+    """
 
     name = "mean"
 
@@ -39,7 +48,15 @@ class MeanPoolMIL(_PoolMIL):
 
 @MIL_HEADS.register("max")
 class MaxPoolMIL(_PoolMIL):
-    """Per-dimension max of the tile embeddings."""
+    """Per-dimension max of the tile embeddings (Ilse et al., ICML 2018, Sec. 2.3).
+
+    Threat model: not applicable (a victim head).
+
+    Args:
+        in_dim: the tile-feature size D.
+        num_classes: slide classes.
+        hidden: width of the tile embedding.
+    """
 
     name = "max"
 

@@ -24,8 +24,8 @@ import math
 import torch
 from torch import nn
 
+from medsec.models.mil.base import MILHead
 from medsec.registries import MIL_HEADS
-from medsec.wsi.mil.base import MILHead
 
 
 class _TransLayer(nn.Module):
@@ -57,12 +57,24 @@ class _PPEG(nn.Module):
 
 @MIL_HEADS.register("transmil")
 class TransMIL(MILHead):
-    """TransMIL with exact attention (see module docstring)."""
+    """TransMIL with exact attention (Shao et al., NeurIPS 2021; see the module docstring).
+
+    Threat model: not applicable (a victim head).
+
+    Args:
+        in_dim: the tile-feature size D.
+        num_classes: slide classes.
+        dim: the token width (paper: 512).
+        heads: attention heads per Transformer layer (paper: 8).
+        dropout: attention dropout.
+    """
 
     name = "transmil"
 
-    def __init__(self, in_dim: int, num_classes: int = 2, dim: int = 128, heads: int = 4, dropout: float = 0.0) -> None:
+    def __init__(self, in_dim: int, num_classes: int = 2, *, dim: int = 128, heads: int = 4,
+                 dropout: float = 0.0) -> None:
         super().__init__(in_dim, num_classes)
+        self.hparams = {"dim": int(dim), "heads": int(heads), "dropout": float(dropout)}
         self.fc1 = nn.Sequential(nn.Linear(in_dim, dim), nn.ReLU())
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         self.layer1 = _TransLayer(dim, heads, dropout)

@@ -9,10 +9,16 @@ is called, which :func:`~medsec.wsi.mil.train.train_mil` does with the training 
 The statistics live in the head (and its state dict) so that the raw cached features,
 clean or attacked, are what every caller passes.
 
+Every head also records its builder arguments (:attr:`MILHead.arch`, ``{"name", "params"}``
+of the ``MIL_HEADS`` registry), so :func:`medsec.models.save_checkpoint` can store it and
+:func:`medsec.models.load_checkpoint` rebuild it.
+
 Threat model: not applicable (victim models).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,7 +42,15 @@ def check_bag(feats: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class MILHead(nn.Module):
-    """Base class: ``forward(bag) -> (C,) logits``; ``attention(bag) -> (N,)`` scores."""
+    """Base class: ``forward(bag) -> (C,) logits``; ``attention(bag) -> (N,)`` scores.
+
+    Args:
+        in_dim: the tile-feature size D.
+        num_classes: slide classes C (>= 2).
+
+    Subclasses set ``name`` (their registry name) and ``hparams`` (their keyword-only
+    hyper-parameters), which make up :attr:`arch`.
+    """
 
     name = "mil"
 
@@ -45,8 +59,14 @@ class MILHead(nn.Module):
         if int(in_dim) < 1 or int(num_classes) < 2:
             raise InputError(f"in_dim must be >= 1 and num_classes >= 2, got {in_dim}, {num_classes}")
         self.in_dim, self.num_classes = int(in_dim), int(num_classes)
+        self.hparams: dict[str, Any] = {}
         self.register_buffer("feat_mean", torch.zeros(self.in_dim))
         self.register_buffer("feat_std", torch.ones(self.in_dim))
+
+    @property
+    def arch(self) -> dict[str, Any]:
+        """``{"name", "params"}`` that rebuild this head from the ``MIL_HEADS`` registry."""
+        return {"name": self.name, "params": {"in_dim": self.in_dim, "num_classes": self.num_classes, **self.hparams}}
 
     @torch.no_grad()
     def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor, floor: float = 1e-3) -> MILHead:
@@ -60,11 +80,12 @@ class MILHead(nn.Module):
         self.feat_std.copy_(std.clamp_min(floor).to(self.feat_std))
         return self
 
-    def _standardize(self, feats: torch.Tensor) -> torch.Tensor:
+    def standardize(self, feats: torch.Tensor) -> torch.Tensor:
+        """(feats - feat_mean) / feat_std, per dimension."""
         return (feats - self.feat_mean.to(feats.dtype)) / self.feat_std.to(feats.dtype)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_attention(self._standardize(check_bag(feats, self.in_dim)))[0]
+        return self.forward_with_attention(self.standardize(check_bag(feats, self.in_dim)))[0]
 
     @torch.no_grad()
     def attention(self, feats: torch.Tensor) -> torch.Tensor:
@@ -72,7 +93,7 @@ class MILHead(nn.Module):
         was = self.training
         self.eval()
         try:
-            return self.forward_with_attention(self._standardize(check_bag(feats, self.in_dim)))[1].detach()
+            return self.forward_with_attention(self.standardize(check_bag(feats, self.in_dim)))[1].detach()
         finally:
             self.train(was)
 

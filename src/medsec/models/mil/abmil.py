@@ -17,19 +17,30 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from medsec.models.mil.base import MILHead
 from medsec.registries import MIL_HEADS
-from medsec.wsi.mil.base import MILHead
 
 
 @MIL_HEADS.register("abmil")
 class GatedAttentionMIL(MILHead):
-    """Gated attention pooling + linear classifier."""
+    """Gated attention pooling + linear classifier (Ilse, Tomczak & Welling, ICML 2018, Sec. 2.4).
+
+    Threat model: not applicable (a victim head; attacks perturb the tiles under it).
+
+    Args:
+        in_dim: the tile-feature size D.
+        num_classes: slide classes.
+        hidden: width L of the tile embedding h_i (paper: 500).
+        attn_dim: width of the gated attention's hidden layer (paper: 128).
+        dropout: dropout after the tile embedding.
+    """
 
     name = "abmil"
 
-    def __init__(self, in_dim: int, num_classes: int = 2, hidden: int = 128, attn_dim: int = 64,
+    def __init__(self, in_dim: int, num_classes: int = 2, *, hidden: int = 128, attn_dim: int = 64,
                  dropout: float = 0.0) -> None:
         super().__init__(in_dim, num_classes)
+        self.hparams = {"hidden": int(hidden), "attn_dim": int(attn_dim), "dropout": float(dropout)}
         self.embed = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout))
         self.attn_v = nn.Linear(hidden, attn_dim)
         self.attn_u = nn.Linear(hidden, attn_dim)

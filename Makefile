@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.medsec-installed
 WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: install demo test test-fast test-2threads lint bench checkpoints clean
+.PHONY: install demo test test-fast test-2threads lint doctest bench checkpoints clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,9 +20,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/medsec demo
 
-# everything: unit, contract, cross-check and effect tests, shuffled, in $(WORKERS) processes
+# everything: lint, types, the docstring examples, then unit, contract, cross-check and effect
+# tests, shuffled, in $(WORKERS) processes
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+	$(PYTEST) -q -p no:randomly -p no:xdist --doctest-modules src/medsec
 	$(PYTEST) -q -n $(WORKERS) --dist loadfile
 
 # the edit-run loop: unit and contract tests only
@@ -35,13 +38,17 @@ test-2threads: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+doctest: $(STAMP)
+	$(PYTEST) -q -p no:randomly -p no:xdist --doctest-modules src/medsec
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_pgd.py
 
-# retrain every recipe whose checkpoint ships in src/medsec/training/checkpoints (a few minutes)
+# retrain every recipe whose checkpoint ships in src/medsec/recipes/checkpoints (a few minutes)
 checkpoints: $(STAMP)
-	$(BIN)/python -m medsec.training.shipped
+	$(BIN)/python -m medsec.zoo
 
 clean:
 	rm -rf runs .pytest_cache .medsec-cache

@@ -6,7 +6,7 @@ poisoned samples (whose noise delta is being learnt) at each step; ``cache=False
 naive loop that encodes every batch image at every step (what CoOp/BAPLe's code does). Both
 runs start from the same seed and the script checks they learn the same context and delta.
 
-Model: the medsec-pretrained BloodMNIST CLIP (``medsec.training.recipes.bloodmnist_clip``,
+Model: the medsec-pretrained BloodMNIST CLIP (``medsec.recipes.builtin.bloodmnist_clip``,
 trained and cached on first use) by default, or ``--arch ViT-B-32`` / ``BiomedCLIP`` /
 ``PLIP`` for the small random-weight builds of those architectures (a larger image tower,
 hence a larger share of the naive loop's time spent in image encoding).
@@ -47,7 +47,7 @@ def main() -> None:
 
     root = data_root() / "bloodmnist"
     if args.arch == "bloodmnist_clip":
-        from medsec.training.recipes import bloodmnist_clip
+        from medsec.recipes.builtin import bloodmnist_clip
 
         clip, _ = bloodmnist_clip(root, ROOT / ".medsec-cache")
     else:

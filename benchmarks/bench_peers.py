@@ -21,7 +21,7 @@ Attacks (BloodMNIST small_cnn, 28x28 RGB, 8 classes):
 * Square, L-inf 4/255, 300 queries, p_init 0.8, margin loss (medsec, torchattacks, ART);
 * evaluation mode: medsec PGD-50 at 8/255 with ``early_stop`` on and off, torchattacks PGD-50.
 
-The model is the one the test suite trains (``medsec.training.recipes``, cached under
+The model is the one the test suite trains (``medsec.recipes.builtin``, cached under
 ``.medsec-cache/``; trained here when absent, ~6 min on 2 cores). Images: the first
 ``--batch`` BloodMNIST test images.
 
@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 import medsec
-from medsec.training.recipes import bloodmnist_classifier
+from medsec.recipes.builtin import bloodmnist_classifier
 
 ROOT = Path(__file__).resolve().parent.parent
 Runner = Callable[[], torch.Tensor]

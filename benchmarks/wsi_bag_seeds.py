@@ -1,6 +1,6 @@
 """Seed spread of the BloodMNIST MIL-bag numbers in docs/wsi.md (not a speed benchmark).
 
-``effect``: the protocol of ``tests/test_wsi_effect.py`` (platelet-positive bags of 100-500
+``effect``: the protocol of ``tests/wsi/test_wsi_effect.py`` (platelet-positive bags of 100-500
 tiles, single-platelet test bags, three ABMIL head seeds, label-free PGD-10 at 8/255 on
 rho = 0.1%) on encoders of the BloodMNIST recipe trained with other seeds, to show that the
 asserted drop does not hang on one encoder (the test itself uses the recipe's seed 0).
@@ -27,7 +27,7 @@ import torch
 
 import medsec.data
 from medsec.data import data_root
-from medsec.training.recipes import BLOODMNIST_RECIPE, bloodmnist_classifier
+from medsec.recipes.builtin import BLOODMNIST_RECIPE, bloodmnist_classifier
 from medsec.wsi import TensorTiles, WSIBudget, attack_slide, from_classifier, make_bags
 from medsec.wsi.mil import create_head, evaluate_mil, train_mil
 

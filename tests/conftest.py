@@ -1,9 +1,9 @@
 """Shared fixtures and the rules every test runs under.
 
 * **Models**: the fixtures load the checkpoints that medsec's recipes trained and that ship
-  with the package (:mod:`medsec.training.shipped`). No fixture trains: a missing or stale
+  with the package (:mod:`medsec.recipes.shipped`). No fixture trains: a missing or stale
   shipped checkpoint is an error that names ``make checkpoints``. Only the retraining tests
-  (``tests/test_recipes.py``) train, one recipe per family, to keep the recipes honest.
+  (``tests/recipes/test_recipes.py``) train, one recipe per family, to keep the recipes honest.
 * **Tiers**: every test carries exactly one tier marker, the closest one winning (a test's
   own marker over its module's ``pytestmark``): ``unit`` (behaviour and invariants, seconds),
   ``contract`` (the registry-generated attack contract), ``crosscheck`` (against torchattacks,
@@ -50,7 +50,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from medsec.training.shipped import require_shipped
+    from medsec.recipes.shipped import require_shipped
 
     require_shipped(True)
     if hasattr(config.option, "randomly_reset_seed"):
@@ -140,7 +140,7 @@ def bloodmnist_test(bloodmnist_root: Path):
 @pytest.fixture(scope="session")
 def bloodmnist_model(bloodmnist_root: Path, bloodmnist_test):
     """The BloodMNIST small CNN of medsec's recipe (shipped checkpoint)."""
-    from medsec.training.recipes import bloodmnist_classifier
+    from medsec.recipes.builtin import bloodmnist_classifier
 
     return _shared(bloodmnist_classifier(bloodmnist_root, CACHE))
 
@@ -148,7 +148,7 @@ def bloodmnist_model(bloodmnist_root: Path, bloodmnist_test):
 @pytest.fixture(scope="session")
 def bloodmnist_badnets(bloodmnist_root: Path):
     """(model, PoisonedDataset): the small CNN of the BadNets BloodMNIST recipe (shipped)."""
-    from medsec.training.recipes import badnets_bloodmnist
+    from medsec.recipes.builtin import badnets_bloodmnist
 
     model, poisoned = badnets_bloodmnist(bloodmnist_root, CACHE)
     return _shared(model), poisoned
@@ -157,7 +157,7 @@ def bloodmnist_badnets(bloodmnist_root: Path):
 @pytest.fixture(scope="session")
 def bloodmnist_clip(bloodmnist_root: Path):
     """(ClipModel, metadata): the CLIP-style model pretrained on BloodMNIST class captions (shipped)."""
-    from medsec.training.recipes import bloodmnist_clip as recipe
+    from medsec.recipes.builtin import bloodmnist_clip as recipe
 
     clip, meta = recipe(bloodmnist_root, CACHE)
     return _shared(clip), meta

@@ -25,7 +25,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "medsec"
 # packages of one layer may not import each other in a cycle
 LAYERS: list[set[str]] = [
     {"errors", "version"},
-    {"types", "io", "registry", "progress"},
+    {"types", "io", "registry", "progress", "seeding"},
     {"validation"},
     {"metrics", "masks", "tasks"},
     {"data", "models"},
@@ -124,3 +124,53 @@ def test_the_checker_sees_function_level_and_type_only_imports(tmp_path: Path) -
     tree = ast.parse(code)
     found = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
     assert {package_of(getattr(n, "module", None) or n.names[0].name) for n in found} >= {"runs", "experiments"}
+
+
+# third-party modules whose private names medsec may use (torch's batch-norm base class)
+THIRD_PARTY_ROOTS = {"torch", "nn", "F", "np", "importlib", "os", "sys"}
+
+
+def defined_names(tree: ast.AST) -> set[str]:
+    """Names a module defines: functions, classes, assignment targets and ``self.x`` attributes."""
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out.add(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            out.add(node.id)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            out.add(node.attr)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            out.add(node.target.id)
+    return out
+
+
+def private_uses() -> list[str]:
+    """``from medsec.x import _name`` in another module, and ``obj._name`` where the module
+    does not define ``_name`` itself (so it reaches into another module's privates)."""
+    bad = []
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC)
+        module = "medsec." + ".".join(rel.with_suffix("").parts).removesuffix(".__init__")
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        own = defined_names(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("medsec"):
+                bad += [f"{rel}:{node.lineno}: from {node.module} import {a.name}" for a in node.names
+                        if a.name.startswith("_") and not a.name.startswith("__") and node.module != module]
+            elif isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                root = node.value
+                while isinstance(root, ast.Attribute):
+                    root = root.value
+                if isinstance(root, ast.Call) and isinstance(root.func, ast.Name) and root.func.id == "super":
+                    continue
+                if isinstance(root, ast.Name) and root.id in ({"self", "cls"} | THIRD_PARTY_ROOTS):
+                    continue
+                if node.attr not in own:
+                    bad.append(f"{rel}:{node.lineno}: {ast.unparse(node)}")
+    return bad
+
+
+def test_no_private_name_used_across_modules() -> None:
+    bad = private_uses()
+    assert not bad, "private names used outside their module (make them public):\n" + "\n".join(bad)

@@ -46,7 +46,8 @@ def print_summary(results: dict[str, Any], out_dir: Path) -> None:
     from medsec.registry import KINDS
 
     con = _console()
-    for line in KINDS.get(results["kind"]).summary(results, out_dir):
+    kind: Any = KINDS.get(results["kind"])  # a medsec.runs.kind.Kind
+    for line in kind.summary(results, out_dir):
         con.print(line, markup=False, highlight=False)
     for chk in results.get("checks", []):
         con.print(f"[yellow]{chk['level']}[/yellow] {chk['code']}: {chk['message']}", markup=True, highlight=False)
@@ -82,7 +83,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from medsec.registry import KINDS
 
     cfg = load_config(args.config, args.set)
-    cells = KINDS.get(cfg.kind).plan(cfg)
+    kind: Any = KINDS.get(cfg.kind)  # a medsec.runs.kind.Kind
+    cells = kind.plan(cfg)
     print(f"{args.config}: valid ({cfg.kind} experiment, {len(cells)} cells)")
     return 0
 
@@ -90,22 +92,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 LISTS = {"attacks": "ATTACKS", "models": "MODELS", "datasets": "DATASETS", "metrics": "METRICS",
          "objectives": "OBJECTIVES", "defenses": "DEFENSES", "masks": "MASKS", "triggers": "TRIGGERS",
          "detectors": "DETECTORS", "repairs": "REPAIRS", "encoders": "ENCODERS", "mil_heads": "MIL_HEADS",
-         "kinds": "KINDS", "executors": "EXECUTORS"}
-# the packages whose import registers each list's units
-UNIT_PACKAGES = {"attacks": ["medsec.attacks"], "models": ["medsec.models"], "datasets": ["medsec.data"],
-                 "metrics": ["medsec.metrics", "medsec.metrics.naturalness"], "objectives": ["medsec.objectives"],
-                 "defenses": ["medsec.defenses"], "masks": ["medsec.masks"], "triggers": ["medsec.backdoors"],
-                 "detectors": ["medsec.defenses"], "repairs": ["medsec.defenses"], "encoders": ["medsec.wsi"],
-                 "mil_heads": ["medsec.wsi"], "kinds": [], "executors": []}
-
+         "kinds": "KINDS", "executors": "EXECUTORS", "recipes": "RECIPES"}
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    import importlib
-
     import medsec.registry
 
-    for module in UNIT_PACKAGES[args.kind]:
-        importlib.import_module(module)
     reg = getattr(medsec.registry, LISTS[args.kind])
     for name in reg.list():
         entry = reg.get(name)

@@ -44,4 +44,5 @@ def demo_config(data: str = "synthetic", data_root: str | None = None, device: s
 
         raise ConfigError(f"unknown demo data {data!r}; use synthetic or bloodmnist")
     raw.update({"seed": 0, "device": device, "threat": {"norm": "linf", "eps": EPS}, "attacks": attacks})
-    return validate_config(raw)
+    cfg: EvasionConfig = validate_config(raw)
+    return cfg

@@ -83,5 +83,5 @@ def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> Path:
     import io as _io
 
     buf = _io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub matches **arrays against allow_pickle
     return atomic_write_bytes(path, buf.getvalue())

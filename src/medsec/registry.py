@@ -138,19 +138,20 @@ class Registry(Generic[T]):
         self.load()
         return len(set(self._items) | set(self._lazy))
 
-# the units (they register themselves on import of their package)
-ATTACKS: Registry[Any] = Registry("attack")
-OBJECTIVES: Registry[Any] = Registry("objective")
-MODELS: Registry[Any] = Registry("model")
-DATASETS: Registry[Any] = Registry("dataset")
-METRICS: Registry[Any] = Registry("metric")
-DEFENSES: Registry[Any] = Registry("defense")
-TRIGGERS: Registry[Any] = Registry("trigger")
-DETECTORS: Registry[Any] = Registry("detector")
-REPAIRS: Registry[Any] = Registry("repair")
-MASKS: Registry[Any] = Registry("mask")
+# the units: they register themselves when their package is imported, which the first lookup
+# does (so `medsec ls` and configs see every unit without importing anything first)
+ATTACKS: Registry[Any] = Registry("attack", providers=("medsec.attacks",))
+OBJECTIVES: Registry[Any] = Registry("objective", providers=("medsec.objectives",))
+MODELS: Registry[Any] = Registry("model", providers=("medsec.models",))
+DATASETS: Registry[Any] = Registry("dataset", providers=("medsec.data",))
+METRICS: Registry[Any] = Registry("metric", providers=("medsec.metrics", "medsec.metrics.naturalness"))
+DEFENSES: Registry[Any] = Registry("defense", providers=("medsec.defenses",))
+TRIGGERS: Registry[Any] = Registry("trigger", providers=("medsec.backdoors.triggers",))
+DETECTORS: Registry[Any] = Registry("detector", providers=("medsec.defenses",))
+REPAIRS: Registry[Any] = Registry("repair", providers=("medsec.defenses",))
+MASKS: Registry[Any] = Registry("mask", providers=("medsec.masks",))
 ENCODERS: Registry[Any] = Registry("encoder", providers=("medsec.wsi.encoders",))
-MIL_HEADS: Registry[Any] = Registry("mil_head", providers=("medsec.wsi.mil",))
+MIL_HEADS: Registry[Any] = Registry("mil_head", providers=("medsec.models.mil",))
 
 # experiment kinds: one line each (the folder medsec/experiments/<kind>/ exposes KIND)
 KINDS: Registry[Any] = Registry("kind", lazy={  # medsec.runs.kind.Kind objects
@@ -162,10 +163,24 @@ KINDS: Registry[Any] = Registry("kind", lazy={  # medsec.runs.kind.Kind objects
     "wsi": "medsec.experiments.wsi:KIND",
 })
 
+# recipes whose checkpoints ship with medsec (medsec.recipes.shipped; `make checkpoints`
+# retrains them): name -> (data root, cache folder) -> model(s)
+RECIPES: Registry[Any] = Registry("recipe", lazy={
+    "bloodmnist_cnn": "medsec.recipes.builtin:shipped_bloodmnist_cnn",
+    "bloodmnist_pgd_at": "medsec.recipes.builtin:shipped_bloodmnist_pgd_at",
+    "bloodmnist_trades": "medsec.recipes.builtin:shipped_bloodmnist_trades",
+    "bloodmnist64_snap": "medsec.recipes.builtin:shipped_bloodmnist64_snap",
+    "bloodmnist_badnets": "medsec.recipes.builtin:shipped_bloodmnist_badnets",
+    "kvasir_unet": "medsec.recipes.builtin:shipped_kvasir_unet",
+    "bloodmnist_clip": "medsec.recipes.builtin:shipped_bloodmnist_clip",
+    "medical_clip": "medsec.recipes.builtin:shipped_medical_clip",
+    "bloodmnist_badmatch": "medsec.experiments.badmatch.recipe:shipped",
+})
+
 # executors: run a kind's jobs (medsec.runs.executor)
 EXECUTORS: Registry[Any] = Registry("executor", lazy={  # medsec.runs.executor.Executor classes
     "sequential": "medsec.runs.executor:SequentialExecutor",
 })
 
 __all__ = ["ATTACKS", "DATASETS", "DEFENSES", "DETECTORS", "ENCODERS", "EXECUTORS", "KINDS", "MASKS", "METRICS",
-           "MIL_HEADS", "MODELS", "OBJECTIVES", "REPAIRS", "TRIGGERS", "Registry", "check_params", "suggest"]
+           "MIL_HEADS", "MODELS", "OBJECTIVES", "RECIPES", "REPAIRS", "TRIGGERS", "Registry", "check_params", "suggest"]

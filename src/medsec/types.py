@@ -115,10 +115,10 @@ class InputSpec:
     def from_dict(cls, d: dict[str, Any]) -> InputSpec:
         return cls(
             channels=int(d["channels"]),
-            bounds=tuple(d.get("bounds", (0.0, 1.0))),  # type: ignore[arg-type]
+            bounds=tuple(d.get("bounds", (0.0, 1.0))),
             mean=tuple(d["mean"]) if d.get("mean") is not None else None,
             std=tuple(d["std"]) if d.get("std") is not None else None,
-            size=tuple(d["size"]) if d.get("size") is not None else None,  # type: ignore[arg-type]
+            size=tuple(d["size"]) if d.get("size") is not None else None,
         )
 
 

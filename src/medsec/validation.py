@@ -6,12 +6,21 @@ problem and the fix, instead of letting bad input produce silently wrong numbers
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from medsec.errors import InputError
 from medsec.types import InputSpec
 
 _TOL = 1e-6
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """Check that the parameter ``name`` is an integer >= 1 (not a bool); return it as an int."""
+    if isinstance(value, bool) or int(value) != value or int(value) < 1:
+        raise InputError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
 
 
 def check_images(x: object, spec: InputSpec | None = None, name: str = "x") -> torch.Tensor:

@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 from medsec.attacks import (  # noqa: F401  (registration)
@@ -32,15 +33,16 @@ from medsec.attacks import (  # noqa: F401  (registration)
 )
 from medsec.attacks.adaptive import adaptive, needs_adaptive
 from medsec.attacks.base import Attack, Problem, attack_mode
-from medsec.registries import ATTACKS
+from medsec.registry import ATTACKS
 
 
 def create(name: str, **params: Any) -> Attack:
     """Build a registered attack, e.g. ``create("pgd", steps=20, random_start=False)``."""
-    return ATTACKS.create(name, **params)
+    attack: Attack = ATTACKS.create(name, **params)
+    return attack
 
 
-def list() -> list[str]:  # noqa: A001
+def list() -> builtins.list[str]:  # noqa: A001
     return ATTACKS.list()
 
 
@@ -48,7 +50,7 @@ def get(name: str) -> type[Attack]:
     return ATTACKS.get(name)  # type: ignore[return-value]
 
 
-def label_free() -> list[str]:
+def label_free() -> builtins.list[str]:
     """The attacks that run label-free, on an embedding model with the feature-deviation
     objective (capability ``label_free``), sorted."""
     return [n for n in ATTACKS.list() if getattr(ATTACKS.get(n), "label_free", False)]

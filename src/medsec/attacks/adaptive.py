@@ -12,7 +12,14 @@ attack and model into their adaptive versions from what the model declares:
 The runner applies it automatically and reports both the plain and the adaptive number.
 
 Example:
-    >>> attack, model = adaptive(medsec.attacks.create("pgd"), defended_model)  # doctest: +SKIP
+    >>> import medsec, torch
+    >>> clf = medsec.models.create("small_cnn", num_classes=4, width=8)
+    >>> defended_model = medsec.defenses.Defended(clf, medsec.defenses.create("random_noise", sigma=0.1))
+    >>> needs_adaptive(defended_model)  # the noise is stochastic
+    True
+    >>> attack, model = adaptive(medsec.attacks.create("pgd"), defended_model, eot_samples=10)
+    >>> attack.eot_samples  # every loss and gradient is averaged over 10 draws of the noise
+    10
 """
 
 from __future__ import annotations

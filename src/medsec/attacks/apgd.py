@@ -33,25 +33,21 @@ APGD-T then uses the targeted margin loss and logs that it did. On binary and
 multi-label heads the "target classes" are the labels flipped one at a time (those
 with the smallest clean margin first).
 
-Args:
-    steps: iterations N per run (paper: 100).
-    restarts: runs per sample (each one starts at a new random point).
-    loss: objective to maximise. APGD: ``"auto"`` (CE for multiclass heads, i.e.
-        APGD-CE; BCE for binary and multi-label heads), ``"ce"``, ``"dlr"``
-        (APGD-DLR), ``"margin"``, any objective. APGD-T: ``"auto"`` (default: the
-        targeted DLR of the paper, the targeted margin where DLR does not apply),
-        ``"dlr"``, or any objective (its targeted form is maximised).
-    rho: the condition-1 threshold (paper: 0.75).
-    random_start: start at a random point (paper); ``False`` starts at x.
-    n_target_classes: APGD-T only, how many target classes to try (paper: 9).
-    early_stop: see :class:`~medsec.attacks.base.Attack`.
-
 Example:
-    >>> import medsec
-    >>> apgd = medsec.attacks.create("apgd", steps=100)
-    >>> res = apgd(model, x, y, threat=medsec.ThreatModel("linf", 8 / 255))  # doctest: +SKIP
-    >>> apgd_t = medsec.attacks.create("apgd_t", n_target_classes=9)
-    >>> res_t = apgd_t(model, x, y, threat=medsec.ThreatModel("linf", 8 / 255))  # doctest: +SKIP
+    >>> import medsec, torch
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 28 * 28, 4))  # any module returning logits
+    >>> x = torch.rand(4, 3, 28, 28)
+    >>> y = model(x).argmax(1)  # the clean predictions
+    >>> threat, gen = medsec.ThreatModel("linf", 8 / 255), torch.Generator().manual_seed(0)
+    >>> apgd = medsec.attacks.create("apgd", steps=20)
+    >>> res = apgd(model, x, y, threat=threat, generator=gen)
+    >>> bool((res.x_adv - x).abs().max() <= 8 / 255 + 1e-6)
+    True
+    >>> apgd_t = medsec.attacks.create("apgd_t", steps=20, n_target_classes=3)
+    >>> res_t = apgd_t(model, x, y, threat=threat, generator=gen)
+    >>> res_t.extras["target_loss"]  # 4 classes: the targeted DLR applies
+    'dlr'
 """
 
 from __future__ import annotations
@@ -68,7 +64,7 @@ from medsec.errors import InputError
 from medsec.objectives import Objective
 from medsec.objectives.dlr import Dlr
 from medsec.objectives.margin import Margin
-from medsec.registries import ATTACKS
+from medsec.registry import ATTACKS
 
 log = logging.getLogger(__name__)
 
@@ -275,13 +271,26 @@ class TowardsTarget(Objective):
 
 @ATTACKS.register("apgd")
 class APGD(Attack):
-    """Auto-PGD: momentum PGD with a step size adapted per sample at checkpoints."""
+    """Auto-PGD: momentum PGD with a step size adapted per sample at checkpoints.
+
+    Args:
+        steps: iterations N per run (paper: 100).
+        restarts: runs per sample (each one starts at a new random point).
+        loss: objective to maximise: ``"auto"`` (CE for multiclass heads, i.e. APGD-CE;
+            BCE for binary and multi-label heads), ``"ce"``, ``"dlr"`` (APGD-DLR),
+            ``"margin"``, any objective.
+        rho: the condition-1 threshold (paper: 0.75).
+        random_start: start at a random point (paper); ``False`` starts at x.
+        early_stop: see :class:`~medsec.attacks.base.Attack`.
+    """
 
     name = "apgd"
     iterative = True
+    stochastic = True  # with the default random start; instances say exactly
 
     def __init__(
         self,
+        *,
         steps: int = 100,
         restarts: int = 1,
         loss: str | Objective = "auto",
@@ -300,10 +309,7 @@ class APGD(Attack):
         self.restarts = int(restarts)
         self.rho = float(rho)
         self.random_start = bool(random_start)
-
-    @property
-    def stochastic(self) -> bool:  # type: ignore[override]
-        return self.random_start or self.restarts > 1
+        self.stochastic = self.random_start or self.restarts > 1
 
     def _run(self, problem: Problem, x: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, int]:
         res = self._restarts(problem, x, torch.arange(x.shape[0], device=x.device), generator)
@@ -344,13 +350,26 @@ class APGD(Attack):
 
 @ATTACKS.register("apgd_t")
 class APGDT(APGD):
-    """APGD-T: APGD with the targeted DLR loss over the top target classes."""
+    """APGD-T: APGD with the targeted DLR loss over the top target classes.
+
+    Args:
+        steps: iterations N per run and target class (paper: 100).
+        restarts: runs per sample and target class (each one starts at a new random point).
+        n_target_classes: how many target classes to try (paper: 9).
+        loss: the objective whose targeted form is maximised: ``"auto"`` (default: the
+            targeted DLR of the paper, the targeted margin where DLR does not apply),
+            ``"dlr"``, or any objective.
+        rho: the condition-1 threshold (paper: 0.75).
+        random_start: start at a random point (paper); ``False`` starts at x.
+        early_stop: see :class:`~medsec.attacks.base.Attack`.
+    """
 
     name = "apgd_t"
     segmentation = False  # targeted DLR needs class logits
 
     def __init__(
         self,
+        *,
         steps: int = 100,
         restarts: int = 1,
         n_target_classes: int = 9,
@@ -400,12 +419,15 @@ class APGDT(APGD):
             res = self._restarts(sub, x, everyone, generator)
             return res.x, res.steps
 
+        target_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
         if isinstance(chosen, Dlr):
             target_loss = chosen.targeted_loss
         else:
 
-            def target_loss(logits: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            def targeted_form(logits: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 return chosen.loss(logits, t, True)
+
+            target_loss = targeted_form
 
         pair = TowardsTarget(problem.objective, target_loss)
         y = problem.labels

@@ -13,8 +13,17 @@ is the worst case over the ensemble. medsec has no FAB: the minimum-norm stage i
 robust accuracy after each stage.
 
 Example:
-    >>> aa = medsec.attacks.create("autoattack")                                   # doctest: +SKIP
-    >>> res = aa(model, x, y, threat=medsec.ThreatModel("linf", 8 / 255))        # doctest: +SKIP
+    >>> import medsec, torch
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 28 * 28, 4))  # any module returning logits
+    >>> x = torch.rand(4, 3, 28, 28)
+    >>> y = model(x).argmax(1)  # the clean predictions
+    >>> aa = medsec.attacks.create("autoattack", steps=20, square_queries=200)  # paper: steps=100, 5000 queries
+    >>> res = aa(model, x, y, threat=medsec.ThreatModel("linf", 8 / 255), generator=torch.Generator().manual_seed(0))
+    >>> res.extras["stages"]
+    ['apgd', 'apgd_t', 'deepfool', 'square']
+    >>> res.extras["broken_by"].tolist()  # every point falls to the first stage, APGD-CE
+    [0, 0, 0, 0]
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ import torch
 
 from medsec.attacks.base import Attack, Problem
 from medsec.errors import InputError
-from medsec.registries import ATTACKS
+from medsec.registry import ATTACKS
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +68,7 @@ class AutoAttack(Attack):
     iterative = True
     stochastic = True
 
-    def __init__(self, version: str = "standard", steps: int = 100, square_queries: int = 5000,
+    def __init__(self, *, version: str = "standard", steps: int = 100, square_queries: int = 5000,
                  stages: list[Any] | None = None) -> None:
         super().__init__(loss="auto", early_stop=True)
         if version not in ("standard", "fast"):

@@ -108,7 +108,8 @@ class Problem:
         """Model output at ``x`` without gradients (counts one query per sample)."""
         self.count_queries(idx)
         with torch.no_grad():
-            return self.model(x)
+            out: torch.Tensor = self.model(x)
+        return out
 
     def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Clamp to the bounds and project onto the threat's eps-ball around ``x``."""
@@ -125,7 +126,9 @@ class Problem:
         """Per-sample loss, its input gradient and the logits at ``x``."""
         labels = self.labels if idx is None else self.labels[idx]
         x = x.detach().requires_grad_(True)
-        loss_sum = grad_sum = logits_sum = None
+        loss_sum: torch.Tensor | None = None
+        grad_sum: torch.Tensor | None = None
+        logits_sum: torch.Tensor | None = None
         for _ in range(self.eot_samples):  # EOT: average over the model's randomness
             with torch.enable_grad():
                 logits = self.model(x)
@@ -137,8 +140,9 @@ class Problem:
             loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
             grad_sum = grad if grad_sum is None else grad_sum + grad
             logits_sum = logits.detach() if logits_sum is None else logits_sum + logits.detach()
+        assert loss_sum is not None and grad_sum is not None and logits_sum is not None
         n = self.eot_samples
-        return loss_sum / n, grad_sum / n, logits_sum / n  # type: ignore[operator]
+        return loss_sum / n, grad_sum / n, logits_sum / n
 
     def loss(self, logits: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
         labels = self.labels if idx is None else self.labels[idx]
@@ -156,10 +160,13 @@ class Attack:
     """Base class of all evasion attacks.
 
     Class attributes state the capabilities: ``norms`` (supported threat norms),
-    ``supports_targeted``, ``needs_gradients``, ``stochastic`` (uses randomness) and
-    ``iterative`` (honours ``early_stop``) and ``minimum_norm`` (finds the smallest
-    perturbation it can; one run is evaluated at every eps of a sweep, and the result of
-    a call is projected onto the eps-ball). The settings an attack runs in:
+    ``supports_targeted``, ``needs_gradients``, ``stochastic`` (uses randomness; the class
+    states its default, and an instance whose parameters decide it, e.g. PGD without a
+    random start, sets its own value in ``__init__``), ``iterative`` (honours
+    ``early_stop``), ``minimum_norm`` (finds the smallest perturbation it can; one run is
+    evaluated at every eps of a sweep, and the result of a call is projected onto the
+    eps-ball) and ``universal`` (one perturbation for a set of images, fitted with ``fit``;
+    see :class:`~medsec.attacks.uap.UniversalAttack`). The settings an attack runs in:
     ``classification`` (classifier heads), ``segmentation`` (segmenters) and
     ``label_free`` (embedding models, ``task = "embedding"``, with the label-free
     :class:`~medsec.objectives.FeatureDeviation` objective and ``y = torch.arange(n)``;
@@ -173,27 +180,36 @@ class Attack:
             heads, BCE for binary and multi-label heads).
         early_stop: evaluation mode: stop updating samples as soon as they are broken
             (off by default; the runner switches it on to measure robust accuracy).
+
+    The parameters are keyword-only, here and in every attack.
     """
 
     name: ClassVar[str] = "attack"
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
     supports_targeted: ClassVar[bool] = True
     needs_gradients: ClassVar[bool] = True
-    stochastic: ClassVar[bool] = False
+    stochastic: bool = False  # a class default; an instance may set its own value (see above)
     iterative: ClassVar[bool] = False
     minimum_norm: ClassVar[bool] = False
+    universal: ClassVar[bool] = False
     segmentation: ClassVar[bool] = True  # False: needs class decision boundaries (DeepFool, C&W, ...)
     classification: ClassVar[bool] = True  # False: segmenters only (uap_seg) or label-free only (feature_cw)
     label_free: ClassVar[bool] = False  # True: runs on embedding models with the feature-deviation objective
     eot_samples: int = 1
 
-    def __init__(self, loss: str | Objective = "auto", early_stop: bool = False) -> None:
+    def __init__(self, *, loss: str | Objective = "auto", early_stop: bool = False) -> None:
         self.loss = loss
         self.early_stop = bool(early_stop)
 
     def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        params = ", ".join(f"{k}={v!r}" for k, v in self._settings().items())
         return f"{type(self).__name__}({params})"
+
+    def _settings(self) -> dict[str, Any]:
+        """The public instance attributes: the constructor parameters (and ``eot_samples``
+        once :func:`~medsec.attacks.adaptive.adaptive` set it), not an instance's own
+        ``stochastic`` value, which is a capability, not a parameter."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "stochastic"}
 
     def __call__(
         self,
@@ -290,7 +306,7 @@ class Attack:
     def _check_task(self, task: str) -> None:
         if task == "embedding":
             if not self.label_free:
-                from medsec.registries import ATTACKS
+                from medsec.registry import ATTACKS
 
                 free = [n for n in ATTACKS.list() if getattr(ATTACKS.get(n), "label_free", False)]
                 raise InputError(f"attack {self.name!r} has no label-free variant and cannot attack an embedding model; "
@@ -332,4 +348,4 @@ class Attack:
     def params(self) -> dict[str, Any]:
         """The constructor parameters (for results.json)."""
         return {k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v))
-                for k, v in vars(self).items() if not k.startswith("_")}
+                for k, v in self._settings().items()}

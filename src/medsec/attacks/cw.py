@@ -39,21 +39,16 @@ code instead stops the whole batch when its summed loss stalls, which for one sa
 Adam's momentum makes the loss rise, instead of shrinking the perturbation; the
 per-sample rule also keeps a sample's result independent of the rest of the batch.
 
-Args:
-    steps: Adam iterations per binary-search step (default 100).
-    binary_search_steps: binary-search steps on c (default 9).
-    initial_const: the first c (default 1e-2).
-    lr: Adam learning rate on w (default 0.01).
-    kappa: confidence margin (default 0).
-    abort_early: stop a binary-search step for samples whose loss stalls (default True).
-    schedule: Adam step-size schedule, ``"auto"`` (default), ``"warmup_cosine"`` or
-        ``"constant"``.
-
 Example:
-    >>> import medsec
-    >>> cw = medsec.attacks.create("cw", steps=100, binary_search_steps=9)
-    >>> res = cw(model, x, y, threat=medsec.ThreatModel("l2", 0.5))  # doctest: +SKIP
-    >>> res.norms["l2"].median()  # doctest: +SKIP
+    >>> import medsec, torch
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 28 * 28, 4))  # any module returning logits
+    >>> x = torch.rand(4, 3, 28, 28)
+    >>> y = model(x).argmax(1)  # the clean predictions
+    >>> cw = medsec.attacks.create("cw", steps=20, binary_search_steps=3)  # defaults: 100 and 9
+    >>> res = cw(model, x, y, threat=medsec.ThreatModel("l2", 0.5))
+    >>> res.success.tolist(), bool((res.norms["l2"] <= 0.5 + 1e-6).all())
+    ([True, True, True, True], True)
 """
 
 from __future__ import annotations
@@ -65,7 +60,7 @@ import torch
 from medsec.attacks.base import Attack, Problem
 from medsec.errors import InputError
 from medsec.objectives import signed_margins
-from medsec.registries import ATTACKS
+from medsec.registry import ATTACKS
 
 _BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
@@ -80,7 +75,18 @@ ABORT_PATIENCE = 2
 
 @ATTACKS.register("cw")
 class CarliniWagnerL2(Attack):
-    """Carlini & Wagner L2 attack with a per-sample binary search on c."""
+    """Carlini & Wagner L2 attack with a per-sample binary search on c.
+
+    Args:
+        steps: Adam iterations per binary-search step (default 100).
+        binary_search_steps: binary-search steps on c (default 9).
+        initial_const: the first c (default 1e-2).
+        lr: Adam learning rate on w (default 0.01).
+        kappa: confidence margin (default 0).
+        abort_early: stop a binary-search step for samples whose loss stalls (default True).
+        schedule: Adam step-size schedule, ``"auto"`` (default), ``"warmup_cosine"`` or
+            ``"constant"``.
+    """
 
     name = "cw"
     segmentation = False  # class-boundary attack: no segmentation variant
@@ -89,6 +95,7 @@ class CarliniWagnerL2(Attack):
 
     def __init__(
         self,
+        *,
         steps: int = 100,
         binary_search_steps: int = 9,
         initial_const: float = 1e-2,

@@ -10,16 +10,17 @@ deviation (:class:`~medsec.objectives.FeatureDeviation`) has its minimum at the 
 input, so plain ``fgsm`` does not move there (medsec's WSI attacks and the
 ``vulnerability`` tile ranking use this one). torchattacks calls it ``FFGSM``.
 
-Args:
-    step_size: alpha in input units; default 1.25 * eps (Wong et al.).
-    loss: see :class:`~medsec.attacks.base.Attack` (``"auto"``: CE/BCE for classifiers,
-        Dice+CE for segmenters, the feature deviation for embedding models).
-
 Example:
-    >>> import medsec
+    >>> import medsec, torch
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 28 * 28, 4))  # any module returning logits
+    >>> x = torch.rand(4, 3, 28, 28)
+    >>> y = model(x).argmax(1)  # the clean predictions
     >>> attack = medsec.attacks.create("fgsm_rs")
     >>> res = attack(model, x, y, threat=medsec.ThreatModel("linf", 8 / 255),
-    ...              generator=torch.Generator().manual_seed(0))  # doctest: +SKIP
+    ...              generator=torch.Generator().manual_seed(0))
+    >>> bool((res.x_adv - x).abs().max() <= 8 / 255 + 1e-6)
+    True
 """
 
 from __future__ import annotations
@@ -30,12 +31,18 @@ from medsec.attacks.base import Attack, Problem
 from medsec.attacks.projection import project, random_init, steepest_step
 from medsec.errors import InputError
 from medsec.objectives import Objective
-from medsec.registries import ATTACKS
+from medsec.registry import ATTACKS
 
 
 @ATTACKS.register("fgsm_rs")
 class FGSMRS(Attack):
-    """FGSM from a uniform random start in the ball, step 1.25 eps, projection (Wong et al. 2020)."""
+    """FGSM from a uniform random start in the ball, step 1.25 eps, projection (Wong et al. 2020).
+
+    Args:
+        step_size: alpha in input units; default 1.25 * eps (Wong et al.).
+        loss: see :class:`~medsec.attacks.base.Attack` (``"auto"``: CE/BCE for classifiers,
+            Dice+CE for segmenters, the feature deviation for embedding models).
+    """
 
     name = "fgsm_rs"
     stochastic = True

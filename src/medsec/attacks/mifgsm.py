@@ -10,18 +10,17 @@ With ``step_size=eps/steps``, ``decay=1`` and no random start the L-inf attack i
 torchattacks' ``MIFGSM`` step for step. ``early_stop=True`` (evaluation mode) stops
 updating a sample, and computing its gradient, as soon as it is broken.
 
-Args:
-    steps: iterations (default 10).
-    step_size: alpha in input units; default eps / steps (the paper's choice).
-    decay: momentum factor mu (default 1.0; 0 gives BIM with L1-normalised gradients).
-    random_start: start at a uniform random point of the ball (default False).
-    loss, early_stop: see :class:`~medsec.attacks.base.Attack`.
-
 Example:
-    >>> import medsec
+    >>> import medsec, torch
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 28 * 28, 4))  # any module returning logits
+    >>> x = torch.rand(4, 3, 28, 28)
+    >>> y = model(x).argmax(1)  # the clean predictions
     >>> mi = medsec.attacks.create("mifgsm", steps=10, decay=1.0)
-    >>> res = mi(model, x, y, threat=medsec.ThreatModel("linf", 8 / 255))  # doctest: +SKIP
-    >>> robust = (~res.success).float().mean()  # doctest: +SKIP
+    >>> res = mi(model, x, y, threat=medsec.ThreatModel("linf", 8 / 255))
+    >>> robust = (~res.success).float().mean()
+    >>> bool((res.x_adv - x).abs().max() <= 8 / 255 + 1e-6), mi.stochastic
+    (True, False)
 """
 
 from __future__ import annotations
@@ -32,19 +31,29 @@ from medsec.attacks.base import Attack, Problem
 from medsec.attacks.projection import project, random_init, steepest_step
 from medsec.errors import InputError
 from medsec.objectives import Objective
-from medsec.registries import ATTACKS
+from medsec.registry import ATTACKS
 
 
 @ATTACKS.register("mifgsm")
 class MIFGSM(Attack):
-    """Momentum iterative FGSM with optional random start and early stop."""
+    """Momentum iterative FGSM with optional random start and early stop.
+
+    Args:
+        steps: iterations (default 10).
+        step_size: alpha in input units; default eps / steps (the paper's choice).
+        decay: momentum factor mu (default 1.0; 0 gives BIM with L1-normalised gradients).
+        random_start: start at a uniform random point of the ball (default False).
+        loss, early_stop: see :class:`~medsec.attacks.base.Attack`.
+    """
 
     name = "mifgsm"
     iterative = True
+    stochastic = False  # with the default (no random start); instances say exactly
     label_free = True  # runs on the feature deviation of an embedding model (with a random start)
 
     def __init__(
         self,
+        *,
         steps: int = 10,
         step_size: float | None = None,
         decay: float = 1.0,
@@ -63,10 +72,7 @@ class MIFGSM(Attack):
         self.step_size = None if step_size is None else float(step_size)
         self.decay = float(decay)
         self.random_start = bool(random_start)
-
-    @property
-    def stochastic(self) -> bool:  # type: ignore[override]
-        return self.random_start
+        self.stochastic = self.random_start
 
     def _run(self, problem: Problem, x: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, int]:
         eps, norm = problem.threat.eps, problem.threat.norm

@@ -78,6 +78,16 @@ def check_percentiles(value: Any) -> tuple[float, float]:
     return lo, hi
 
 
+def check_confidence(value: Any) -> float | None:
+    """Check a ``target_confidence``: a probability in (0, 1], or None (no confidence stop)."""
+    if value is None:
+        return None
+    v = float(value)
+    if not 0 < v <= 1:
+        raise InputError(f"target_confidence must lie in (0, 1] or be None, got {value!r}")
+    return v
+
+
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
         from medsec.registry import suggest

@@ -7,7 +7,8 @@ import torch
 
 def _bnorm(t: torch.Tensor) -> torch.Tensor:
     """Per-sample L2 norm broadcast to t's shape."""
-    return t.flatten(1).norm(dim=1).reshape(-1, *([1] * (t.dim() - 1)))
+    norms: torch.Tensor = t.flatten(1).norm(dim=1).reshape(-1, *([1] * (t.dim() - 1)))
+    return norms
 
 
 def normalize_l2(g: torch.Tensor, tiny: float = 1e-12) -> torch.Tensor:

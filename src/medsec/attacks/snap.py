@@ -22,27 +22,20 @@ Open choices (the paper leaves them open; see docs/snap.md): the optimiser (Adam
 0.01 by default, ``optimizer="sign"`` for 1/255 signed steps), the colour percentiles,
 the mask design and the iteration limit (default 500).
 
-Args:
-    mask: mask generator name (``"ellipses"``, ``"nuclei"``, ``"square"``) or instance.
-    mask_params: parameters of the named generator.
-    steps: iteration limit (default 500; 0 returns the initial patch).
-    optimizer: ``"adam"`` (default) or ``"sign"``.
-    lr: step size in input units (default 0.01 for Adam, 1/255 for signed steps).
-    colour: ``"image"`` (clamp to the image's percentiles) or ``"none"``.
-    percentiles: (low, high) percentiles of the colour range (default (5, 95)).
-    init: ``"median"`` (the image's median colour, default) or ``"random"``
-        (uniform inside the colour range, from the generator).
-    target_confidence: stop a sample when the adversarial class reaches this
-        probability (default 0.95; None: run all steps).
-    loss: objective (``"auto"`` = CE for multiclass heads).
-    early_stop: also stop a sample once it succeeds.
-
 Example:
     >>> import medsec, torch
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 28 * 28, 4))  # any module returning logits
+    >>> x = torch.rand(4, 3, 28, 28)
+    >>> y = model(x).argmax(1)  # the clean predictions
     >>> snap = medsec.attacks.create("snap", steps=100)
     >>> threat = medsec.ThreatModel("patch", 0.05, targeted=True)
-    >>> res = snap(model, x, y, threat=threat, target=0, generator=torch.Generator().manual_seed(0))  # doctest: +SKIP
-    >>> res.extras["mask"].float().mean()  # coverage <= 0.05                                     # doctest: +SKIP
+    >>> res = snap(model, x, y, threat=threat, target=0, generator=torch.Generator().manual_seed(0))
+    >>> mask = res.extras["mask"]  # (B, 1, H, W) bool
+    >>> bool(mask.float().mean(dim=(1, 2, 3)).max() <= 0.05)  # coverage
+    True
+    >>> bool(torch.equal(res.x_adv[~mask.expand_as(x)], x[~mask.expand_as(x)]))  # untouched outside the mask
+    True
 """
 
 from __future__ import annotations
@@ -59,6 +52,7 @@ from medsec.attacks.patch_common import (
     Ascent,
     adversarial_confidence,
     check_choice,
+    check_confidence,
     check_percentiles,
     colour_range,
     compose,
@@ -68,7 +62,7 @@ from medsec.attacks.patch_common import (
 from medsec.errors import InputError
 from medsec.masks import MaskGenerator, resolve
 from medsec.objectives import Objective
-from medsec.registries import ATTACKS
+from medsec.registry import ATTACKS
 
 
 def _check_steps(steps: Any) -> int:
@@ -77,27 +71,36 @@ def _check_steps(steps: Any) -> int:
     return int(steps)
 
 
-def _check_confidence(value: Any) -> float | None:
-    if value is None:
-        return None
-    v = float(value)
-    if not 0 < v <= 1:
-        raise InputError(f"target_confidence must lie in (0, 1] or be None, got {value!r}")
-    return v
-
-
 @ATTACKS.register("snap")
 class SNAP(Attack):
-    """Per-image SNAP: many small cell-shaped patches in the image's own colours."""
+    """Per-image SNAP: many small cell-shaped patches in the image's own colours.
+
+    Args:
+        mask: mask generator name (``"ellipses"``, ``"nuclei"``, ``"square"``) or instance.
+        mask_params: parameters of the named generator.
+        steps: iteration limit (default 500; 0 returns the initial patch).
+        optimizer: ``"adam"`` (default) or ``"sign"``.
+        lr: step size in input units (default 0.01 for Adam, 1/255 for signed steps).
+        colour: ``"image"`` (clamp to the image's percentiles) or ``"none"``.
+        percentiles: (low, high) percentiles of the colour range (default (5, 95)).
+        init: ``"median"`` (the image's median colour, default) or ``"random"``
+            (uniform inside the colour range, from the generator).
+        target_confidence: stop a sample when the adversarial class reaches this
+            probability (default 0.95; None: run all steps).
+        loss: objective (``"auto"`` = CE for multiclass heads).
+        early_stop: also stop a sample once it succeeds.
+    """
 
     name = "snap"
     norms = ("patch",)
     supports_targeted = True
     needs_gradients = True
     iterative = True
+    stochastic = True  # with the default (random) ellipse masks; instances say exactly
 
     def __init__(
         self,
+        *,
         mask: str | MaskGenerator = "ellipses",
         mask_params: dict[str, Any] | None = None,
         steps: int = 500,
@@ -120,11 +123,8 @@ class SNAP(Attack):
         self.colour = check_choice("colour", colour, COLOURS_IMAGE)
         self.percentiles = check_percentiles(percentiles)
         self.init = check_choice("init", init, INITS)
-        self.target_confidence = _check_confidence(target_confidence)
-
-    @property
-    def stochastic(self) -> bool:  # type: ignore[override]
-        return bool(self._mask.stochastic) or self.init == "random"
+        self.target_confidence = check_confidence(target_confidence)
+        self.stochastic = bool(self._mask.stochastic) or self.init == "random"
 
     def params(self) -> dict[str, Any]:
         out = super().params()

@@ -21,26 +21,18 @@ Besides the normal call (fit on the batch, attack the same batch), :meth:`fit` t
 on a fit set and :meth:`apply` composes the fitted patch into any images; the runner
 fits on the training split and evaluates on the held-out split.
 
-Args:
-    mask: mask generator name or instance (default ``"ellipses"``).
-    mask_params: parameters of the named generator.
-    epochs: passes over the fit set (default 20).
-    batch_size: images per step (default 64).
-    optimizer: ``"adam"`` (default) or ``"sign"``.
-    lr: step size (default 0.01 for Adam, 1/255 for signed steps).
-    colour: ``"dataset"`` (default) or ``"none"``.
-    percentiles: (low, high) percentiles of the colour range (default (5, 95)).
-    target_confidence: stop when the mean adversarial-class probability reaches it
-        (default 0.95; None: all epochs).
-    shuffle: a new random visit order each epoch (default True).
-    loss: objective. early_stop: accepted for the common interface and ignored.
-
 Example:
     >>> import medsec, torch
-    >>> usnap = medsec.attacks.create("snap_universal", epochs=10)
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 28 * 28, 4))  # any module returning logits
+    >>> x_train, x_test = torch.rand(16, 3, 28, 28), torch.rand(8, 3, 28, 28)
+    >>> y_train = model(x_train).argmax(1)
+    >>> usnap = medsec.attacks.create("snap_universal", epochs=10, batch_size=8)
     >>> threat = medsec.ThreatModel("patch", 0.05, targeted=True)
-    >>> usnap.fit(model, x_train, y_train, threat, torch.Generator().manual_seed(0), target=0)  # doctest: +SKIP
-    >>> x_adv = usnap.apply(x_test)                                                          # doctest: +SKIP
+    >>> delta = usnap.fit(model, x_train, y_train, threat, torch.Generator().manual_seed(0), target=0)
+    >>> x_adv = usnap.apply(x_test)  # the fitted patch on unseen images
+    >>> delta.shape, usnap.mask_.shape
+    (torch.Size([1, 3, 28, 28]), torch.Size([1, 1, 28, 28]))
 """
 
 from __future__ import annotations
@@ -57,21 +49,21 @@ from medsec.attacks.patch_common import (
     Ascent,
     adversarial_confidence,
     check_choice,
+    check_confidence,
     check_percentiles,
     colour_range,
     compose,
     default_lr,
     median_colour,
 )
-from medsec.attacks.snap import _check_confidence
-from medsec.attacks.uap import UniversalAttack, _check_positive_int
+from medsec.attacks.uap import UniversalAttack
 from medsec.errors import InputError
 from medsec.masks import MaskGenerator, resolve
 from medsec.objectives import Objective
 from medsec.objectives import resolve as resolve_objective
-from medsec.registries import ATTACKS
+from medsec.registry import ATTACKS
 from medsec.types import ThreatModel
-from medsec.validation import check_images
+from medsec.validation import check_images, check_positive_int
 
 COLOURS_DATASET = ("dataset", "none")
 _CHUNK = 256
@@ -79,15 +71,33 @@ _CHUNK = 256
 
 @ATTACKS.register("snap_universal")
 class SNAPUniversal(UniversalAttack):
-    """Universal SNAP: one delta and mask trained on a fit set, applied to unseen images."""
+    """Universal SNAP: one delta and mask trained on a fit set, applied to unseen images.
+
+    Args:
+        mask: mask generator name or instance (default ``"ellipses"``).
+        mask_params: parameters of the named generator.
+        epochs: passes over the fit set (default 20).
+        batch_size: images per step (default 64).
+        optimizer: ``"adam"`` (default) or ``"sign"``.
+        lr: step size (default 0.01 for Adam, 1/255 for signed steps).
+        colour: ``"dataset"`` (default) or ``"none"``.
+        percentiles: (low, high) percentiles of the colour range (default (5, 95)).
+        target_confidence: stop when the mean adversarial-class probability reaches it
+            (default 0.95; None: all epochs).
+        shuffle: a new random visit order each epoch (default True).
+        loss: objective (``"auto"`` = CE for multiclass heads).
+        early_stop: accepted for the common interface and ignored.
+    """
 
     name = "snap_universal"
     norms = ("patch",)
     supports_targeted = True
     needs_gradients = True
+    stochastic = True  # with the default shuffle; instances say exactly
 
     def __init__(
         self,
+        *,
         mask: str | MaskGenerator = "ellipses",
         mask_params: dict[str, Any] | None = None,
         epochs: int = 20,
@@ -105,18 +115,15 @@ class SNAPUniversal(UniversalAttack):
         self.mask = mask if isinstance(mask, str) else mask.name
         self.mask_params = dict(mask_params or {})
         self._mask = resolve(mask, mask_params)
-        self.epochs = _check_positive_int("epochs", epochs)
-        self.batch_size = _check_positive_int("batch_size", batch_size)
+        self.epochs = check_positive_int("epochs", epochs)
+        self.batch_size = check_positive_int("batch_size", batch_size)
         self.optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
         self.lr = default_lr(self.optimizer, lr)
         self.colour = check_choice("colour", colour, COLOURS_DATASET)
         self.percentiles = check_percentiles(percentiles)
-        self.target_confidence = _check_confidence(target_confidence)
+        self.target_confidence = check_confidence(target_confidence)
         self.shuffle = bool(shuffle)
-
-    @property
-    def stochastic(self) -> bool:  # type: ignore[override]
-        return bool(self._mask.stochastic) or self.shuffle
+        self.stochastic = bool(self._mask.stochastic) or self.shuffle
 
     def params(self) -> dict[str, Any]:
         out = super().params()
@@ -126,12 +133,13 @@ class SNAPUniversal(UniversalAttack):
 
     # ------------------------------------------------------------------ fitted state
     @property
-    def mask_(self) -> torch.Tensor:
+    def mask_(self) -> torch.Tensor | None:
         """The fitted mask (1, 1, H, W), or None for an image-dependent generator."""
-        return self._state()["mask"]
+        mask: torch.Tensor | None = self._state()["mask"]
+        return mask
 
     def _state(self) -> dict[str, Any]:
-        state = getattr(self, "_fitted", None)
+        state: dict[str, Any] | None = getattr(self, "_fitted", None)
         if state is None:
             raise AttributeError(f"{type(self).__name__} is not fitted yet; call fit(model, x, y, threat) first")
         return state
@@ -141,7 +149,8 @@ class SNAPUniversal(UniversalAttack):
         image's own (image-dependent generators)."""
         state = self._state()
         if state["mask"] is not None:
-            return state["mask"].to(x.device)
+            shared: torch.Tensor = state["mask"].to(x.device)
+            return shared
         return self._mask(x, state["coverage"])
 
     def apply(self, x: torch.Tensor, delta: torch.Tensor | None = None,  # type: ignore[override]
@@ -209,7 +218,8 @@ class SNAPUniversal(UniversalAttack):
             problem = Problem(model, objective, labels, threat.targeted, threat, spec.bounds,
                               eot_samples=self.eot_samples)
             self._fit(problem, x.detach(), generator)
-        return self._fitted["delta"].clone()
+        delta: torch.Tensor = self._fitted["delta"]
+        return delta.clone()
 
     def _run(self, problem: Problem, x: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, int]:
         """The normal call: fit on this batch and attack it."""

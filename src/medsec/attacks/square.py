@@ -27,19 +27,15 @@ model already gets wrong is returned unchanged); ``queries`` bounds the model qu
 of the search per sample, the clean one included (the result's ``queries`` adds one
 for the final evaluation).
 
-Args:
-    queries: query budget per sample (paper: 10 000; AutoAttack: 5000).
-    p_init: initial fraction of the image covered by a square (paper: 0.8 for L-inf
-        on ImageNet, 0.1 on small images for L2 in some settings; 0.8 here).
-    loss: the objective to maximise; ``"margin"`` (the paper's untargeted loss; the
-        paper uses CE for targeted attacks: pass ``loss="ce"``), any objective.
-    early_stop: accepted for interface uniformity; broken samples always stop.
-
 Example:
-    >>> import medsec
-    >>> square = medsec.attacks.create("square", queries=1000)
-    >>> res = square(model, x, y, threat=medsec.ThreatModel("linf", 8 / 255))  # doctest: +SKIP
-    >>> res.queries.max() <= 1001  # doctest: +SKIP
+    >>> import medsec, torch
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 28 * 28, 4))  # any module returning logits
+    >>> x = torch.rand(4, 3, 28, 28)
+    >>> y = model(x).argmax(1)  # the clean predictions
+    >>> square = medsec.attacks.create("square", queries=200)
+    >>> res = square(model, x, y, threat=medsec.ThreatModel("linf", 8 / 255), generator=torch.Generator().manual_seed(0))
+    >>> res.queries.max() <= 201
     tensor(True)
 """
 
@@ -52,7 +48,7 @@ import torch
 from medsec.attacks.base import Attack, Problem
 from medsec.errors import InputError
 from medsec.objectives import Objective
-from medsec.registries import ATTACKS
+from medsec.registry import ATTACKS
 
 # p halves after these iterations of a 10 000-query run (Andriushchenko et al.)
 P_SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -62,7 +58,8 @@ _MAX_REDRAWS = 32
 def p_selection(p_init: float, iteration: int, queries: int) -> float:
     """The square-size fraction p at ``iteration`` of a ``queries``-query run."""
     it = int(iteration / queries * 10000)
-    return p_init / 2 ** sum(it > t for t in P_SCHEDULE)
+    p: float = p_init / 2 ** sum(it > t for t in P_SCHEDULE)
+    return p
 
 
 def _rectangles(a: int, b: int, dtype: torch.dtype) -> torch.Tensor:
@@ -72,7 +69,8 @@ def _rectangles(a: int, b: int, dtype: torch.dtype) -> torch.Tensor:
     r0, c0 = a // 2, b // 2
     for k in range(max(a // 2 + 1, b // 2 + 1)):
         delta[max(r0 - k, 0) : min(r0 + k + 1, a), max(c0 - k, 0) : min(c0 + k + 1, b)] += 1.0 / (k + 1) ** 2
-    return delta / delta.norm().clamp_min(1e-12)
+    unit: torch.Tensor = delta / delta.norm().clamp_min(1e-12)
+    return unit
 
 
 def meta_pattern(s: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -81,7 +79,8 @@ def meta_pattern(s: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     eta = torch.zeros(s, s, dtype=dtype)
     eta[: s // 2] = _rectangles(s // 2, s, dtype)
     eta[s // 2 :] = -_rectangles(s - s // 2, s, dtype)
-    return eta / eta.norm().clamp_min(1e-12)
+    unit: torch.Tensor = eta / eta.norm().clamp_min(1e-12)
+    return unit
 
 
 def _window_masks(
@@ -111,12 +110,22 @@ def _coin(m: int, like: torch.Tensor, generator: torch.Generator | None) -> torc
 
 
 def _l2_normalize(t: torch.Tensor) -> torch.Tensor:
-    return t / t.flatten(1).norm(dim=1).clamp_min(1e-12).reshape(-1, *([1] * (t.dim() - 1)))
+    unit: torch.Tensor = t / t.flatten(1).norm(dim=1).clamp_min(1e-12).reshape(-1, *([1] * (t.dim() - 1)))
+    return unit
 
 
 @ATTACKS.register("square")
 class Square(Attack):
-    """Square Attack: random search over squares, scores only."""
+    """Square Attack: random search over squares, scores only.
+
+    Args:
+        queries: query budget per sample (paper: 10 000; AutoAttack: 5000).
+        p_init: initial fraction of the image covered by a square (paper: 0.8 for L-inf
+            on ImageNet, 0.1 on small images for L2 in some settings; 0.8 here).
+        loss: the objective to maximise; ``"margin"`` (the paper's untargeted loss; the
+            paper uses CE for targeted attacks: pass ``loss="ce"``), any objective.
+        early_stop: accepted for interface uniformity; broken samples always stop.
+    """
 
     name = "square"
     needs_gradients = False
@@ -125,6 +134,7 @@ class Square(Attack):
 
     def __init__(
         self,
+        *,
         queries: int = 1000,
         p_init: float = 0.8,
         loss: str | Objective = "margin",

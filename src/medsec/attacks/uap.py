@@ -44,26 +44,19 @@ iteration (success = any label flipped, the objective's test). With ``eot_sample
 (:func:`medsec.attacks.adaptive.adaptive`) DeepFool's boundaries and gradients are EOT
 averages, as in ``deepfool``.
 
-Args:
-    fooling_target: stop once this fraction of the fit set is fooled (1 - delta;
-        default 0.8, i.e. delta = 0.2 as in the paper).
-    max_epochs: passes over the fit set at most (default 10).
-    deepfool_steps: DeepFool iterations per point (default 10).
-    overshoot: DeepFool overshoot (default 0.02, as in the paper).
-    num_classes: candidate classes (or labels) DeepFool considers (default 10).
-    batch_size: points per mini-batch (default 32; 1 = the exact sequential algorithm).
-    shuffle: visit the fit set in a new random order (from the generator) each pass,
-        as in the paper (default True); False keeps the given order (deterministic).
-    loss: objective; only its success test ("fooled") is used. early_stop: accepted
-        for the common interface and ignored (one perturbation serves all points).
-
 Example:
-    >>> import medsec
-    >>> uap = medsec.attacks.create("uap", max_epochs=5)
+    >>> import medsec, torch
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 28 * 28, 4))  # any module returning logits
+    >>> x = torch.rand(24, 3, 28, 28)
+    >>> y = model(x).argmax(1)  # the clean predictions: the paper's fooling rate
+    >>> (x_train, y_train), x_test = (x[:16], y[:16]), x[16:]
+    >>> uap = medsec.attacks.create("uap", max_epochs=5, batch_size=8)
     >>> threat = medsec.ThreatModel("linf", 8 / 255)
-    >>> delta = uap.fit(model, x_train, y_train, threat, generator=torch.Generator().manual_seed(0))  # doctest: +SKIP
-    >>> x_adv = uap.apply(x_test, delta)  # doctest: +SKIP
-    >>> uap.fooling_rate_  # on the fit set  # doctest: +SKIP
+    >>> delta = uap.fit(model, x_train, y_train, threat, generator=torch.Generator().manual_seed(0))
+    >>> x_adv = uap.apply(x_test, delta)  # the same delta on unseen images
+    >>> delta.shape, uap.fooling_rate_ >= uap.fooling_target  # on the fit set
+    (torch.Size([1, 3, 28, 28]), True)
 """
 
 from __future__ import annotations
@@ -78,9 +71,9 @@ from medsec.attacks.deepfool import ClassBoundaries, deepfool_search
 from medsec.attacks.projection import project
 from medsec.errors import InputError
 from medsec.objectives import Objective, resolve
-from medsec.registries import ATTACKS
+from medsec.registry import ATTACKS
 from medsec.types import ThreatModel
-from medsec.validation import check_images
+from medsec.validation import check_images, check_positive_int
 
 _EVAL_CHUNK = 512  # images per forward pass when measuring the fooling rate
 
@@ -94,20 +87,23 @@ class UniversalAttack(Attack):
     After a fit (or a call) the attack holds ``delta_`` (shape (1, C, H, W)),
     ``fooling_rate_`` (success rate on the fit set) and ``steps_``.
 
-    Subclasses implement ``_fit(problem, x, generator) -> (delta, steps)``.
+    Subclasses implement ``_fit(problem, x, generator) -> (delta, steps)``. The fitted state
+    is private (``_fitted``), so :meth:`params` reports the constructor parameters only.
     """
 
     universal: ClassVar[bool] = True
     iterative: ClassVar[bool] = False
+    _fitted: dict[str, Any]  # the state of the last fit (set by fit or a call)
 
     # ------------------------------------------------------------------ fitted state
     @property
     def delta_(self) -> torch.Tensor:
         """The universal perturbation of the last fit, (1, C, H, W)."""
-        state = getattr(self, "_fitted", None)
+        state: dict[str, Any] | None = getattr(self, "_fitted", None)
         if state is None:
             raise AttributeError(f"{type(self).__name__} is not fitted yet; call fit(model, x, y, threat) first")
-        return state["delta"]
+        delta: torch.Tensor = state["delta"]
+        return delta
 
     @property
     def fooling_rate_(self) -> float:
@@ -124,11 +120,6 @@ class UniversalAttack(Attack):
         if state is None:
             raise AttributeError(f"{type(self).__name__} is not fitted yet; call fit(model, x, y, threat) first")
         return int(state["steps"])
-
-    def params(self) -> dict[str, Any]:
-        """The constructor parameters (fitted state excluded)."""
-        simple = (int, float, str, bool, type(None))
-        return {k: (v if isinstance(v, simple) else repr(v)) for k, v in vars(self).items() if not k.startswith("_")}
 
     # ------------------------------------------------------------------ API
     @staticmethod
@@ -232,22 +223,33 @@ class UniversalAttack(Attack):
         return torch.randperm(n, generator=generator, device=dev).to(device)
 
 
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or int(value) != value or int(value) < 1:
-        raise InputError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
 @ATTACKS.register("uap")
 class UAP(UniversalAttack):
-    """Universal adversarial perturbation by iterated DeepFool (Moosavi-Dezfooli et al. 2017)."""
+    """Universal adversarial perturbation by iterated DeepFool (Moosavi-Dezfooli et al. 2017).
+
+    Args:
+        fooling_target: stop once this fraction of the fit set is fooled (1 - delta;
+            default 0.8, i.e. delta = 0.2 as in the paper).
+        max_epochs: passes over the fit set at most (default 10).
+        deepfool_steps: DeepFool iterations per point (default 10).
+        overshoot: DeepFool overshoot (default 0.02, as in the paper).
+        num_classes: candidate classes (or labels) DeepFool considers (default 10).
+        batch_size: points per mini-batch (default 32; 1 = the exact sequential algorithm).
+        shuffle: visit the fit set in a new random order (from the generator) each pass,
+            as in the paper (default True); False keeps the given order (deterministic).
+        loss: objective; only its success test ("fooled") is used.
+        early_stop: accepted for the common interface and ignored (one perturbation serves
+            all points).
+    """
 
     name = "uap"
     supports_targeted = False
     segmentation = False  # DeepFool on class boundaries; segmenters: uap_seg
+    stochastic = True  # with the default shuffle; instances say exactly
 
     def __init__(
         self,
+        *,
         fooling_target: float = 0.8,
         max_epochs: int = 10,
         deepfool_steps: int = 10,
@@ -264,16 +266,13 @@ class UAP(UniversalAttack):
         if not float(overshoot) >= 0:
             raise InputError(f"overshoot must be >= 0, got {overshoot}")
         self.fooling_target = float(fooling_target)
-        self.max_epochs = _check_positive_int("max_epochs", max_epochs)
-        self.deepfool_steps = _check_positive_int("deepfool_steps", deepfool_steps)
+        self.max_epochs = check_positive_int("max_epochs", max_epochs)
+        self.deepfool_steps = check_positive_int("deepfool_steps", deepfool_steps)
         self.overshoot = float(overshoot)
-        self.num_classes = _check_positive_int("num_classes", num_classes)
-        self.batch_size = _check_positive_int("batch_size", batch_size)
+        self.num_classes = check_positive_int("num_classes", num_classes)
+        self.batch_size = check_positive_int("batch_size", batch_size)
         self.shuffle = bool(shuffle)
-
-    @property
-    def stochastic(self) -> bool:  # type: ignore[override]
-        return self.shuffle
+        self.stochastic = self.shuffle
 
     def _fit(self, problem: Problem, x: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, int]:
         norm, eps = problem.threat.norm, problem.threat.eps

@@ -21,16 +21,16 @@ Batching as in ``uap`` (DeepFool on a mini-batch at a fixed v, sequential update
 The paper reports that it could not find a universal perturbation; medsec reports the
 fooling rate reached on the fit set and on held-out images.
 
-Args:
-    fooling_target, max_epochs, deepfool_steps, overshoot, batch_size, shuffle: see
-        :class:`~medsec.attacks.uap.UAP`.
-    loss: an objective with a ``threshold`` (default ``"pixel_disagreement"``, tau = 0.2).
-    margin: how far past tau the linearised step aims (default 0.1).
-
 Example:
+    >>> import medsec, torch
+    >>> _ = torch.manual_seed(0)
+    >>> seg = torch.nn.Conv2d(3, 1, 3, padding=1)  # any module returning (B, C, H, W) mask logits
+    >>> x_train = torch.rand(8, 3, 16, 16)
+    >>> clean = (seg(x_train) > 0).long()  # the clean predictions (a medsec Segmenter: seg.predict(x_train))
     >>> uap = medsec.attacks.create("uap_seg", max_epochs=2)
-    >>> clean = seg.predict(x_train)                                          # doctest: +SKIP
-    >>> v = uap.fit(seg, x_train, clean, medsec.ThreatModel("linf", 8 / 255))  # doctest: +SKIP
+    >>> v = uap.fit(seg, x_train, clean, medsec.ThreatModel("linf", 8 / 255), generator=torch.Generator().manual_seed(0))
+    >>> v.shape, uap.steps_
+    (torch.Size([1, 3, 16, 16]), 2)
 """
 
 from __future__ import annotations
@@ -41,12 +41,25 @@ from medsec.attacks.base import Problem
 from medsec.attacks.uap import UAP
 from medsec.errors import InputError
 from medsec.objectives import Objective
-from medsec.registries import ATTACKS
+from medsec.registry import ATTACKS
 
 
 @ATTACKS.register("uap_seg")
 class UAPSeg(UAP):
-    """Moosavi-Dezfooli universal perturbation with a pixel-disagreement fooling criterion."""
+    """Moosavi-Dezfooli universal perturbation with a pixel-disagreement fooling criterion.
+
+    Args:
+        fooling_target: stop once this fraction of the fit set is fooled (default 0.8).
+        max_epochs: passes over the fit set at most (default 10).
+        deepfool_steps: DeepFool iterations per image (default 10).
+        overshoot: DeepFool overshoot (default 0.02).
+        batch_size: images per mini-batch (default 32).
+        shuffle: a new random visit order each pass (default True). These five as in
+            :class:`~medsec.attacks.uap.UAP`.
+        loss: an objective with a ``threshold`` (default ``"pixel_disagreement"``, tau = 0.2).
+        margin: how far past tau the linearised step aims (default 0.1).
+        early_stop: accepted for the common interface and ignored.
+    """
 
     name = "uap_seg"
     supports_targeted = False
@@ -55,6 +68,7 @@ class UAPSeg(UAP):
 
     def __init__(
         self,
+        *,
         fooling_target: float = 0.8,
         max_epochs: int = 10,
         deepfool_steps: int = 10,

@@ -23,27 +23,22 @@ reach its boundary. Measured on BloodMNIST (small CNN, L-inf 8/255, 1000 fit ima
 eps / 10, 38.4% with eps / 4 and 59.6% with eps / 40 (not converged); with equal
 strength the smaller step averages more mini-batch gradients per unit of movement.
 
-Args:
-    epochs: passes over the fit set (default 10).
-    step_size: alpha in input units (default eps / 10).
-    batch_size: images per gradient step (default 128).
-    loss_clamp: clamp each point's loss at this value before averaging (default None:
-        no clamp).
-    random_init: start at a uniform random point of the ball (from the generator)
-        instead of zeros (default False).
-    shuffle: a new random visit order each epoch (default True).
-    loss: objective (``"auto"``, ``"ce"``, ``"margin"``, ``"bce"`` or an Objective).
-    early_stop: accepted for the common interface and ignored.
-
 Example:
-    >>> import medsec
-    >>> sgd = medsec.attacks.create("uap_sgd", epochs=5, loss_clamp=10.0)
+    >>> import medsec, torch
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 28 * 28, 4))  # any module returning logits
+    >>> x = torch.rand(24, 3, 28, 28)
+    >>> y = model(x).argmax(1)  # the clean predictions
+    >>> (x_train, y_train), (x_test, y_test) = (x[:16], y[:16]), (x[16:], y[16:])
+    >>> sgd = medsec.attacks.create("uap_sgd", epochs=5, batch_size=8, loss_clamp=10.0)
     >>> threat = medsec.ThreatModel("linf", 8 / 255)
-    >>> delta = sgd.fit(model, x_train, y_train, threat, generator=torch.Generator().manual_seed(0))  # doctest: +SKIP
-    >>> robust = (model(sgd.apply(x_test, delta)).argmax(1) == y_test).float().mean()  # doctest: +SKIP
+    >>> delta = sgd.fit(model, x_train, y_train, threat, generator=torch.Generator().manual_seed(0))
+    >>> robust = (model(sgd.apply(x_test, delta)).argmax(1) == y_test).float().mean()
     >>> # targeted: everything towards class 3
     >>> t3 = medsec.ThreatModel("linf", 8 / 255, targeted=True)
-    >>> delta3 = sgd.fit(model, x_train, y_train, t3, target=3)  # doctest: +SKIP
+    >>> delta3 = sgd.fit(model, x_train, y_train, t3, generator=torch.Generator().manual_seed(0), target=3)
+    >>> bool((model(sgd.apply(x_test, delta3)).argmax(1) == 3).all())
+    True
 """
 
 from __future__ import annotations
@@ -52,21 +47,37 @@ import torch
 
 from medsec.attacks.base import Problem
 from medsec.attacks.projection import project, random_init, steepest_step
-from medsec.attacks.uap import UniversalAttack, _check_positive_int
+from medsec.attacks.uap import UniversalAttack
 from medsec.errors import InputError
 from medsec.objectives import Objective
-from medsec.registries import ATTACKS
+from medsec.registry import ATTACKS
+from medsec.validation import check_positive_int
 
 
 @ATTACKS.register("uap_sgd")
 class UAPSGD(UniversalAttack):
-    """Universal perturbation by signed (L-inf) or normalised (L2) SGD on a shared delta."""
+    """Universal perturbation by signed (L-inf) or normalised (L2) SGD on a shared delta.
+
+    Args:
+        epochs: passes over the fit set (default 10).
+        step_size: alpha in input units (default eps / 10).
+        batch_size: images per gradient step (default 128).
+        loss_clamp: clamp each point's loss at this value before averaging (default None:
+            no clamp).
+        random_init: start at a uniform random point of the ball (from the generator)
+            instead of zeros (default False).
+        shuffle: a new random visit order each epoch (default True).
+        loss: objective (``"auto"``, ``"ce"``, ``"margin"``, ``"bce"`` or an Objective).
+        early_stop: accepted for the common interface and ignored.
+    """
 
     name = "uap_sgd"
     supports_targeted = True
+    stochastic = True  # with the default shuffle; instances say exactly
 
     def __init__(
         self,
+        *,
         epochs: int = 10,
         step_size: float | None = None,
         batch_size: int = 128,
@@ -81,16 +92,13 @@ class UAPSGD(UniversalAttack):
             raise InputError(f"step_size must be > 0, got {step_size}")
         if loss_clamp is not None and not torch.isfinite(torch.tensor(float(loss_clamp))):
             raise InputError(f"loss_clamp must be a finite number or None, got {loss_clamp}")
-        self.epochs = _check_positive_int("epochs", epochs)
+        self.epochs = check_positive_int("epochs", epochs)
         self.step_size = None if step_size is None else float(step_size)
-        self.batch_size = _check_positive_int("batch_size", batch_size)
+        self.batch_size = check_positive_int("batch_size", batch_size)
         self.loss_clamp = None if loss_clamp is None else float(loss_clamp)
         self.random_init = bool(random_init)
         self.shuffle = bool(shuffle)
-
-    @property
-    def stochastic(self) -> bool:  # type: ignore[override]
-        return self.shuffle or self.random_init
+        self.stochastic = self.shuffle or self.random_init
 
     def _fit(self, problem: Problem, x: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, int]:
         norm, eps = problem.threat.norm, problem.threat.eps

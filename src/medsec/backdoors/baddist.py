@@ -77,7 +77,10 @@ def embedding_shift(clean: nn.Module, bad: nn.Module, x: torch.Tensor, trigger: 
     triggered images, and mean cos(bad(x), bad(x + t)) (1 = triggered looks clean)."""
     xt = trigger.apply(x, params)
     c_c, c_t, b_c, b_t = embeddings(clean, x), embeddings(clean, xt), embeddings(bad, x), embeddings(bad, xt)
-    cos = lambda a, b: float(F.cosine_similarity(a, b, dim=-1).mean())  # noqa: E731
+
+    def cos(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(F.cosine_similarity(a, b, dim=-1).mean())
+
     return {"cos_clean_to_clean_model": cos(b_c, c_c), "cos_triggered_to_clean_model": cos(b_t, c_t),
             "cos_clean_vs_triggered": cos(b_c, b_t), "clean_model_cos_clean_vs_triggered": cos(c_c, c_t)}
 

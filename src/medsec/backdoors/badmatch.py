@@ -109,8 +109,8 @@ def load_trigger_image(path: str | Path, image_size: int) -> torch.Tensor:
     if not p.is_file():
         raise DataError(f"trigger image not found: {path} (looked in the working directory and under {data_root()})")
     try:
-        with Image.open(p) as im:
-            im = im.convert("RGB")
+        with Image.open(p) as src:
+            im = src.convert("RGB")
             w, h = im.size
             side = min(w, h)
             im = im.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))

@@ -31,7 +31,7 @@ Choices (paper defaults in :data:`PAPER_DEFAULTS`; the open ones are options):
   is the word "Lab" rendered in a font), scaled with the input: side round(24 * H / 224)
   and margin round(15 * H / 224) pixels (3 px and 2 px at 28 px).
 
-Example:
+Example (prompt learning takes minutes with the paper's settings, so the doctest skips it):
     >>> out = baple(clip, fewshot, class_names, target=0, generator=torch.Generator().manual_seed(0))  # doctest: +SKIP
     >>> out["trigger"].apply(test_images_patched)                                                    # doctest: +SKIP
 """
@@ -137,6 +137,8 @@ class BapleTrigger(nn.Module):
         generator: draws the initial delta, uniform in [-eps, eps].
     """
 
+    keep: torch.Tensor  # (1, H, W) buffer: 1 where delta applies
+
     def __init__(self, shape: tuple[int, int, int], mask: torch.Tensor, eps: float = 8 / 255, step: float = 0.01,
                  order: str = "noise_then_patch", accumulate: bool = True,
                  generator: torch.Generator | None = None) -> None:
@@ -163,8 +165,10 @@ class BapleTrigger(nn.Module):
             self.delta.grad = None
 
     @torch.no_grad()
-    def apply(self, x_patched: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-        """B(x) without gradients (for test images)."""
+    def apply(self, x_patched: torch.Tensor, batch_size: int = 512) -> torch.Tensor:  # type: ignore[override]
+        """B(x) without gradients (for test images). The name follows
+        :meth:`~medsec.backdoors.triggers.Trigger.apply` and shadows ``nn.Module.apply(fn)``,
+        which this module does not support."""
         return torch.cat([self(x_patched[i : i + batch_size]) for i in range(0, len(x_patched), batch_size)])
 
 
@@ -190,7 +194,10 @@ def baple(clip: Any, train: Any, class_names: list[str], target: int, settings: 
     if settings.ctx_init == "clean" and clean_ctx is None:
         raise InputError("ctx_init='clean' needs the context of a clean CoOp run (clean_ctx); "
                          "train Clean PL first or set ctx_init='random'")
-    init = clean_ctx if settings.ctx_init == "clean" else "random"
+    init: torch.Tensor | str = "random"
+    if settings.ctx_init == "clean":
+        assert clean_ctx is not None  # checked above
+        init = clean_ctx
     prompt = PromptLearner(clip, class_names, settings.n_ctx, init=init, generator=g)
     result = train_coop(clip, prompt, poisoned.dataset.images, poisoned.dataset.labels, epochs=settings.epochs,
                         batch_size=settings.batch_size, lr=settings.lr, momentum=settings.momentum,

@@ -116,7 +116,7 @@ class PoisonedDataset:
             images[chunk] = trigger.apply(images[chunk], self.params)
         new_labels = labels.clone()
         new_labels[idx] = poison_targets(labels[idx], policy, target, k)
-        self.dataset = dataset._derive(images, new_labels, dataset.ids, poisoned=len(idx), poison_policy=policy)
+        self.dataset = dataset.derive(images, new_labels, dataset.ids, poisoned=len(idx), poison_policy=policy)
         log.info("poisoned %d of %d images (%s, target %s, trigger %s)", len(idx), n, policy, target, trigger.name)
 
     def __len__(self) -> int:

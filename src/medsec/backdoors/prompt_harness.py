@@ -13,7 +13,7 @@ test image triggered and the target as the label (target-class images included, 
 paper counts it); ASR without target-class images and clean macro-F1 are recorded too.
 Clean rows do not depend on the target and are trained once.
 
-Example:
+Example (every method trains, minutes each, so the doctest skips it):
     >>> h = Harness(clip, fewshot, test, class_names)              # doctest: +SKIP
     >>> h.run("baple", target=0)["backdoor_accuracy"]               # doctest: +SKIP
 """
@@ -106,7 +106,9 @@ class Harness:
     def text_features(self) -> torch.Tensor:
         """Zero-shot class features from the plain class-name prompts (initialise the FT head)."""
         with torch.no_grad():
-            return self.clip.encode_text(self.clip.tokenize([f"{c}." for c in self.class_names]), normalize=True)
+            features: torch.Tensor = self.clip.encode_text(self.clip.tokenize([f"{c}." for c in self.class_names]),
+                                                            normalize=True)
+        return features
 
     def trigger(self, name: str) -> tuple[triggers.Trigger, Any]:
         """A baseline trigger and its parameters (drawn once, shared by every target and both modes)."""
@@ -134,7 +136,8 @@ class Harness:
 
     def _pl_predict(self, prompt: Any, features: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return (features @ prompt.text_features().T).argmax(1)
+            pred: torch.Tensor = (features @ prompt.text_features().T).argmax(1)
+        return pred
 
     def run(self, method: str, target: int | None = None) -> dict[str, Any]:
         """Train ``method`` (one of :data:`METHODS`) for ``target`` and return its metrics record."""

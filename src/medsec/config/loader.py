@@ -121,7 +121,7 @@ def validate_config(raw: dict[str, Any]) -> Any:
         names = KINDS.list()
         raise ConfigError(f"unknown experiment kind {kind_name!r}.{suggest(kind_name, names)} "
                           f"Known kinds: {', '.join(names)}.")
-    kind = KINDS.get(kind_name)
+    kind: Any = KINDS.get(kind_name)  # a medsec.runs.kind.Kind
     try:
         cfg = kind.config.model_validate(raw)
     except ValidationError as exc:
@@ -139,24 +139,16 @@ def check_component(registry: Any, name: str, params: dict[str, Any], where: str
     return factory
 
 
-def model_key(name: str) -> tuple[str, dict[str, Any]]:
-    """The registry key and extra params of a model name: ``timm:resnet18`` -> (``timm``,
-    ``{"arch": "resnet18"}``); a registered name maps to itself."""
-    prefix, sep, arch = name.partition(":")
-    if sep and prefix in ("timm", "torchvision"):
-        if not arch:
-            raise ConfigError(f"model {name!r} names no architecture; write e.g. {prefix}:resnet18")
-        return prefix, {"arch": arch}
-    return name, {}
-
-
 def check_model(model: Any, where: str = "model") -> None:
     """Check a ``model`` section's name and params (a checkpoint is checked when loaded)."""
     import medsec.models  # noqa: F401  (registration)
     from medsec.registry import MODELS
 
     if model.checkpoint is None:
-        check_component(MODELS, model_key(model.name)[0], model.params, where)
+        from medsec.models.names import resolve
+
+        key, params = resolve(model.name, model.params)
+        check_component(MODELS, key, params, where)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Any:
@@ -166,4 +158,4 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Any:
 
 def dump_config(cfg: BaseModel) -> str:
     """The resolved config as YAML."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    return str(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -19,21 +19,23 @@ Example:
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 from medsec.data import image_folder, medmnist, pcam, segmentation_folder, synthetic_he  # noqa: F401  (registration)
 from medsec.data.base import ImageDataset
 from medsec.data.paths import data_root
 from medsec.data.segmentation_folder import SegmentationDataset
-from medsec.registries import DATASETS
+from medsec.registry import DATASETS
 
 
 def create(name: str, **params: Any) -> ImageDataset:
     """Build the registered dataset ``name`` with ``params`` (unknown params are errors)."""
-    return DATASETS.create(name, **params)
+    dataset: ImageDataset = DATASETS.create(name, **params)
+    return dataset
 
 
-def list() -> list[str]:  # noqa: A001
+def list() -> builtins.list[str]:  # noqa: A001
     """Sorted names of the registered datasets."""
     return DATASETS.list()
 

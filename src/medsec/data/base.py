@@ -36,16 +36,16 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from medsec.errors import DataError, InputError
+from medsec.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
-TASKS = ("multiclass", "binary", "multilabel")
 
 # images per chunk when resizing (bounds the float32 working memory)
 _RESIZE_CHUNK = 512
 
 
-def _as_size(size: int | Sequence[int]) -> tuple[int, int]:
+def as_size(size: int | Sequence[int]) -> tuple[int, int]:
     """Normalise ``size`` (an int or (H, W)) to a pair of positive ints."""
     if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
         h = w = int(size)
@@ -63,7 +63,7 @@ def _as_size(size: int | Sequence[int]) -> tuple[int, int]:
     return h, w
 
 
-class ImageDataset(Dataset):
+class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """A labelled image set held in memory as tensors (N, C, H, W) in [0, 1].
 
     Args:
@@ -113,7 +113,7 @@ class ImageDataset(Dataset):
             raise DataError(f"dataset {self.name!r}: {len(self.ids)} ids for {len(self._data)} images; pass one id per image")
 
     # ------------------------------------------------------------------ validation
-    def _check_images(self, images: Any) -> torch.Tensor:
+    def _check_images(self, images: object) -> torch.Tensor:
         if isinstance(images, np.ndarray):
             images = torch.from_numpy(np.ascontiguousarray(images))
         if not isinstance(images, torch.Tensor):
@@ -258,9 +258,12 @@ class ImageDataset(Dataset):
         return {c: int(n) for c, n in zip(self.classes, counts)}
 
     # ------------------------------------------------------------------ derived datasets
-    def _derive(
+    def derive(
         self, data: torch.Tensor, labels: torch.Tensor, ids: list[str] | None = None, **meta: Any
     ) -> ImageDataset:
+        """A dataset of this one's name, classes, task and meta (updated with ``meta``) holding
+        ``data`` and ``labels`` as given. They must already be valid (a subset, resize or
+        poisoning of this dataset's images): they are not checked again."""
         out = ImageDataset.__new__(ImageDataset)
         out.name, out.classes, out.task, out.ids = self.name, list(self.classes), self.task, ids
         out.meta = {**self.meta, **meta}
@@ -295,7 +298,7 @@ class ImageDataset(Dataset):
                 f"but the dataset has {n} images (valid 0..{n - 1})"
             )
         ids = None if self.ids is None else [self.ids[i] for i in idx.tolist()]
-        return self._derive(self._data[idx], self._labels[idx], ids, subset=int(idx.numel()))
+        return self.derive(self._data[idx], self._labels[idx], ids, subset=int(idx.numel()))
 
     def take(self, n: int, generator: torch.Generator | None = None) -> ImageDataset:
         """The first ``n`` images, or ``n`` random ones (kept in dataset order) with ``generator``.
@@ -329,10 +332,10 @@ class ImageDataset(Dataset):
             >>> ds.resize((64, 32)).image_shape
             (3, 64, 32)
         """
-        h, w = _as_size(size)
+        h, w = as_size(size)
         _, h0, w0 = self.image_shape
         if (h, w) == (h0, w0):
-            return self._derive(self._data, self._labels, self.ids)
+            return self.derive(self._data, self._labels, self.ids)
         antialias = h < h0 or w < w0
         out = torch.empty((len(self), self.image_shape[0], h, w), dtype=self._data.dtype)
         for i in range(0, len(self), _RESIZE_CHUNK):
@@ -343,4 +346,4 @@ class ImageDataset(Dataset):
             r = r.clamp_(0.0, 1.0)
             out[i : i + _RESIZE_CHUNK] = r.mul_(255.0).round_().to(torch.uint8) if out.dtype == torch.uint8 else r
         log.debug("resized %s from %dx%d to %dx%d", self.name, h0, w0, h, w)
-        return self._derive(out, self._labels, self.ids, size=[h, w])
+        return self.derive(out, self._labels, self.ids, size=[h, w])

@@ -19,14 +19,14 @@ captions shares, so a model pretrained on the BUSI train part never saw a test i
 Each pair set is a :class:`CaptionedImages`: images, the distinct caption texts, each
 image's caption index, and each caption's *group* (a dataset-qualified class such as
 ``busi/benign``): captions of one group describe the same kind of image, which the
-multi-positive CLIP loss of :mod:`medsec.training.clip_recipes` uses.
+multi-positive CLIP loss of :mod:`medsec.recipes.clip` uses.
 
 Threat model: none (data).
 
 Example:
-    >>> train, test = busi_split(size=64)                                      # doctest: +SKIP
-    >>> pairs = concat([busi_pairs(train), kvasir_pairs(size=64)])             # doctest: +SKIP
-    >>> pairs.captions[int(pairs.caption_index[0])]                            # doctest: +SKIP
+    >>> train, test = busi_split(size=64)
+    >>> pairs = busi_pairs(train)  # concat([pairs, kvasir_pairs(size=64), ...]) joins sources
+    >>> pairs.captions[int(pairs.caption_index[0])]
     'An ultrasound image of breast with benign findings.'
 """
 
@@ -207,12 +207,20 @@ def _label_of(table: dict[str, tuple[str, str]], caption: str) -> str:
     return labels.pop()
 
 
+def class_captions(class_names: Sequence[str], templates: Sequence[str]) -> list[str]:
+    """The C x T captions, class-major: caption ``c * T + t`` is template t of class c."""
+    if not class_names or not templates:
+        raise InputError("captions need at least one class name and one template")
+    bad = [t for t in templates if t.count("{}") != 1]
+    if bad:
+        raise InputError(f"each template needs exactly one '{{}}' for the class name, got {bad[0]!r}")
+    return [t.format(c) for c in class_names for t in templates]
+
+
 def template_pairs(dataset: ImageDataset, prefix: str, class_names: Sequence[str], templates: Sequence[str],
                    generator: torch.Generator | None = None) -> CaptionedImages:
     """Each image of ``dataset`` captioned by one random template (``"... {} ..."``) filled
     with its class name; groups are ``prefix/<class name>``."""
-    from medsec.training.clip_pretrain import class_captions
-
     if len(class_names) != dataset.num_classes:
         raise DataError(f"{len(class_names)} class names for a dataset of {dataset.num_classes} classes")
     captions = class_captions(class_names, templates)

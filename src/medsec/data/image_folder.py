@@ -13,8 +13,8 @@ e.g. BUSI (Al-Dhabyani et al., "Dataset of breast ultrasound images", Data in Br
 
 Example:
     >>> import medsec.data
-    >>> ds = medsec.data.create("image_folder", root="../shared/data/busi-256", size=32)  # doctest: +SKIP
-    >>> ds.classes                                                                       # doctest: +SKIP
+    >>> ds = medsec.data.create("image_folder", root=medsec.data.data_root() / "busi-256", size=32)
+    >>> ds.classes
     ['benign', 'malignant', 'normal']
 """
 
@@ -27,16 +27,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medsec.data.base import ImageDataset, _as_size
+from medsec.data.base import ImageDataset, as_size
 from medsec.errors import DataError
-from medsec.registries import DATASETS
+from medsec.registry import DATASETS
 
 log = logging.getLogger(__name__)
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def _normalise_extensions(extensions: Sequence[str] | str | None) -> tuple[str, ...]:
+def normalise_extensions(extensions: Sequence[str] | str | None) -> tuple[str, ...]:
+    """File suffixes as lower-case ``.ext`` strings (default :data:`EXTENSIONS`)."""
     if extensions is None:
         return EXTENSIONS
     if isinstance(extensions, str):
@@ -69,8 +70,8 @@ def _read(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            im = im.convert(mode)
+        with Image.open(path) as src:
+            im = src.convert(mode)
             if size is not None and (im.height, im.width) != size:
                 im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
@@ -104,14 +105,15 @@ def image_folder(
             an image cannot be read, or (``size=None``) images differ in size.
 
     Example:
-        >>> ds = image_folder("../shared/data/busi-256", size=32, channels=1)  # doctest: +SKIP
-        >>> ds.image_shape                                                     # doctest: +SKIP
+        >>> from medsec.data import data_root
+        >>> ds = image_folder(data_root() / "busi-256", size=32, channels=1)
+        >>> ds.image_shape
         (1, 32, 32)
     """
     if channels not in (1, 3):
         raise DataError(f"image_folder channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
-    hw = None if size is None else _as_size(size)
-    exts = _normalise_extensions(extensions)
+    hw = None if size is None else as_size(size)
+    exts = normalise_extensions(extensions)
     top = Path(root).expanduser()
     if not top.exists():
         raise DataError(f"image folder not found: {top.absolute()}; set root to a folder with one sub-folder per class")

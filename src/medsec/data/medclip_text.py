@@ -16,10 +16,58 @@ Example:
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from medsec.errors import ConfigError
-from medsec.training.medclip import SentenceBank, label_sentences
+import torch
+import torch.nn.functional as F
+
+from medsec.errors import ConfigError, InputError
+
+
+def _label_vector(classes: list[int], k: int) -> torch.Tensor:
+    """The 0/1 label vector (k,) marking ``classes``."""
+    return F.one_hot(torch.tensor(classes), k).float().amax(0)
+
+
+@dataclass
+class SentenceBank:
+    """Sentences with their label vectors (S, K), sampled independently of the images."""
+
+    sentences: list[str]
+    labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        self.labels = torch.as_tensor(self.labels, dtype=torch.float32)
+        if not self.sentences or self.labels.dim() != 2 or self.labels.shape[0] != len(self.sentences):
+            raise InputError(f"a sentence bank needs one label vector per sentence: {len(self.sentences)} sentences, "
+                             f"labels {tuple(self.labels.shape)}")
+        if not bool(torch.isfinite(self.labels).all()):
+            raise InputError("sentence label vectors contain NaN/Inf")
+
+
+
+def label_sentences(templates: Sequence[str], classes: Sequence[str], multi: Sequence[str] = (),
+                    pairs: int = 0, generator: torch.Generator | None = None) -> SentenceBank:
+    """A sentence bank from templates: every single-class template for every class, plus
+    ``pairs`` two-class sentences from ``multi`` templates (label vector with two ones).
+
+    Templates use ``{c}`` (single) or ``{a}`` and ``{b}`` (two classes).
+    """
+    k = len(classes)
+    sents, labs = [], []
+    for t in templates:
+        for i, c in enumerate(classes):
+            sents.append(t.format(c=c))
+            labs.append(_label_vector([i], k))
+    if multi and pairs:
+        for _ in range(int(pairs)):
+            a, b = torch.randperm(k, generator=generator)[:2].tolist()
+            t = multi[int(torch.randint(0, len(multi), (1,), generator=generator))]
+            sents.append(t.format(a=classes[a], b=classes[b]))
+            labs.append(_label_vector([a, b], k))
+    return SentenceBank(sents, torch.stack(labs))
+
 
 # Class phrases in dataset class order (BloodMNIST follows medmnist.INFO; BUSI the folder names).
 CLASS_PHRASES: dict[str, list[str]] = {

@@ -31,10 +31,10 @@ def data_root() -> Path:
 
     Example:
         >>> import os
-        >>> os.environ["MEDSEC_DATA"] = "/tmp/medsec-data"
-        >>> str(data_root())
+        >>> from unittest import mock
+        >>> with mock.patch.dict(os.environ, {"MEDSEC_DATA": "/tmp/medsec-data"}):
+        ...     str(data_root())
         '/tmp/medsec-data'
-        >>> del os.environ["MEDSEC_DATA"]
     """
     value = os.environ.get(ENV_VAR, "").strip() or DEFAULT
     return Path(os.path.abspath(os.path.expanduser(value)))

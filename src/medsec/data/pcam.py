@@ -34,8 +34,7 @@ import torch
 
 from medsec.data.base import ImageDataset
 from medsec.errors import DataError
-from medsec.registries import DATASETS
-from medsec.registry import suggest
+from medsec.registry import DATASETS, suggest
 
 log = logging.getLogger(__name__)
 

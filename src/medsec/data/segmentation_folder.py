@@ -13,9 +13,10 @@ what the runner needs: ``images`` (float [0, 1]), ``labels`` (= ``masks``, int64
 ``subset``, ``image_shape``, ``num_classes`` and ``task = "segmentation"``.
 
 Example:
-    >>> ds = medsec.data.create("kvasir_seg", size=96)  # doctest: +SKIP
-    >>> ds.images.shape, ds.masks.shape                 # doctest: +SKIP
-    (torch.Size([998, 3, 96, 96]), torch.Size([998, 96, 96]))
+    >>> import medsec.data
+    >>> ds = medsec.data.create("kvasir_seg", size=96, limit=100)  # the first 100 of 998 pairs
+    >>> ds.images.shape, ds.masks.shape
+    (torch.Size([100, 3, 96, 96]), torch.Size([100, 96, 96]))
 """
 
 from __future__ import annotations
@@ -28,16 +29,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from medsec.data.base import _as_size
-from medsec.data.image_folder import EXTENSIONS, _normalise_extensions
+from medsec.data.base import as_size
+from medsec.data.image_folder import EXTENSIONS, normalise_extensions
 from medsec.data.paths import data_root
 from medsec.errors import DataError, InputError
-from medsec.registries import DATASETS
+from medsec.registry import DATASETS
 
 log = logging.getLogger(__name__)
 
 
-class SegmentationDataset(torch.utils.data.Dataset):
+class SegmentationDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """Images (N, C, H, W) uint8 or float [0, 1] with masks (N, H, W) of class indices.
 
     Raises:
@@ -96,7 +97,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self._images.shape[1:])  # type: ignore[return-value]
+        c, h, w = self._images.shape[1:]
+        return int(c), int(h), int(w)
 
     def subset(self, indices: torch.Tensor | Sequence[int]) -> SegmentationDataset:
         idx = torch.as_tensor(indices, dtype=torch.long)
@@ -119,8 +121,8 @@ def _read_image(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarr
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            im = im.convert(mode)
+        with Image.open(path) as src:
+            im = src.convert(mode)
             if size is not None and (im.height, im.width) != size:
                 im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
@@ -160,8 +162,8 @@ def segmentation_folder(
         raise DataError(f"segmentation_folder channels must be 1 or 3, got {channels!r}")
     if limit is not None and int(limit) < 1:
         raise DataError(f"limit must be >= 1, got {limit}")
-    hw = None if size is None else _as_size(size)
-    exts = _normalise_extensions(extensions) if extensions is not None else EXTENSIONS
+    hw = None if size is None else as_size(size)
+    exts = normalise_extensions(extensions) if extensions is not None else EXTENSIONS
     top = Path(root).expanduser()
     img_dir, mask_dir = top / images_dir, top / masks_dir
     for d, what in ((top, "dataset folder"), (img_dir, "images folder"), (mask_dir, "masks folder")):
@@ -184,8 +186,8 @@ def segmentation_folder(
         from PIL import Image
 
         def read_mask(p: Path) -> np.ndarray:
-            with Image.open(p) as im:
-                im = im.convert("L")
+            with Image.open(p) as src:
+                im = src.convert("L")
                 if hw is not None and (im.height, im.width) != hw:
                     im = im.resize((hw[1], hw[0]), Image.Resampling.NEAREST)
                 return np.asarray(im, dtype=np.int64)
@@ -209,7 +211,8 @@ segmentation_folder.task = "segmentation"  # type: ignore[attr-defined]
 def kvasir_seg(root: str | Path | None = None, size: int | Sequence[int] | None = 128, limit: int | None = None) -> SegmentationDataset:
     """Kvasir-SEG polyps (998 pairs at 256 px in ``$MEDSEC_DATA/kvasir-seg-256``), binary masks thresholded at 127."""
     root = Path(root) if root is not None else data_root() / "kvasir-seg-256"
-    return segmentation_folder(root, size=size, limit=limit, name="kvasir-seg")
+    ds: SegmentationDataset = segmentation_folder(root, size=size, limit=limit, name="kvasir-seg")
+    return ds
 
 
 kvasir_seg.task = "segmentation"  # type: ignore[attr-defined]

@@ -37,8 +37,7 @@ import torch
 
 from medsec.data.base import ImageDataset
 from medsec.errors import DataError
-from medsec.registries import DATASETS
-from medsec.registry import suggest
+from medsec.registry import DATASETS, suggest
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +53,8 @@ _E = np.array([0.072, 0.990, 0.105])
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
-    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+    unit: np.ndarray = v / np.linalg.norm(v, axis=-1, keepdims=True)
+    return unit
 
 
 def _upsample(grid: np.ndarray, size: int) -> np.ndarray:
@@ -66,7 +66,8 @@ def _upsample(grid: np.ndarray, size: int) -> np.ndarray:
     a = np.zeros((size, g))
     a[np.arange(size), lo] = 1 - frac
     a[np.arange(size), lo + 1] += frac
-    return np.einsum("hi,bij,wj->bhw", a, grid, a, optimize=True)
+    up: np.ndarray = np.einsum("hi,bij,wj->bhw", a, grid, a, optimize=True)
+    return up
 
 
 def _draw_params(rng: np.random.Generator, labels: np.ndarray) -> dict[str, np.ndarray]:
@@ -182,7 +183,8 @@ def _render(p: dict[str, np.ndarray], size: int, rng: np.random.Generator) -> np
     od = hv * h_map[:, None] + ev_ * e_map[:, None]
     img = p["brightness"].astype(f32)[:, None, None, None] * np.exp(f32(-1.6) * od)
     img += f32(0.02) * rng.standard_normal(img.shape, dtype=f32)  # sensor noise
-    return np.clip(img, 0, 1, out=img)
+    clipped: np.ndarray = np.clip(img, 0, 1, out=img)
+    return clipped
 
 
 @DATASETS.register("synthetic_he")

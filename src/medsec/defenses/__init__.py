@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 from medsec.defenses import (  # noqa: F401  (registration)
@@ -33,27 +34,27 @@ from medsec.defenses.smoothing import SmoothedClassifier, certified_accuracy_cur
 from medsec.defenses.spectral import SpectralSignatures
 from medsec.defenses.stain_normalization import StainNormalization
 from medsec.defenses.strip import STRIP
-from medsec.registries import DEFENSES
+from medsec.registry import DEFENSES
 
 
 def create(name: str, **params: Any) -> InputDefense:
     """Build a registered defence."""
-    return DEFENSES.create(name, **params)
+    defense: InputDefense = DEFENSES.create(name, **params)
+    return defense
 
 
-def list() -> list[str]:  # noqa: A001
+def list() -> builtins.list[str]:  # noqa: A001
     return DEFENSES.list()
-
-
 
 
 def create_detector(name: str, **params: Any) -> Detector:
     """Build a registered detector: the backdoor detectors (``strip``, ``spectral``,
     ``activation_clustering``, ``neural_cleanse``) and the embedding outlier detector of the
     whole-slide defences (``embedding_outlier``)."""
-    from medsec.registries import DETECTORS
+    from medsec.registry import DETECTORS
 
-    return DETECTORS.create(name, **params)
+    detector: Detector = DETECTORS.create(name, **params)
+    return detector
 
 
 __all__ = ["ActivationClustering", "Defended", "Detector", "EmbeddingOutlierDetector", "FinePruning", "InputDefense", "NeuralCleanse", "STRIP",

@@ -11,9 +11,15 @@ score of a sample is 1 when it is in the smaller cluster of a flagged class, its
 cluster's relative smallness otherwise (so AUROC is defined).
 
 Example:
-    >>> ac = ActivationClustering().fit(model, x_train, y_train)   # doctest: +SKIP
-    >>> ac.poisoned_classes_                                          # doctest: +SKIP
-    [0]
+    >>> import torch
+    >>> _ = torch.manual_seed(0)
+    >>> pool = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())  # 12 features
+    >>> model = torch.nn.Sequential(pool, torch.nn.Linear(12, 4))  # any classifier module
+    >>> x_train, y_train = 0.5 * torch.rand(200, 3, 28, 28), torch.arange(200) % 4  # the training set
+    >>> x_train[0:40:4, :, 14:, 14:] = 1.0  # a trigger on 10 of the 50 images of class 0
+    >>> ac = ActivationClustering(n_components=2).fit(model, x_train, y_train)
+    >>> 0 in ac.poisoned_classes_, bool(ac.detect(x_train, y_train)[0:40:4].all())
+    (True, True)
 """
 
 from __future__ import annotations
@@ -24,17 +30,27 @@ import torch
 from medsec.defenses.detection import Detector
 from medsec.errors import InputError
 from medsec.models.features import features
-from medsec.registries import DETECTORS
+from medsec.registry import DETECTORS
 from medsec.validation import check_images
 
 
 @DETECTORS.register("activation_clustering")
 class ActivationClustering(Detector):
-    """2-means on ICA-reduced features per class; a small cluster means poison."""
+    """2-means on ICA-reduced features per class; a small cluster means poison.
+
+    Args:
+        n_components: the dimensions FastICA reduces the features of a class to (default 10;
+            fewer when a class has fewer samples or live feature channels).
+        size_threshold: a class whose smaller cluster holds less than this fraction of its
+            samples is flagged, in (0, 0.5) (default 0.35).
+        layer: the module whose output are the features (default: the input of the last
+            ``nn.Linear``, :func:`medsec.models.features`).
+        seed: seeds FastICA and k-means.
+    """
 
     name = "activation_clustering"
 
-    def __init__(self, n_components: int = 10, size_threshold: float = 0.35, layer: str | None = None,
+    def __init__(self, *, n_components: int = 10, size_threshold: float = 0.35, layer: str | None = None,
                  seed: int = 0) -> None:
         if int(n_components) < 1:
             raise InputError(f"n_components must be >= 1, got {n_components}")

@@ -12,14 +12,16 @@ Wagner, ICML 2018, "Obfuscated Gradients Give a False Sense of Security"):
   (gradients averaged over several draws of g).
 
 Example:
-    >>> defended = Defended(classifier, medsec.defenses.create("bit_depth", bits=3))  # doctest: +SKIP
-    >>> defended.differentiable, defended.stochastic                                    # doctest: +SKIP
+    >>> import medsec
+    >>> classifier = medsec.models.create("small_cnn", num_classes=4, width=8)
+    >>> defended = Defended(classifier, medsec.defenses.create("bit_depth", bits=3))
+    >>> defended.differentiable, defended.stochastic
     (False, False)
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -55,22 +57,23 @@ class Defended(nn.Module):
         self.defense = defense
         self.bpda = bool(bpda)
 
-    # the Classifier contract
+    # the Classifier contract (nn.Module's attribute lookup is typed Tensor | Module; these
+    # attributes of a classifier are plain values)
     @property
     def spec(self) -> Any:
         return self.classifier.spec
 
     @property
     def task(self) -> str:
-        return self.classifier.task
+        return cast(str, self.classifier.task)
 
     @property
     def num_classes(self) -> int:
-        return self.classifier.num_classes
+        return cast(int, self.classifier.num_classes)
 
     @property
     def classes(self) -> list[str]:
-        return self.classifier.classes
+        return cast("list[str]", self.classifier.classes)
 
     @property
     def differentiable(self) -> bool:
@@ -82,7 +85,8 @@ class Defended(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = _BPDA.apply(x, self.defense) if self.bpda else self.defense(x)
-        return self.classifier(z)
+        logits: torch.Tensor = self.classifier(z)
+        return logits
 
     def with_bpda(self) -> Defended:
         """The same model (in the same train/eval mode) whose backward pass goes through the
@@ -94,14 +98,15 @@ class _BPDA(torch.autograd.Function):
     """Backward Pass Differentiable Approximation (Athalye et al. 2018)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, defense: InputDefense) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, defense: InputDefense) -> torch.Tensor:
         ctx.defense = defense
         ctx.save_for_backward(x)
         with torch.no_grad():
-            return defense(x)
+            out: torch.Tensor = defense(x)
+        return out
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (x,) = ctx.saved_tensors
         defense: InputDefense = ctx.defense
         if type(defense).approximation is InputDefense.approximation:

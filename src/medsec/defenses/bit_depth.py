@@ -17,18 +17,22 @@ import torch
 
 from medsec.defenses.base import InputDefense
 from medsec.errors import InputError
-from medsec.registries import DEFENSES
+from medsec.registry import DEFENSES
 
 
 @DEFENSES.register("bit_depth")
 class BitDepth(InputDefense):
-    """Quantise [0, 1] images to 2**bits levels."""
+    """Quantise [0, 1] images to 2**bits levels.
+
+    Args:
+        bits: bits per pixel, 1..16 (default 4).
+    """
 
     name = "bit_depth"
     differentiable = False
     stochastic = False
 
-    def __init__(self, bits: int = 4) -> None:
+    def __init__(self, *, bits: int = 4) -> None:
         super().__init__()
         if not 1 <= int(bits) <= 16:
             raise InputError(f"bits must be in 1..16, got {bits}")
@@ -36,4 +40,5 @@ class BitDepth(InputDefense):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         levels = 2**self.bits - 1
-        return torch.round(x * levels) / levels
+        quantised: torch.Tensor = torch.round(x * levels) / levels
+        return quantised

@@ -73,7 +73,8 @@ class TextHeadClassifier(nn.Module):
         self.logit_scale = float(logit_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(nn.functional.normalize(self.encoder(x).float(), dim=-1))
+        logits: torch.Tensor = self.head(nn.functional.normalize(self.encoder(x).float(), dim=-1))
+        return logits
 
     def describe(self) -> dict[str, Any]:
         return {"classes": self.num_classes, "dim": self.head.in_features, "logit_scale": self.logit_scale}

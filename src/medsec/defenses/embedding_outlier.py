@@ -18,13 +18,13 @@ are NumPy arrays (scikit-learn's convention; the input may be a tensor or an arr
 Unlike the backdoor detectors, it inspects embeddings (``inspects = "embeddings"``): it
 needs no model, and ``fit`` takes the embeddings where the others take (model, x, y).
 
-Args:
-    k: neighbours averaged (default 10).
-    quantile: the quantile of the clean scores used as the threshold (default 0.99).
-
 Example:
-    >>> det = EmbeddingOutlierDetector(k=10, quantile=0.99).fit(clean_embeddings)  # doctest: +SKIP
-    >>> flagged = det.detect(encoder.encode(tiles))                                # doctest: +SKIP
+    >>> import torch
+    >>> _ = torch.manual_seed(0)
+    >>> clean_embeddings = 1.0 + 0.1 * torch.randn(200, 16)  # embeddings of clean tiles, (N, D)
+    >>> det = EmbeddingOutlierDetector(k=10, quantile=0.99).fit(clean_embeddings)
+    >>> det.detect(torch.randn(3, 16))  # embeddings in other directions (e.g. encoder.encode(tiles))
+    array([ True,  True,  True])
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from torch import nn
 
 from medsec.defenses.detection import Detector
 from medsec.errors import InputError
-from medsec.registries import DETECTORS
+from medsec.registry import DETECTORS
 
 
 def _embeddings(z: Any, what: str) -> np.ndarray:
@@ -51,7 +51,12 @@ def _embeddings(z: Any, what: str) -> np.ndarray:
 
 @DETECTORS.register("embedding_outlier")
 class EmbeddingOutlierDetector(Detector):
-    """Mean cosine distance to the k nearest clean embeddings; flagged above a clean quantile."""
+    """Mean cosine distance to the k nearest clean embeddings; flagged above a clean quantile.
+
+    Args:
+        k: neighbours averaged (default 10).
+        quantile: the quantile of the clean scores used as the threshold (default 0.99).
+    """
 
     name = "embedding_outlier"
     inspects = "embeddings"
@@ -78,7 +83,8 @@ class EmbeddingOutlierDetector(Detector):
         """(N,) mean cosine distance of each embedding to its k nearest clean embeddings."""
         self._need_fit()
         d, _ = self.nn_.kneighbors(_embeddings(z, "score"), n_neighbors=self.k)
-        return d.mean(1)
+        scores: np.ndarray = d.mean(1)
+        return scores
 
     def detect(self, z: Any, y: Any = None) -> np.ndarray:  # type: ignore[override]
         """(N,) bool: the score exceeds ``threshold_``."""

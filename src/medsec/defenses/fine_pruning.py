@@ -16,16 +16,21 @@ third of the backdoor on one BloodMNIST model) with the channels kept pruned
 model passed in is not modified; :meth:`repair` returns a repaired copy.
 
 Example:
-    >>> fp = FinePruning(max_accuracy_drop=0.04, epochs=3)               # doctest: +SKIP
-    >>> repaired = fp.repair(model, clean_dataset)                        # doctest: +SKIP
-    >>> fp.pruned_fraction_                                               # doctest: +SKIP
+    >>> import medsec, torch
+    >>> from medsec.data import ImageDataset
+    >>> model = medsec.models.create("small_cnn", num_classes=4, width=8)  # the possibly backdoored model
+    >>> clean_dataset = ImageDataset(torch.rand(32, 3, 28, 28), torch.arange(32) % 4, ["a", "b", "c", "d"])
+    >>> fp = FinePruning(max_accuracy_drop=0.04, step=0.25, epochs=1)  # prune a quarter of the channels at a time
+    >>> repaired = fp.repair(model, clean_dataset)  # a pruned, fine-tuned copy
+    >>> 0.0 <= fp.pruned_fraction_ <= fp.max_fraction
+    True
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -33,18 +38,32 @@ from torch.nn.utils import prune
 
 from medsec.errors import InputError
 from medsec.models.features import features, last_linear
-from medsec.registries import REPAIRS
+from medsec.registry import REPAIRS
+
+if TYPE_CHECKING:
+    from medsec.models import Classifier
 
 log = logging.getLogger(__name__)
 
 
 @REPAIRS.register("fine_pruning")
 class FinePruning:
-    """Prune dormant penultimate channels under an accuracy budget, then fine-tune."""
+    """Prune dormant penultimate channels under an accuracy budget, then fine-tune.
+
+    Args:
+        max_accuracy_drop: the clean-accuracy loss that pruning may cost, in [0, 1)
+            (default 0.04, the paper's).
+        step: the fraction of the channels pruned at a time, in (0, 0.5] (default 0.05).
+        max_fraction: the largest fraction of the channels pruned, in (0, 1) (default 0.95).
+        epochs: fine-tuning epochs on the clean set (default 3; 0: prune only).
+        lr: fine-tuning learning rate (default 1e-4).
+        batch_size: fine-tuning batch size (default 64).
+        seed: seeds the fine-tuning.
+    """
 
     name = "fine_pruning"
 
-    def __init__(self, max_accuracy_drop: float = 0.04, step: float = 0.05, max_fraction: float = 0.95,
+    def __init__(self, *, max_accuracy_drop: float = 0.04, step: float = 0.05, max_fraction: float = 0.95,
                  epochs: int = 3, lr: float = 1e-4, batch_size: int = 64, seed: int = 0) -> None:
         if not 0 <= float(max_accuracy_drop) < 1:
             raise InputError(f"max_accuracy_drop must be in [0, 1), got {max_accuracy_drop}")
@@ -63,8 +82,10 @@ class FinePruning:
 
         if len(clean) < 2:
             raise InputError("Fine-Pruning needs a clean dataset of at least 2 images")
-        repaired = copy.deepcopy(model).eval()
-        head: nn.Linear = dict(repaired.named_modules())[last_linear(repaired)]  # type: ignore[assignment]
+        # the training loop takes any module with a classifier's task and logits (a Classifier,
+        # a TextHeadClassifier, ...), whatever its class
+        repaired = cast("Classifier", copy.deepcopy(model).eval())
+        head: nn.Linear = dict(repaired.named_modules())[last_linear(repaired)]
         x = clean.images
         act = features(repaired, x).mean(0)
         order = act.argsort()  # dormant first
@@ -72,6 +93,7 @@ class FinePruning:
         base = evaluate(repaired, clean)
         mask = torch.ones_like(head.weight)
         prune.custom_from_mask(head, "weight", mask)
+        weight_mask = cast(torch.Tensor, head.weight_mask)  # the buffer custom_from_mask registered
         pruned = 0
         k = 0
         while True:
@@ -80,14 +102,14 @@ class FinePruning:
                 break
             trial = torch.ones_like(mask)
             trial[:, order[:k]] = 0
-            head.weight_mask.copy_(trial)
+            weight_mask.copy_(trial)
             acc = evaluate(repaired, clean)
             if acc < base - self.max_accuracy_drop:
                 break
             pruned = k
         final = torch.ones_like(mask)
         final[:, order[:pruned]] = 0
-        head.weight_mask.copy_(final)
+        weight_mask.copy_(final)
         self.pruned_fraction_ = pruned / d
         self.pruned_channels_ = order[:pruned].tolist()
         self.accuracy_before_ = base

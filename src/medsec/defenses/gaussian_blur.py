@@ -22,18 +22,23 @@ from torchvision.transforms.functional import gaussian_blur
 
 from medsec.defenses.base import InputDefense
 from medsec.errors import InputError
-from medsec.registries import DEFENSES
+from medsec.registry import DEFENSES
 
 
 @DEFENSES.register("gaussian_blur")
 class GaussianBlur(InputDefense):
-    """Blur with a Gaussian of ``sigma`` pixels."""
+    """Blur with a Gaussian of ``sigma`` pixels.
+
+    Args:
+        sigma: the standard deviation in pixels, in (0, 10] (default 1); the kernel side
+            is 2 ceil(3 sigma) + 1, capped by the image size.
+    """
 
     name = "gaussian_blur"
     differentiable = True
     stochastic = False
 
-    def __init__(self, sigma: float = 1.0) -> None:
+    def __init__(self, *, sigma: float = 1.0) -> None:
         super().__init__()
         if not 0 < float(sigma) <= 10:
             raise InputError(f"sigma must be in (0, 10] pixels, got {sigma}")
@@ -42,4 +47,5 @@ class GaussianBlur(InputDefense):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = min(self.kernel, 2 * ((min(x.shape[-2:]) - 1) // 2) + 1)
-        return gaussian_blur(x, [k, k], [self.sigma, self.sigma])
+        blurred: torch.Tensor = gaussian_blur(x, [k, k], [self.sigma, self.sigma])
+        return blurred

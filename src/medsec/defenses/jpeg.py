@@ -22,18 +22,22 @@ from torchvision.io import decode_jpeg, encode_jpeg
 
 from medsec.defenses.base import InputDefense
 from medsec.errors import InputError
-from medsec.registries import DEFENSES
+from medsec.registry import DEFENSES
 
 
 @DEFENSES.register("jpeg")
 class JPEG(InputDefense):
-    """Encode to JPEG at ``quality`` and decode (per image, 8-bit)."""
+    """Encode to JPEG at ``quality`` and decode (per image, 8-bit).
+
+    Args:
+        quality: the JPEG quality, 1..100 (default 75).
+    """
 
     name = "jpeg"
     differentiable = False
     stochastic = False
 
-    def __init__(self, quality: int = 75) -> None:
+    def __init__(self, *, quality: int = 75) -> None:
         super().__init__()
         if not 1 <= int(quality) <= 100:
             raise InputError(f"quality must be in 1..100, got {quality}")

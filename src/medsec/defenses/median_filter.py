@@ -21,18 +21,22 @@ from monai.networks.layers.simplelayers import median_filter
 
 from medsec.defenses.base import InputDefense
 from medsec.errors import InputError
-from medsec.registries import DEFENSES
+from medsec.registry import DEFENSES
 
 
 @DEFENSES.register("median_filter")
 class MedianFilter(InputDefense):
-    """(2r+1) x (2r+1) median filter per channel, reflect padding at the border."""
+    """(2r+1) x (2r+1) median filter per channel, reflect padding at the border.
+
+    Args:
+        radius: the window radius r, 1..5 (default 1: a 3 x 3 window).
+    """
 
     name = "median_filter"
     differentiable = True
     stochastic = False
 
-    def __init__(self, radius: int = 1) -> None:
+    def __init__(self, *, radius: int = 1) -> None:
         super().__init__()
         if not 1 <= int(radius) <= 5:
             raise InputError(f"radius must be in 1..5, got {radius}")

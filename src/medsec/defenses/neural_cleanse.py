@@ -43,9 +43,13 @@ zero-shot CLIP head); it needs gradients, so a non-differentiable defended model
 inspected without its purifier.
 
 Example:
-    >>> nc = NeuralCleanse(steps=300).fit(model, x_clean)      # doctest: +SKIP
-    >>> nc.flagged_classes_, nc.anomaly_index_                  # doctest: +SKIP
-    ([0], tensor([4.1, 0.6, ...]))
+    >>> import torch
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 28 * 28, 4))  # any classifier module
+    >>> x_clean = torch.rand(32, 3, 28, 28)
+    >>> nc = NeuralCleanse(steps=20).fit(model, x_clean)  # default 300 steps
+    >>> nc.anomaly_index_.shape, nc.flagged_classes_  # one index per class; no backdoor to find here
+    (torch.Size([4]), [])
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ import torch.nn.functional as F
 
 from medsec.defenses.detection import Detector
 from medsec.errors import InputError
-from medsec.registries import DETECTORS
+from medsec.registry import DETECTORS
 from medsec.validation import check_images
 
 log = logging.getLogger(__name__)
@@ -71,7 +75,7 @@ def anomaly_index(norms: torch.Tensor, scale: str = "linear") -> torch.Tensor:
 
     Example:
         >>> anomaly_index(torch.tensor([10.0, 10.5, 9.5, 10.0, 2.0])).round(decimals=2)
-        tensor([0.0000, 0.6700, 0.6700, 0.0000, 10.7900])
+        tensor([ 0.0000,  0.6700,  0.6700,  0.0000, 10.7900])
     """
     norms = norms.double().flatten()
     if scale == "log":
@@ -114,7 +118,7 @@ class NeuralCleanse(Detector):
     name = "neural_cleanse"
     inspects = "model"
 
-    def __init__(self, steps: int = 300, batch_size: int = 32, lr: float = 0.1, init_cost: float = 1e-3,
+    def __init__(self, *, steps: int = 300, batch_size: int = 32, lr: float = 0.1, init_cost: float = 1e-3,
                  target_asr: float = 0.99, patience: int = 5, multiplier: float = 1.5, threshold: float = 2.0,
                  scale: str = "linear", seed: int = 0) -> None:
         for key, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1), ("patience", patience, 1)):

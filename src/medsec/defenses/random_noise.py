@@ -19,18 +19,22 @@ import torch
 
 from medsec.defenses.base import InputDefense
 from medsec.errors import InputError
-from medsec.registries import DEFENSES
+from medsec.registry import DEFENSES
 
 
 @DEFENSES.register("random_noise")
 class RandomNoise(InputDefense):
-    """x + N(0, sigma^2), clamped to [0, 1]."""
+    """x + N(0, sigma^2), clamped to [0, 1].
+
+    Args:
+        sigma: the noise standard deviation in input units, > 0 (default 0.1).
+    """
 
     name = "random_noise"
     differentiable = True
     stochastic = True
 
-    def __init__(self, sigma: float = 0.1) -> None:
+    def __init__(self, *, sigma: float = 0.1) -> None:
         super().__init__()
         if not float(sigma) > 0:
             raise InputError(f"sigma must be > 0, got {sigma}")

@@ -13,9 +13,15 @@ inside the model) and is not clamped (clamping would void the guarantee).
 
 Example:
     >>> import torch
-    >>> smooth = SmoothedClassifier(model, sigma=0.25)                       # doctest: +SKIP
-    >>> pred, radius = smooth.certify(x, n0=100, n=1000, alpha=0.001)           # doctest: +SKIP
-    >>> certified_accuracy_curve(pred, radius, y, [0.0, 0.25, 0.5])             # doctest: +SKIP
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 28 * 28, 4))  # any classifier module
+    >>> x = torch.rand(4, 3, 28, 28)
+    >>> y = model(x).argmax(1)
+    >>> smooth = SmoothedClassifier(model, sigma=0.25)
+    >>> pred, radius = smooth.certify(x, n0=100, n=1000, alpha=0.001, generator=torch.Generator().manual_seed(0))
+    >>> curve = certified_accuracy_curve(pred, radius, y, [0.0, 0.25, 0.5])  # non-increasing in the radius
+    >>> curve == sorted(curve, reverse=True)
+    True
 """
 
 from __future__ import annotations

@@ -10,8 +10,14 @@ variance and score high. ``detect`` flags the top ``1.5 * expected_rate`` fracti
 every class (the paper removes 1.5 times the assumed poisoning rate).
 
 Example:
-    >>> spec = SpectralSignatures(expected_rate=0.05).fit(model, x_train, y_train)   # doctest: +SKIP
-    >>> suspicious = spec.detect(x_train, y_train)                                    # doctest: +SKIP
+    >>> import torch
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 28 * 28, 4))  # any classifier module
+    >>> x_train, y_train = torch.rand(40, 3, 28, 28), torch.arange(40) % 4  # the (possibly poisoned) training set
+    >>> spec = SpectralSignatures(expected_rate=0.05).fit(model, x_train, y_train)
+    >>> suspicious = spec.detect(x_train, y_train)
+    >>> int(suspicious.sum())  # round(1.5 * 0.05 * 10) = 1 flagged in each of the 4 classes
+    4
 """
 
 from __future__ import annotations
@@ -21,17 +27,24 @@ import torch
 from medsec.defenses.detection import Detector
 from medsec.errors import InputError
 from medsec.models.features import features
-from medsec.registries import DETECTORS
+from medsec.registry import DETECTORS
 from medsec.validation import check_images
 
 
 @DETECTORS.register("spectral")
 class SpectralSignatures(Detector):
-    """Per-class outlier score along the top singular direction of the features."""
+    """Per-class outlier score along the top singular direction of the features.
+
+    Args:
+        expected_rate: the assumed poisoning rate, in (0, 0.5) (default 0.05); ``detect``
+            flags the top 1.5 times that fraction of every class.
+        layer: the module whose output are the features (default: the input of the last
+            ``nn.Linear``, :func:`medsec.models.features`).
+    """
 
     name = "spectral"
 
-    def __init__(self, expected_rate: float = 0.05, layer: str | None = None) -> None:
+    def __init__(self, *, expected_rate: float = 0.05, layer: str | None = None) -> None:
         if not 0 < float(expected_rate) < 0.5:
             raise InputError(f"expected_rate must be in (0, 0.5), got {expected_rate}")
         self.expected_rate, self.layer = float(expected_rate), layer

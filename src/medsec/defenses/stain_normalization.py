@@ -42,7 +42,7 @@ import torch
 
 from medsec.defenses.base import InputDefense
 from medsec.errors import DataError, InputError
-from medsec.registries import DEFENSES
+from medsec.registry import DEFENSES
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class StainNormalization(InputDefense):
     differentiable = False
     stochastic = False
 
-    def __init__(self, target: str | Path | torch.Tensor | None = None, io: float = 240.0, alpha: float = 1.0,
+    def __init__(self, *, target: str | Path | torch.Tensor | None = None, io: float = 240.0, alpha: float = 1.0,
                  beta: float = 0.15, min_tissue: float = 0.05) -> None:
         super().__init__()
         from torchstain.torch.normalizers import TorchMacenkoNormalizer

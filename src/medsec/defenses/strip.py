@@ -25,8 +25,13 @@ How the two images are combined (``mode``):
   images (docs/defenses.md: STRIP on the BadNets BloodMNIST model).
 
 Example:
-    >>> strip = STRIP(n_overlays=16).fit(model, x_clean)      # doctest: +SKIP
-    >>> strip.detect(x_queries)                                # doctest: +SKIP
+    >>> import torch
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 28 * 28, 4))  # any classifier module
+    >>> x_clean, x_queries = torch.rand(32, 3, 28, 28), torch.rand(4, 3, 28, 28)
+    >>> strip = STRIP(n_overlays=16).fit(model, x_clean)
+    >>> strip.detect(x_queries).shape  # one flag per query (True: low entropy, triggered)
+    torch.Size([4])
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import torch
 
 from medsec.defenses.detection import Detector
 from medsec.errors import InputError
-from medsec.registries import DETECTORS
+from medsec.registry import DETECTORS
 from medsec.validation import check_images
 
 MODES = ("superimpose", "blend", "optical_density")
@@ -56,14 +61,24 @@ def superimpose(x: torch.Tensor, overlay: torch.Tensor, mode: str = "superimpose
 
 @DETECTORS.register("strip")
 class STRIP(Detector):
-    """Entropy of predictions on superimpositions with clean images; low entropy = triggered."""
+    """Entropy of predictions on superimpositions with clean images; low entropy = triggered.
+
+    Args:
+        n_overlays: clean images superimposed on every query, >= 2 (default 16).
+        mode: how query and clean image are combined: ``"superimpose"`` (default, the
+            paper's), ``"blend"`` or ``"optical_density"`` (see the module docstring).
+        blend: the weight w of the clean image in ``"blend"`` and ``"optical_density"``
+            modes, in (0, 1) (default 0.5).
+        fpr: the false-positive rate on clean images that sets ``threshold_`` (default 0.05).
+        seed: seeds the choice of the overlays.
+    """
 
     name = "strip"
     inspects = "inputs"
     #: queries per forward pass (each with its ``n_overlays`` superimpositions)
     chunk = 32
 
-    def __init__(self, n_overlays: int = 16, mode: str = "superimpose", blend: float = 0.5, fpr: float = 0.05,
+    def __init__(self, *, n_overlays: int = 16, mode: str = "superimpose", blend: float = 0.5, fpr: float = 0.05,
                  seed: int = 0) -> None:
         if int(n_overlays) < 2:
             raise InputError(f"n_overlays must be >= 2, got {n_overlays}")

@@ -13,19 +13,21 @@ Example:
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 from medsec.masks import ellipses, nuclei, square  # noqa: F401  (registration)
 from medsec.masks.base import MaskGenerator, budget_pixels, check_coverage
-from medsec.registries import MASKS
+from medsec.registry import MASKS
 
 
 def create(name: str, **params: Any) -> MaskGenerator:
     """Build a registered mask generator, e.g. ``create("ellipses", count=30)``."""
-    return MASKS.create(name, **params)
+    generator: MaskGenerator = MASKS.create(name, **params)
+    return generator
 
 
-def list() -> list[str]:  # noqa: A001
+def list() -> builtins.list[str]:  # noqa: A001
     return MASKS.list()
 
 
@@ -37,7 +39,8 @@ def resolve(mask: str | MaskGenerator, params: dict[str, Any] | None = None) -> 
 
             raise ConfigError("mask_params are only used with a mask name; configure the instance instead")
         return mask
-    return MASKS.create(mask, **(params or {}))
+    generator: MaskGenerator = MASKS.create(mask, **(params or {}))
+    return generator
 
 
 __all__ = ["MaskGenerator", "budget_pixels", "check_coverage", "create", "list", "resolve"]

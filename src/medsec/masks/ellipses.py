@@ -13,16 +13,6 @@ they do not overlap an earlier one (unless ``allow_overlap``) and keep the total
 the budget; placement stops at ``count`` or after ``max_rejections`` consecutive
 rejections.
 
-Args:
-    count: the most ellipses per image (None: as many as fit under the coverage cap).
-    radius: (min, max) semi-major axis in pixels at the reference size ``radius_at``.
-    radius_at: the image side the radii refer to (default 224, the paper's input); the
-        radii scale by side / radius_at. None: radii are pixels at any size.
-    aspect: (min, max) minor/major axis ratio.
-    orientation: fixed angle in degrees, or None for a uniformly random angle per ellipse.
-    allow_overlap: let ellipses overlap (default False: separate blobs, like nuclei).
-    max_rejections: consecutive rejected draws after which placement stops.
-
 Example:
     >>> import torch, medsec.masks
     >>> gen = medsec.masks.create("ellipses", count=30)
@@ -34,13 +24,15 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from medsec.errors import InputError
 from medsec.masks.base import MaskGenerator, budget_pixels, uniform
-from medsec.registries import MASKS
+from medsec.registry import MASKS
 
 
 def ellipse_pixels(h: int, w: int, cy: float, cx: float, a: float, b: float, theta: float) -> tuple[np.ndarray, np.ndarray]:
@@ -59,7 +51,7 @@ def ellipse_pixels(h: int, w: int, cy: float, cx: float, a: float, b: float, the
 
 def _pair(name: str, value: object, low: float) -> tuple[float, float]:
     try:
-        lo, hi = (float(v) for v in value)  # type: ignore[union-attr]
+        lo, hi = (float(v) for v in cast("Iterable[Any]", value))  # not iterable: the TypeError below
     except (TypeError, ValueError):
         raise InputError(f"{name} must be a (min, max) pair of numbers, got {value!r}") from None
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo < low or hi < lo:
@@ -69,13 +61,25 @@ def _pair(name: str, value: object, low: float) -> tuple[float, float]:
 
 @MASKS.register("ellipses")
 class Ellipses(MaskGenerator):
-    """Many small random ellipses (nucleus-like blobs) under a coverage cap."""
+    """Many small random ellipses (nucleus-like blobs) under a coverage cap.
+
+    Args:
+        count: the most ellipses per image (None: as many as fit under the coverage cap).
+        radius: (min, max) semi-major axis in pixels at the reference size ``radius_at``.
+        radius_at: the image side the radii refer to (default 224, the paper's input); the
+            radii scale by side / radius_at. None: radii are pixels at any size.
+        aspect: (min, max) minor/major axis ratio.
+        orientation: fixed angle in degrees, or None for a uniformly random angle per ellipse.
+        allow_overlap: let ellipses overlap (default False: separate blobs, like nuclei).
+        max_rejections: consecutive rejected draws after which placement stops.
+    """
 
     name = "ellipses"
     image_dependent = False
 
     def __init__(
         self,
+        *,
         count: int | None = None,
         radius: tuple[float, float] = (3.0, 8.0),
         radius_at: int | None = 224,

@@ -14,12 +14,6 @@ only those above an absolute ``threshold``, and connected blobs smaller than
 ``min_area`` pixels are dropped. The result never exceeds the budget and may fall short
 of it when ``threshold`` or ``min_area`` removes pixels. RGB images only.
 
-Args:
-    sigma: Gaussian smoothing of the haematoxylin channel in pixels (0: none).
-    threshold: keep only pixels whose smoothed haematoxylin exceeds this value
-        (None: the budget alone decides).
-    min_area: drop 8-connected blobs smaller than this many pixels (1: keep all).
-
 Example:
     >>> import torch, medsec.masks
     >>> m = medsec.masks.create("nuclei")(torch.rand(1, 3, 32, 32), 0.05)
@@ -34,7 +28,7 @@ import torch
 
 from medsec.errors import InputError
 from medsec.masks.base import MaskGenerator, budget_pixels
-from medsec.registries import MASKS
+from medsec.registry import MASKS
 
 
 def haematoxylin(x: torch.Tensor) -> np.ndarray:
@@ -49,13 +43,20 @@ def haematoxylin(x: torch.Tensor) -> np.ndarray:
 
 @MASKS.register("nuclei")
 class Nuclei(MaskGenerator):
-    """The most haematoxylin-stained pixels of each image, up to the coverage budget."""
+    """The most haematoxylin-stained pixels of each image, up to the coverage budget.
+
+    Args:
+        sigma: Gaussian smoothing of the haematoxylin channel in pixels (0: none).
+        threshold: keep only pixels whose smoothed haematoxylin exceeds this value
+            (None: the budget alone decides).
+        min_area: drop 8-connected blobs smaller than this many pixels (1: keep all).
+    """
 
     name = "nuclei"
     image_dependent = True
     stochastic = False
 
-    def __init__(self, sigma: float = 1.0, threshold: float | None = None, min_area: int = 1) -> None:
+    def __init__(self, *, sigma: float = 1.0, threshold: float | None = None, min_area: int = 1) -> None:
         if not float(sigma) >= 0:
             raise InputError(f"sigma must be >= 0, got {sigma!r}")
         if int(min_area) < 1:
@@ -77,7 +78,7 @@ class Nuclei(MaskGenerator):
             top = np.argsort(-flat, kind="stable")[:k]
             if self.threshold is not None:
                 top = top[flat[top] > self.threshold]
-            m = np.zeros(h * w, dtype=bool)
+            m: np.ndarray = np.zeros(h * w, dtype=bool)
             m[top] = True
             m = m.reshape(h, w)
             if self.min_area > 1:

@@ -5,9 +5,6 @@ Threat model: the attacker replaces one axis-aligned square of side
 floor(sqrt(coverage * H * W)) pixels (so its area never exceeds the budget), at a
 random position from the generator (``position="random"``) or in the centre.
 
-Args:
-    position: ``"random"`` (default) or ``"center"``.
-
 Example:
     >>> import torch, medsec.masks
     >>> m = medsec.masks.create("square", position="center")(torch.rand(1, 3, 20, 20), 0.04)
@@ -24,19 +21,23 @@ import torch
 
 from medsec.errors import InputError
 from medsec.masks.base import MaskGenerator, budget_pixels, uniform
-from medsec.registries import MASKS
+from medsec.registry import MASKS
 
 POSITIONS = ("random", "center")
 
 
 @MASKS.register("square")
 class Square(MaskGenerator):
-    """A single square patch of the largest side that fits the coverage budget."""
+    """A single square patch of the largest side that fits the coverage budget.
+
+    Args:
+        position: ``"random"`` (default) or ``"center"``.
+    """
 
     name = "square"
     image_dependent = False
 
-    def __init__(self, position: str = "random") -> None:
+    def __init__(self, *, position: str = "random") -> None:
         if position not in POSITIONS:
             from medsec.registry import suggest
 

@@ -8,13 +8,14 @@ Example:
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 from medsec.metrics.accuracy import accuracy, attack_success_rate, correct, robust_accuracy
 from medsec.metrics.image_quality import psnr, psnr_per_sample, ssim
 from medsec.metrics.perturbation import perturbation_norms
 from medsec.metrics.segmentation import dice, hd95, iou, lesion_miss_rate, segmentation_summary
-from medsec.registries import METRICS
+from medsec.registry import METRICS
 
 
 def get(name: str) -> Any:
@@ -22,7 +23,7 @@ def get(name: str) -> Any:
     return METRICS.get(name)
 
 
-def list() -> list[str]:  # noqa: A001
+def list() -> builtins.list[str]:  # noqa: A001
     return METRICS.list()
 
 

@@ -8,10 +8,12 @@ Example:
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from medsec.registries import METRICS
+from medsec.registry import METRICS
 
 
 def psnr_per_sample(x: torch.Tensor, x_adv: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
@@ -34,8 +36,8 @@ def psnr(x: torch.Tensor, x_adv: torch.Tensor, data_range: float = 1.0) -> float
 def ssim(x: torch.Tensor, x_adv: torch.Tensor, data_range: float = 1.0) -> float:
     """Mean SSIM (Wang et al. 2004, Gaussian window 11, sigma 1.5; smaller for tiny images)."""
     k = min(11, x.shape[-1] - (1 - x.shape[-1] % 2), x.shape[-2] - (1 - x.shape[-2] % 2))
-    return float(
-        structural_similarity_index_measure(
-            x_adv.detach().float(), x.detach().float(), data_range=data_range, kernel_size=max(k, 3)
-        )
+    value = structural_similarity_index_measure(
+        x_adv.detach().float(), x.detach().float(), data_range=data_range, kernel_size=max(k, 3)
     )
+    # a tensor: torchmetrics' annotation also allows the (value, full image) pair of return_full_image=True
+    return float(cast(torch.Tensor, value))

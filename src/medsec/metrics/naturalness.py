@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from medsec.errors import InputError
-from medsec.registries import METRICS
+from medsec.registry import METRICS
 
 AREA_EDGES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)  # pixels; the last bin is open
 
@@ -55,7 +55,8 @@ def blob_areas(mask: np.ndarray) -> list[int]:
     from scipy import ndimage
 
     labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
-    return np.bincount(labels.reshape(-1), minlength=n + 1)[1:].astype(int).tolist()
+    areas: list[int] = np.bincount(labels.reshape(-1), minlength=n + 1)[1:].astype(int).tolist()
+    return areas
 
 
 def area_histogram(areas: list[int]) -> dict[str, Any]:

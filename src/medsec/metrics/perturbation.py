@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from medsec.registries import METRICS
+from medsec.registry import METRICS
 
 
 def perturbation_norms(x: torch.Tensor, x_adv: torch.Tensor, tol: float = 0.0) -> dict[str, torch.Tensor]:

@@ -34,7 +34,7 @@ def _onehot(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 def dice(pred: torch.Tensor, mask: torch.Tensor, num_classes: int = 2) -> torch.Tensor:
     """Per-image Dice (B,) of predicted class masks against the ground truth (MONAI)."""
-    from monai.metrics import compute_dice
+    from monai.metrics.meandice import compute_dice
 
     value = compute_dice(_onehot(pred, num_classes), _onehot(mask, num_classes), include_background=False,
                          ignore_empty=False)
@@ -43,7 +43,7 @@ def dice(pred: torch.Tensor, mask: torch.Tensor, num_classes: int = 2) -> torch.
 
 def iou(pred: torch.Tensor, mask: torch.Tensor, num_classes: int = 2) -> torch.Tensor:
     """Per-image IoU (B,) of predicted class masks against the ground truth (MONAI)."""
-    from monai.metrics import compute_iou
+    from monai.metrics.meaniou import compute_iou
 
     value = compute_iou(_onehot(pred, num_classes), _onehot(mask, num_classes), include_background=False,
                         ignore_empty=False)
@@ -52,7 +52,7 @@ def iou(pred: torch.Tensor, mask: torch.Tensor, num_classes: int = 2) -> torch.T
 
 def hd95(pred: torch.Tensor, mask: torch.Tensor, num_classes: int = 2) -> torch.Tensor:
     """Per-image 95th-percentile Hausdorff distance (B,) in pixels (MONAI); NaN where a mask is empty."""
-    from monai.metrics import compute_hausdorff_distance
+    from monai.metrics.hausdorff_distance import compute_hausdorff_distance
 
     p, g = _onehot(pred, num_classes), _onehot(mask, num_classes)
     with warnings.catch_warnings():  # MONAI warns for every empty mask; NaN says it

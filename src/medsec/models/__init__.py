@@ -9,16 +9,18 @@ Example:
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 from medsec.models import clip, clipseg, hub, medclip, mil, monai_unet, small_cnn  # noqa: F401  (registration)
 from medsec.models.checkpoint import load_checkpoint, load_weights, read_metadata, save_checkpoint
-from medsec.models.classifier import Classifier, predict_from_logits
+from medsec.models.classifier import Classifier
 from medsec.models.mil import create_head
 from medsec.models.monai_unet import seg_module
 from medsec.models.names import resolve
 from medsec.models.segmenter import Segmenter
-from medsec.registries import MODELS
+from medsec.registry import MODELS
+from medsec.tasks import predict_from_logits
 
 
 def create(name: str, **params: Any) -> Any:
@@ -29,7 +31,7 @@ def create(name: str, **params: Any) -> Any:
     return MODELS.create(key, **params)
 
 
-def list() -> list[str]:  # noqa: A001
+def list() -> builtins.list[str]:  # noqa: A001
     return MODELS.list()
 
 

@@ -38,9 +38,13 @@ state dicts, which :func:`load_weights` loads into a head built with
 :func:`~medsec.models.mil.create_head`.
 
 Example:
-    >>> clf = medsec.models.create("small_cnn", num_classes=8)  # doctest: +SKIP
-    >>> save_checkpoint(clf, "model.safetensors")                  # doctest: +SKIP
-    >>> clf2 = load_checkpoint("model.safetensors")                # doctest: +SKIP
+    >>> import tempfile, medsec.models
+    >>> clf = medsec.models.create("small_cnn", num_classes=8)
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = save_checkpoint(clf, Path(tmp) / "model.safetensors")
+    ...     clf2 = load_checkpoint(path)
+    >>> type(clf2).__name__, clf2.num_classes
+    ('Classifier', 8)
 """
 
 from __future__ import annotations
@@ -50,15 +54,18 @@ import inspect
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from medsec.errors import DataError, MedsecError
 from medsec.io import atomic_write_bytes
-from medsec.registries import MIL_HEADS, MODELS
+from medsec.registry import MIL_HEADS, MODELS
 from medsec.types import InputSpec
+
+if TYPE_CHECKING:
+    from medsec.models.medclip import MedCLIP
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +158,7 @@ def _local_arch(name: str, params: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "params": params}
 
 
-def _medclip_arch(model: nn.Module) -> dict[str, Any]:
+def _medclip_arch(model: MedCLIP) -> dict[str, Any]:
     """The local ``{"name": "medclip", "params"}`` of a MedCLIP model: its builder arguments with
     the tokenizer inlined (``tokenizer_json``) and, for hub towers, the BERT config spelt out, so
     it is rebuilt without the hub."""
@@ -168,7 +175,9 @@ def _medclip_arch(model: nn.Module) -> dict[str, Any]:
 
 
 def _model_arch(model: nn.Module, family: str) -> dict[str, Any]:
-    if family == "medclip":
+    from medsec.models.medclip import MedCLIP
+
+    if family == "medclip" and isinstance(model, MedCLIP):  # family_of: the family of a MedCLIP
         return _medclip_arch(model)
     arch = getattr(model, "arch", None) or {}
     if not isinstance(arch, dict) or "name" not in arch:
@@ -178,9 +187,13 @@ def _model_arch(model: nn.Module, family: str) -> dict[str, Any]:
 
 
 def _model_attributes(model: nn.Module, family: str) -> dict[str, Any]:
-    if family == "classifier":
+    from medsec.models.classifier import Classifier
+    from medsec.models.segmenter import Segmenter
+
+    # family is family_of(model), so each test below holds exactly when its family does
+    if family == "classifier" and isinstance(model, Classifier):
         return {"task": model.task, "num_classes": model.num_classes, "classes": list(model.classes)}
-    if family == "segmenter":
+    if family == "segmenter" and isinstance(model, Segmenter):
         return {"num_classes": model.num_classes, "classes": list(model.classes), "prompt": model.prompt}
     return {}
 
@@ -264,6 +277,7 @@ def _metadata_or_none(path: str | Path) -> dict[str, Any] | None:
         info = _json_object(meta[META_KEY], path, META_KEY)
         if info.get("format") == FORMAT:
             return {**info, "source": f"{FORMAT}-v{info.get('version')}"}
+        keys: tuple[str, ...]
         if info.get("task") == "segmentation":  # the classifier/segmenter format before version 2
             family, keys = "segmenter", ("num_classes", "classes")
         else:
@@ -399,7 +413,7 @@ def _checked(record: dict[str, Any], path: Path) -> InputSpec | None:
         if not isinstance(record.get(field), dict):
             raise DataError(f"{where}: metadata field {field!r} must be a JSON object, got {record.get(field)!r}")
     attrs = record["attributes"]
-    kinds = {"task": str, "num_classes": int, "classes": list, "prompt": (str, type(None))}
+    kinds: dict[str, type | tuple[type, ...]] = {"task": str, "num_classes": int, "classes": list, "prompt": (str, type(None))}
     for key, value in attrs.items():
         if key not in kinds or not isinstance(value, kinds[key]) or isinstance(value, bool):
             raise DataError(f"{where}: metadata field 'attributes.{key}' = {value!r} is not a known model attribute "
@@ -418,7 +432,7 @@ def _checked(record: dict[str, Any], path: Path) -> InputSpec | None:
 def _build(record: dict[str, Any], path: Path) -> nn.Module:
     name, params = record["arch"]["name"], record["arch"].get("params", {})
     try:
-        model = _registry_of(record["family"]).create(name, **copy.deepcopy(params))
+        model: nn.Module = _registry_of(record["family"]).create(name, **copy.deepcopy(params))
     except (MedsecError, TypeError, ValueError, KeyError, RuntimeError, AssertionError) as exc:
         raise DataError(f"{str(path)!r}: metadata field 'arch' ({name!r}) could not be rebuilt: {exc}") from exc
     if family_of(model) != record["family"]:
@@ -448,21 +462,26 @@ def _put_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
 
 
 def _restore(model: nn.Module, record: dict[str, Any], spec: InputSpec | None, path: Path) -> None:
-    from medsec.models.classifier import register_normalization
+    from medsec.models.classifier import Classifier, register_normalization
+    from medsec.models.clip import ClipModel
+    from medsec.models.segmenter import Segmenter
 
     attrs, family = record["attributes"], record["family"]
     for key in ("task", "num_classes"):
         if key in attrs and attrs[key] != getattr(model, key):
             raise DataError(f"{str(path)!r}: metadata field 'attributes.{key}' is {attrs[key]!r} but the rebuilt "
                             f"model has {getattr(model, key)!r}")
-    if "classes" in attrs:
+    # _build checked that family is family_of(model), so the isinstance tests below narrow the type
+    # (save_checkpoint stores classes for classifiers and segmenters only)
+    if "classes" in attrs and isinstance(model, (Classifier, Segmenter)):
         model.classes = list(attrs["classes"])
-    if family == "segmenter" and attrs.get("prompt") is not None:
+    if family == "segmenter" and isinstance(model, Segmenter) and attrs.get("prompt") is not None:
         try:
             model.set_prompt(attrs["prompt"])
         except MedsecError as exc:
             raise DataError(f"{str(path)!r}: metadata field 'attributes.prompt' does not fit the model ({exc})") from exc
-    if spec is not None and family in ("classifier", "segmenter", "clip") and spec != model.spec:
+    if spec is not None and family in ("classifier", "segmenter", "clip") \
+            and isinstance(model, (Classifier, Segmenter, ClipModel)) and spec != model.spec:
         if spec.channels != model.spec.channels:
             raise DataError(f"{str(path)!r}: metadata field 'spec.channels' is {spec.channels} but the rebuilt model "
                             f"takes {model.spec.channels}")

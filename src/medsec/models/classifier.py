@@ -13,9 +13,8 @@ import torch
 from torch import nn
 
 from medsec.errors import InputError
+from medsec.tasks import TASKS, predict_from_logits
 from medsec.types import InputSpec
-
-TASKS = ("multiclass", "binary", "multilabel")
 
 
 class Classifier(nn.Module):
@@ -38,6 +37,9 @@ class Classifier(nn.Module):
         >>> clf(torch.rand(2, 3, 28, 28)).shape
         torch.Size([2, 8])
     """
+
+    _mean: torch.Tensor  # (1, C, 1, 1) buffers of register_normalization
+    _std: torch.Tensor
 
     def __init__(
         self,
@@ -70,7 +72,7 @@ class Classifier(nn.Module):
         return z * self._std.to(z.dtype) + self._mean.to(z.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.net(self.normalize(x))
+        out: torch.Tensor = self.net(self.normalize(x))
         if self.task == "binary" and out.dim() == 2 and out.shape[1] == 1:
             out = out[:, 0]
         return out
@@ -79,15 +81,6 @@ class Classifier(nn.Module):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Predicted labels: class index (multiclass), 0/1 (binary), 0/1 vector (multilabel)."""
         return predict_from_logits(self(x), self.task)
-
-
-def predict_from_logits(logits: torch.Tensor, task: str) -> torch.Tensor:
-    """Turn logits into labels for the given head type."""
-    if task == "multiclass":
-        return logits.argmax(dim=1)
-    if task == "binary":
-        return (logits.reshape(logits.shape[0]) > 0).long()
-    return (logits > 0).long()
 
 
 def register_normalization(module: nn.Module, spec: InputSpec) -> None:

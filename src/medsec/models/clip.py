@@ -37,7 +37,7 @@ import copy
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -46,9 +46,12 @@ from torch import nn
 from medsec.errors import ConfigError, DataError, InputError
 from medsec.models.checkpoint import load_checkpoint, pack_zero_rows, read_metadata, save_checkpoint, unpack_zero_rows
 from medsec.models.classifier import register_normalization
-from medsec.registries import MODELS
+from medsec.registry import MODELS
 from medsec.types import InputSpec
 from medsec.validation import check_images
+
+if TYPE_CHECKING:
+    from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +100,12 @@ class ClipModel(nn.Module):
         context_length: the number of text tokens per prompt.
     """
 
+    # the backend: open_clip's CLIP / CustomTextCLIP (untyped) or transformers' CLIPModel, whose
+    # attributes differ; every access below is chosen by ``backend``
+    model: Any
+    _mean: torch.Tensor  # (1, C, 1, 1) buffers of register_normalization
+    _std: torch.Tensor
+
     def __init__(self, model: nn.Module, backend: str, spec: InputSpec,
                  tokenizer: Callable[[Sequence[str]], torch.Tensor] | None = None,
                  arch: dict[str, Any] | None = None) -> None:
@@ -128,16 +137,20 @@ class ClipModel(nn.Module):
     @property
     def logit_scale(self) -> torch.Tensor:
         """exp(learnt log-scale), the temperature CLIP multiplies cosine similarities by (about 100)."""
-        return self.model.logit_scale.exp()
+        scale: torch.Tensor = self.model.logit_scale.exp()
+        return scale
 
     @property
     def token_embedding_layer(self) -> nn.Embedding:
         """The text tower's token (word) embedding layer."""
+        layer: nn.Embedding
         if self.backend == "hf":
-            return self.model.text_model.embeddings.token_embedding
-        if hasattr(self.model, "token_embedding"):
-            return self.model.token_embedding
-        return self.model.text.transformer.get_input_embeddings()
+            layer = self.model.text_model.embeddings.token_embedding
+        elif hasattr(self.model, "token_embedding"):
+            layer = self.model.token_embedding
+        else:
+            layer = self.model.text.transformer.get_input_embeddings()
+        return layer
 
     def image_parameters(self) -> list[nn.Parameter]:
         """The parameters of the image tower (what full fine-tuning trains)."""
@@ -152,7 +165,7 @@ class ClipModel(nn.Module):
             texts = [texts]
         if self.tokenizer is None:
             raise ConfigError("this CLIP model has no tokenizer; pass tokenizer= when building it")
-        tokens = self.tokenizer(list(texts))
+        tokens: Any = self.tokenizer(list(texts))  # some tokenizers return a dict / BatchEncoding
         if isinstance(tokens, dict) or hasattr(tokens, "input_ids"):
             tokens = tokens["input_ids"]
         return torch.as_tensor(tokens, dtype=torch.long)
@@ -166,10 +179,13 @@ class ClipModel(nn.Module):
         return tokens.to(self._mean.device)
 
     def _text_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        feats: torch.Tensor
         if self.backend == "hf":
             out = self.model.get_text_features(input_ids=tokens)
-            return out if isinstance(out, torch.Tensor) else out.pooler_output
-        return self.model.encode_text(tokens)
+            feats = out if isinstance(out, torch.Tensor) else out.pooler_output
+        else:
+            feats = self.model.encode_text(tokens)
+        return feats
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Text features (N, embed_dim) of token ids (N, context_length)."""
@@ -178,7 +194,8 @@ class ClipModel(nn.Module):
 
     def token_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token embeddings (N, L, width) of token ids, the input prompt learning edits."""
-        return self.token_embedding_layer(self._check_tokens(tokens))
+        embeddings: torch.Tensor = self.token_embedding_layer(self._check_tokens(tokens))
+        return embeddings
 
     def encode_text_embeddings(self, embeddings: torch.Tensor, tokens: torch.Tensor,
                                normalize: bool = False) -> torch.Tensor:
@@ -215,6 +232,7 @@ class ClipModel(nn.Module):
     def encode_image(self, x: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Image features (B, embed_dim) of images (B, C, H, W) in [0, 1]."""
         x = self.preprocess(x)
+        feats: torch.Tensor
         if self.backend == "hf":
             out = self.model.get_image_features(pixel_values=x)
             feats = out if isinstance(out, torch.Tensor) else out.pooler_output
@@ -262,7 +280,7 @@ def load_clip(path: str | Path, device: str | torch.device = "cpu") -> ClipModel
     if family != "clip":
         raise DataError(f"{str(path)!r} holds a {family} checkpoint, not a CLIP model; load it with "
                         "medsec.models.load_checkpoint")
-    return load_checkpoint(path, device)
+    return cast(ClipModel, load_checkpoint(path, device))  # the family "clip" is built as a ClipModel
 
 
 def read_clip_metadata(path: str | Path) -> dict[str, Any]:
@@ -274,7 +292,8 @@ def simple_tokenizer(context_length: int = 77) -> Callable[[Sequence[str]], torc
     """open_clip's BPE :class:`~open_clip.tokenizer.SimpleTokenizer` (offline; the CLIP / PLIP vocabulary)."""
     from open_clip.tokenizer import SimpleTokenizer
 
-    return SimpleTokenizer(context_length=int(context_length))
+    tokenizer: Callable[[Sequence[str]], torch.Tensor] = SimpleTokenizer(context_length=int(context_length))
+    return tokenizer
 
 
 def _split_hf_text(cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -314,7 +333,7 @@ def open_clip_model(model_id: str | None = None, pretrained: str | None = None, 
 
                 raise ConfigError(f"unknown open_clip model {name!r}.{suggest(name, open_clip.list_models())}") from exc
             raise
-        tokenizer = open_clip.get_tokenizer(name)
+        tokenizer: Callable[[Sequence[str]], torch.Tensor] | None = open_clip.get_tokenizer(name)
         pp = open_clip.get_model_preprocess_cfg(model) if hasattr(open_clip, "get_model_preprocess_cfg") else {}
         size = pp.get("size", 224)
         size = (size, size) if isinstance(size, int) else tuple(size)
@@ -323,7 +342,7 @@ def open_clip_model(model_id: str | None = None, pretrained: str | None = None, 
         arch = {"name": "open_clip", "params": {"model_id": name, "pretrained": pretrained}}
         return ClipModel(model, "open_clip", spec, tokenizer, arch)
 
-    cfg, hf = _split_hf_text(config)  # type: ignore[arg-type]
+    cfg, hf = _split_hf_text(config or {})
     if not {"embed_dim", "vision_cfg", "text_cfg"} <= set(cfg):
         raise ConfigError("an open_clip config needs embed_dim, vision_cfg and text_cfg")
     if image_size is not None:
@@ -332,7 +351,7 @@ def open_clip_model(model_id: str | None = None, pretrained: str | None = None, 
     ctx = int(cfg["text_cfg"].get("context_length", 77))
     if hf is not None:
         model = _custom_text_clip(cfg, hf)
-        tokenizer: Callable[[Sequence[str]], torch.Tensor] | None = None
+        tokenizer = None
     else:
         model = open_clip.CLIP(**cfg)
         tokenizer = simple_tokenizer(ctx)
@@ -359,7 +378,8 @@ def _custom_text_clip(cfg: dict[str, Any], hf: dict[str, Any]) -> nn.Module:
                                proj_type=text_cfg.get("hf_proj_type"), pretrained=False)
     model.context_length = int(text_cfg.get("context_length", 77))
     model.text.context_length = model.context_length
-    return model
+    built: nn.Module = model
+    return built
 
 
 @MODELS.register("hf_clip")
@@ -380,25 +400,33 @@ def hf_clip_model(model_id: str | None = None, config: dict[str, Any] | None = N
 
         model = CLIPModel.from_pretrained(name)
         hf_tok = AutoTokenizer.from_pretrained(name)
-        ctx = int(model.config.text_config.max_position_embeddings)
+        ctx, size = _hf_clip_sizes(model.config)
 
-        def tokenizer(texts: Sequence[str]) -> torch.Tensor:
-            return hf_tok(list(texts), padding="max_length", truncation=True, max_length=ctx,
-                          return_tensors="pt")["input_ids"]
+        def hf_tokenize(texts: Sequence[str]) -> torch.Tensor:
+            ids: torch.Tensor = hf_tok(list(texts), padding="max_length", truncation=True, max_length=ctx,
+                                       return_tensors="pt")["input_ids"]
+            return ids
 
-        size = int(model.config.vision_config.image_size)
+        tokenizer: Callable[[Sequence[str]], torch.Tensor] = hf_tokenize
         arch = {"name": "hf_clip", "params": {"model_id": name}}
     else:
-        cfg = copy.deepcopy(config)
+        cfg = copy.deepcopy(config or {})
         if image_size is not None:
             cfg.setdefault("vision_config", {})["image_size"] = int(image_size)
         model = CLIPModel(CLIPConfig(**cfg))
-        ctx = int(model.config.text_config.max_position_embeddings)
+        ctx, size = _hf_clip_sizes(model.config)
         tokenizer = simple_tokenizer(ctx)
-        size = int(model.config.vision_config.image_size)
         arch = {"name": "hf_clip", "params": {"config": config, "image_size": size}}
     spec = InputSpec(channels=3, mean=OPENAI_MEAN, std=OPENAI_STD, size=(size, size))
     return ClipModel(model.eval(), "hf", spec, tokenizer, arch)
+
+
+def _hf_clip_sizes(config: CLIPConfig) -> tuple[int, int]:
+    """(context length, image size) of a transformers ``CLIPConfig``."""
+    # CLIPConfig builds its sub-configs from dicts (its annotations also allow the dicts and None),
+    # and a CLIP vision config's image_size is one int
+    text, vision = cast("CLIPTextConfig", config.text_config), cast("CLIPVisionConfig", config.vision_config)
+    return int(text.max_position_embeddings), int(cast(int, vision.image_size))
 
 
 __all__ = ["ClipModel", "open_clip_model", "hf_clip_model", "load_clip", "read_clip_metadata", "simple_tokenizer",

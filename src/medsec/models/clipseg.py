@@ -29,23 +29,27 @@ Unlike ``CLIPSegForImageSegmentation.forward``, which runs the vision encoder un
 the vision graph, as VLSM-Adapter's own forward does, so gradient attacks work.
 
 Example:
-    >>> seg = medsec.models.create("clipseg", pretrained=False, config=SMALL, adapter="dense", prompt="polyp")  # doctest: +SKIP
-    >>> seg(torch.rand(2, 3, 96, 96)).shape  # doctest: +SKIP
+    >>> import medsec.models
+    >>> seg = medsec.models.create("clipseg", pretrained=False, config=SMALL_CONFIG, adapter="dense", prompt="polyp")
+    >>> seg(torch.rand(2, 3, 96, 96)).shape
     torch.Size([2, 1, 96, 96])
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 from medsec.errors import ConfigError, InputError
 from medsec.models.segmenter import Segmenter
-from medsec.registries import MODELS
+from medsec.registry import MODELS
 from medsec.types import InputSpec
+
+if TYPE_CHECKING:
+    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegTextConfig, CLIPSegVisionConfig
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,12 @@ SMALL_CONFIG: dict[str, Any] = {
     "projection_dim": 64, "extract_layers": [1, 2, 3], "reduce_dim": 32, "decoder_num_attention_heads": 2,
     "decoder_intermediate_size": 64,
 }
+
+
+def _sub_configs(cfg: CLIPSegConfig) -> tuple[CLIPSegTextConfig, CLIPSegVisionConfig]:
+    """The text and vision configs of a ``CLIPSegConfig``, which builds them from dicts (its
+    annotations also allow the dicts and None)."""
+    return cast("CLIPSegTextConfig", cfg.text_config), cast("CLIPSegVisionConfig", cfg.vision_config)
 
 
 class Adapter(nn.Module):
@@ -151,7 +161,7 @@ class CLIPSegNet(nn.Module):
         train_decoder: keep the decoder trainable when the backbone is frozen.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any, *, adapter: str | None = None, bottleneck: int = 64,
+    def __init__(self, model: CLIPSegForImageSegmentation, tokenizer: Any, *, adapter: str | None = None, bottleneck: int = 64,
                  freeze_backbone: bool | None = None, train_decoder: bool = False) -> None:
         super().__init__()
         if adapter is not None and adapter not in ADAPTERS:
@@ -162,6 +172,7 @@ class CLIPSegNet(nn.Module):
         self.tokenizer = tokenizer
         self.adapter = adapter
         cfg = model.config
+        text_cfg, vision_cfg = _sub_configs(cfg)
         self.extract_layers = list(cfg.extract_layers)
         freeze = (adapter is not None) if freeze_backbone is None else bool(freeze_backbone)
         if freeze:
@@ -173,18 +184,18 @@ class CLIPSegNet(nn.Module):
         if adapter == "dense":
             n_vis = max(self.extract_layers) + 1
             for layer in model.clip.vision_model.encoder.layers[:n_vis]:
-                self._adapt(layer, cfg.vision_config.hidden_size, bottleneck)
+                self._adapt(layer, vision_cfg.hidden_size, bottleneck)
             for layer in model.clip.text_model.encoder.layers:
-                self._adapt(layer, cfg.text_config.hidden_size, bottleneck)
+                self._adapt(layer, text_cfg.hidden_size, bottleneck)
         elif adapter == "shallow":
-            self.shallow = nn.ModuleList(Adapter(cfg.vision_config.hidden_size, bottleneck=bottleneck)
+            self.shallow = nn.ModuleList(Adapter(vision_cfg.hidden_size, bottleneck=bottleneck)
                                          for _ in self.extract_layers)
         self._cache: dict[str, torch.Tensor] = {}
 
     @staticmethod
     def _adapt(layer: nn.Module, dim: int, bottleneck: int) -> None:
-        layer.self_attn = _Adapted(layer.self_attn, Adapter(dim, bottleneck=bottleneck))
-        layer.mlp = _Adapted(layer.mlp, Adapter(dim, bottleneck=bottleneck))
+        layer.self_attn = _Adapted(layer.get_submodule("self_attn"), Adapter(dim, bottleneck=bottleneck))
+        layer.mlp = _Adapted(layer.get_submodule("mlp"), Adapter(dim, bottleneck=bottleneck))
 
     def adapter_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if ".adapter." in n or n.startswith("shallow.")]
@@ -212,7 +223,7 @@ class CLIPSegNet(nn.Module):
         if self.adapter == "shallow":
             acts = [a(h) for a, h in zip(self.shallow, acts)]
         cond = self.text_embedding(prompt, pixel_values.device).expand(pixel_values.shape[0], -1)
-        logits = self.model.decoder(tuple(acts), cond).logits
+        logits: torch.Tensor = self.model.decoder(tuple(acts), cond).logits
         if logits.dim() == 2:  # some versions squeeze a batch of one
             logits = logits[None]
         return logits
@@ -277,13 +288,14 @@ def clipseg(
             cfg = transformers.CLIPSegConfig(text_config=text, **overrides)
         except TypeError as exc:
             raise ConfigError(f"invalid CLIPSeg config: {exc}") from exc
-        if max(cfg.extract_layers) >= cfg.vision_config.num_hidden_layers:
+        text_cfg, vision_cfg = _sub_configs(cfg)
+        if max(cfg.extract_layers) >= vision_cfg.num_hidden_layers:
             raise ConfigError(
                 f"extract_layers {list(cfg.extract_layers)} must be < vision num_hidden_layers "
-                f"({cfg.vision_config.num_hidden_layers})"
+                f"({vision_cfg.num_hidden_layers})"
             )
         model = transformers.CLIPSegForImageSegmentation(cfg)
-        tokenizer = ByteTokenizer(cfg.text_config.max_position_embeddings)
+        tokenizer = ByteTokenizer(text_cfg.max_position_embeddings)
     net = CLIPSegNet(model, tokenizer, adapter=adapter, bottleneck=bottleneck, freeze_backbone=freeze_backbone,
                      train_decoder=train_decoder)
     if prompt is not None and not str(prompt).strip():

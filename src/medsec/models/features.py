@@ -19,7 +19,7 @@ from medsec.errors import InputError
 
 def last_linear(model: nn.Module) -> str:
     """The name of the last ``nn.Linear`` module of ``model``."""
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    names: list[str] = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not names:
         raise InputError("the model has no nn.Linear head; pass layer=<module name> to take features from")
     return names[-1]

@@ -7,8 +7,11 @@ which is how medsec tests these loaders offline). The InputSpec comes from the
 model's own pretrained config (mean/std), so attacks still work in [0, 1].
 
 Example:
-    >>> clf = medsec.models.create("timm", arch="resnet18", num_classes=8)  # doctest: +SKIP
-    >>> clf = medsec.models.create("timm:resnet18", num_classes=8)          # doctest: +SKIP
+    >>> import torch, medsec.models
+    >>> clf = medsec.models.create("timm", arch="resnet18", num_classes=8)
+    >>> clf = medsec.models.create("timm:resnet18", num_classes=8)  # the same model
+    >>> clf(torch.rand(2, 3, 32, 32)).shape
+    torch.Size([2, 8])
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 from medsec.errors import ConfigError
 from medsec.models.classifier import Classifier
-from medsec.registries import MODELS
+from medsec.registry import MODELS
 from medsec.types import InputSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

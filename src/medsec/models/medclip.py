@@ -35,15 +35,18 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 from medsec.errors import ConfigError, DataError, InputError
-from medsec.registries import MODELS
+from medsec.registry import MODELS
 from medsec.types import InputSpec
 from medsec.validation import check_images
+
+if TYPE_CHECKING:
+    from transformers import BertModel
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +77,18 @@ def word_tokenizer(sentences: Sequence[str], max_length: int = 32) -> Any:
     tok.train_from_iterator(sentences, trainers.WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS)))
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=int(max_length))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]", model_max_length=int(max_length))
 
 
 def tokenizer_from_json(text: str, max_length: int) -> Any:
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(text), pad_token="[PAD]", unk_token="[UNK]",
-                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
-                                   model_max_length=int(max_length))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(text), pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+        sep_token="[SEP]", mask_token="[MASK]", model_max_length=int(max_length))
 
 
 def vision_backbone(name: str, pretrained: bool, in_channels: int, image_size: int,
@@ -102,7 +106,8 @@ def vision_backbone(name: str, pretrained: bool, in_channels: int, image_size: i
         from timm.models.resnet import BasicBlock, ResNet
 
         args = {"layers": (1, 1, 1, 1), "channels": (16, 32, 64, 128), "stem_width": 16, **kw}
-        return ResNet(block=BasicBlock, num_classes=0, in_chans=in_channels, layers=tuple(args.pop("layers")),
+        return ResNet(block=BasicBlock,  # type: ignore[arg-type]  # timm annotates block as an instance; it takes the class
+                      num_classes=0, in_chans=in_channels, layers=tuple(args.pop("layers")),
                       channels=tuple(args.pop("channels")), **args)
     if name == "tiny-vit":
         from timm.models.vision_transformer import VisionTransformer
@@ -132,10 +137,14 @@ class MedCLIPVision(nn.Module):
         spec: the input contract (mean/std applied inside).
     """
 
+    _mean: torch.Tensor  # (1, C, 1, 1) normalisation buffers
+    _std: torch.Tensor
+
     def __init__(self, backbone: nn.Module, embed_dim: int, spec: InputSpec) -> None:
         super().__init__()
         self.backbone = backbone
-        self.projection = nn.Linear(int(backbone.num_features), int(embed_dim), bias=False)
+        num_features = cast(int, backbone.num_features)  # every timm backbone has num_features
+        self.projection = nn.Linear(int(num_features), int(embed_dim), bias=False)
         self.spec = spec
         c = spec.channels
         mean = torch.tensor(spec.mean if spec.mean is not None else (0.0,) * c).float().expand(c)
@@ -145,7 +154,8 @@ class MedCLIPVision(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Unnormalised embeddings (B, embed_dim) of images (B, C, H, W) in [0, 1]."""
-        return self.projection(self.backbone((x - self._mean.to(x.dtype)) / self._std.to(x.dtype)))
+        emb: torch.Tensor = self.projection(self.backbone((x - self._mean.to(x.dtype)) / self._std.to(x.dtype)))
+        return emb
 
 
 class MedCLIPText(nn.Module):
@@ -156,7 +166,7 @@ class MedCLIPText(nn.Module):
         embed_dim: the shared embedding width.
     """
 
-    def __init__(self, bert: nn.Module, embed_dim: int) -> None:
+    def __init__(self, bert: BertModel, embed_dim: int) -> None:
         super().__init__()
         self.bert = bert
         self.projection = nn.Linear(int(bert.config.hidden_size), int(embed_dim), bias=False)
@@ -166,7 +176,8 @@ class MedCLIPText(nn.Module):
         hs = out.hidden_states
         h = torch.stack([hs[1], hs[2], hs[-1]]).mean(0)  # (B, L, H)
         m = attention_mask.unsqueeze(-1).to(h.dtype)
-        return self.projection((h * m).sum(1) / m.sum(1).clamp_min(1.0))
+        emb: torch.Tensor = self.projection((h * m).sum(1) / m.sum(1).clamp_min(1.0))
+        return emb
 
 
 class MedCLIP(nn.Module):
@@ -333,4 +344,4 @@ def load_medclip(path: str | Path, device: str | torch.device = "cpu") -> MedCLI
     if family != "medclip":
         raise DataError(f"{path} holds a {family} checkpoint, not a MedCLIP model (saved by save_medclip); load it "
                         "with medsec.models.load_checkpoint")
-    return load_checkpoint(path, device)
+    return cast(MedCLIP, load_checkpoint(path, device))  # the family "medclip" is built as a MedCLIP

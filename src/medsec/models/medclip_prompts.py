@@ -42,6 +42,8 @@ class PromptClassifier(nn.Module):
         generator: draws the prompts.
     """
 
+    weights: torch.Tensor  # (classes, embed_dim) buffer: the mean prompt embedding of each class
+
     def __init__(self, model: MedCLIP, class_prompts: Mapping[str, Sequence[str]], n_prompts: int = 10,
                  generator: torch.Generator | None = None) -> None:
         super().__init__()

@@ -7,6 +7,7 @@ binary mask, ``num_classes`` channels otherwise); ``seg_module`` wraps a module 
 from Python (e.g. a torchvision DeepLabV3 or a segmentation_models_pytorch network).
 
 Example:
+    >>> import torch, medsec.models
     >>> seg = medsec.models.create("monai_unet", channels=[8, 16, 32], strides=[2, 2])
     >>> seg(torch.rand(1, 3, 32, 32)).shape
     torch.Size([1, 1, 32, 32])
@@ -20,7 +21,7 @@ from torch import nn
 
 from medsec.errors import ConfigError
 from medsec.models.segmenter import Segmenter
-from medsec.registries import MODELS
+from medsec.registry import MODELS
 from medsec.types import InputSpec
 
 
@@ -39,7 +40,7 @@ def monai_unet(
 ) -> Segmenter:
     """A MONAI 2-D UNet as a :class:`Segmenter` (mean/std default 0.5 per channel; ``norm``
     is MONAI's: ``"instance"`` (its default) or ``"batch"``)."""
-    from monai.networks.nets import UNet
+    from monai.networks.nets.unet import UNet
 
     channels, strides = [int(c) for c in channels], [int(s) for s in strides]
     if len(strides) != len(channels) - 1:

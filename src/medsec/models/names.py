@@ -24,8 +24,7 @@ import inspect
 from typing import Any
 
 from medsec.errors import ConfigError
-from medsec.registries import MODELS
-from medsec.registry import Registry, suggest
+from medsec.registry import MODELS, Registry, suggest
 
 LOADERS = ("timm", "torchvision", "open_clip", "hf")
 NAME_PARAMS = ("arch", "model_id")  # the parameter a loader builder takes the architecture name in

@@ -53,6 +53,8 @@ class Segmenter(nn.Module):
     """
 
     task = "segmentation"
+    _mean: torch.Tensor  # (1, C, 1, 1) buffers of register_normalization
+    _std: torch.Tensor
 
     def __init__(
         self,
@@ -102,6 +104,7 @@ class Segmenter(nn.Module):
 
     def forward_normalized(self, z: torch.Tensor) -> torch.Tensor:
         """Mask logits of already normalised images (the paper-mode attack space)."""
+        out: torch.Tensor
         if self.prompted:
             if self.prompt is None:
                 raise InputError("this segmenter needs a text prompt: Segmenter.set_prompt('polyp') or prompt=...")
@@ -129,6 +132,6 @@ class Segmenter(nn.Module):
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Predicted class masks (B, H, W)."""
-        from medsec.objectives.dice_ce import predict_mask
+        from medsec.tasks import predict_mask
 
         return predict_mask(self(x))

@@ -12,10 +12,13 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from torch import nn
 
 from medsec.models.classifier import Classifier
-from medsec.registries import MODELS
+from medsec.registry import MODELS
 from medsec.types import InputSpec
 
 
@@ -45,8 +48,9 @@ class SmallCNNNet(nn.Module):
         )
         self.head = nn.Linear(4 * w, num_outputs)
 
-    def forward(self, x):  # type: ignore[no-untyped-def]
-        return self.head(self.features(self.stem(x)))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.head(self.features(self.stem(x)))
+        return logits
 
 
 @MODELS.register("small_cnn")
@@ -75,7 +79,7 @@ def small_cnn(
         mean=tuple(mean) if mean is not None else (0.5,) * in_channels,
         std=tuple(std) if std is not None else (0.5,) * in_channels,
     )
-    arch = {"name": "small_cnn", "params": {"num_classes": num_classes, "in_channels": in_channels, "width": width, "task": task,
+    arch: dict[str, Any] = {"name": "small_cnn", "params": {"num_classes": num_classes, "in_channels": in_channels, "width": width, "task": task,
                                               "mean": list(spec.mean or ()), "std": list(spec.std or ())}}
     if stem_pool > 1:  # only then, so earlier checkpoints' metadata is unchanged
         arch["params"]["stem_pool"] = int(stem_pool)

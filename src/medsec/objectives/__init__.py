@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 from medsec.objectives import (  # noqa: F401  (registration)
@@ -21,7 +22,7 @@ from medsec.objectives import (  # noqa: F401  (registration)
 )
 from medsec.objectives.base import Objective, signed_margins
 from medsec.objectives.feature_deviation import EmbeddingAsLogits, FeatureDeviation, deviation
-from medsec.registries import OBJECTIVES
+from medsec.registry import OBJECTIVES
 
 DEFAULT_FOR_TASK = {"multiclass": "ce", "binary": "bce", "multilabel": "bce", "segmentation": "dice_ce",
                     "embedding": "feature_deviation"}
@@ -29,10 +30,11 @@ DEFAULT_FOR_TASK = {"multiclass": "ce", "binary": "bce", "multilabel": "bce", "s
 
 def create(name: str, **params: Any) -> Objective:
     """Build a registered objective, e.g. ``create("margin", task="binary")``."""
-    return OBJECTIVES.create(name, **params)
+    objective: Objective = OBJECTIVES.create(name, **params)
+    return objective
 
 
-def list() -> list[str]:  # noqa: A001  (mirrors torchattacks/timm naming)
+def list() -> builtins.list[str]:  # noqa: A001  (mirrors torchattacks/timm naming)
     return OBJECTIVES.list()
 
 
@@ -42,7 +44,8 @@ def resolve(spec: str | Objective | None, task: str) -> Objective:
     if isinstance(spec, Objective):
         return spec
     name = DEFAULT_FOR_TASK[task] if spec in (None, "auto") else spec
-    return OBJECTIVES.create(name, task=task)
+    objective: Objective = OBJECTIVES.create(name, task=task)
+    return objective
 
 
 __all__ = ["DEFAULT_FOR_TASK", "EmbeddingAsLogits", "FeatureDeviation", "Objective", "create", "deviation", "list",

@@ -12,14 +12,18 @@ import torch
 from torch import nn
 
 from medsec.errors import InputError
-from medsec.models.classifier import TASKS, predict_from_logits
+from medsec.tasks import TASKS, predict_from_logits
 
 
 class Objective:
     """Base class of objectives.
 
     Args:
-        task: the head type, ``"multiclass"``, ``"binary"`` or ``"multilabel"``.
+        task: the head type, ``"multiclass"``, ``"binary"`` or ``"multilabel"`` (or
+            ``"segmentation"``, ``"embedding"`` for the objectives that support them).
+
+    ``task`` is the head the objective is built for, the one positional parameter; the
+    hyper-parameters of every objective are keyword-only.
     """
 
     name: str = "objective"

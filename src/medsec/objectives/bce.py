@@ -15,12 +15,16 @@ import torch
 import torch.nn.functional as F
 
 from medsec.objectives.base import Objective
-from medsec.registries import OBJECTIVES
+from medsec.registry import OBJECTIVES
 
 
 @OBJECTIVES.register("bce")
 class Bce(Objective):
-    """Sigmoid binary cross-entropy on logits."""
+    """Sigmoid binary cross-entropy on logits.
+
+    Args:
+        task: the head type, ``"binary"`` (one logit) or ``"multilabel"``.
+    """
 
     name = "bce"
     tasks = ("binary", "multilabel")

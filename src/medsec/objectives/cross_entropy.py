@@ -15,12 +15,16 @@ import torch
 import torch.nn.functional as F
 
 from medsec.objectives.base import Objective
-from medsec.registries import OBJECTIVES
+from medsec.registry import OBJECTIVES
 
 
 @OBJECTIVES.register("ce")
 class CrossEntropy(Objective):
-    """Softmax cross-entropy on logits."""
+    """Softmax cross-entropy on logits.
+
+    Args:
+        task: the head type; only ``"multiclass"``.
+    """
 
     name = "ce"
     tasks = ("multiclass",)

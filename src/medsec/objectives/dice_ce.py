@@ -30,29 +30,28 @@ import torch
 
 from medsec.errors import InputError
 from medsec.objectives.base import Objective
-from medsec.registries import OBJECTIVES
+from medsec.registry import OBJECTIVES
+from medsec.tasks import predict_mask
 
 LAMBDA_DICE = 1.5
 LAMBDA_CE = 1.0
 
 
-def predict_mask(logits: torch.Tensor) -> torch.Tensor:
-    """Class masks (B, H, W) from mask logits (B, C, H, W): sigmoid > 0.5 for one channel, argmax otherwise."""
-    if logits.dim() != 4:
-        raise InputError(f"segmentation logits must have shape (B, C, H, W), got {tuple(logits.shape)}")
-    if logits.shape[1] == 1:
-        return (logits[:, 0] > 0).long()
-    return logits.argmax(dim=1)
-
-
 @OBJECTIVES.register("dice_ce")
 class DiceCE(Objective):
-    """MONAI DiceCE (lambda_dice 1.5, lambda_ce 1.0) against a mask; success by Dice drop."""
+    """MONAI DiceCE (lambda_dice 1.5, lambda_ce 1.0) against a mask; success by Dice drop.
+
+    Args:
+        task: the head type; only ``"segmentation"``.
+        drop: the Dice drop that counts as success, in (0, 1] (default 0.5).
+        lambda_dice: weight of the Dice term (default 1.5, the paper's).
+        lambda_ce: weight of the cross-entropy term (default 1.0, the paper's).
+    """
 
     name = "dice_ce"
     tasks = ("segmentation",)
 
-    def __init__(self, task: str = "segmentation", drop: float = 0.5, lambda_dice: float = LAMBDA_DICE,
+    def __init__(self, task: str = "segmentation", *, drop: float = 0.5, lambda_dice: float = LAMBDA_DICE,
                  lambda_ce: float = LAMBDA_CE) -> None:
         super().__init__(task)
         if not 0.0 < float(drop) <= 1.0:
@@ -64,7 +63,7 @@ class DiceCE(Objective):
 
     def _monai(self, binary: bool) -> torch.nn.Module:
         if binary not in self._losses:
-            from monai.losses import DiceCELoss
+            from monai.losses.dice import DiceCELoss
 
             if binary:
                 fn = DiceCELoss(sigmoid=True, lambda_dice=self.lambda_dice, lambda_ce=self.lambda_ce)

@@ -35,14 +35,18 @@ import torch
 
 from medsec.errors import InputError
 from medsec.objectives.base import Objective
-from medsec.registries import OBJECTIVES
+from medsec.registry import OBJECTIVES
 
 _TINY = 1e-12
 
 
 @OBJECTIVES.register("dlr")
 class Dlr(Objective):
-    """Difference of Logits Ratio (untargeted and targeted), multiclass heads only."""
+    """Difference of Logits Ratio (untargeted and targeted), multiclass heads only.
+
+    Args:
+        task: the head type; only ``"multiclass"`` (others raise with a hint to ``"margin"``).
+    """
 
     name = "dlr"
     tasks = ("multiclass",)

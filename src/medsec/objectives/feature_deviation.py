@@ -20,14 +20,6 @@ D has its minimum, hence a zero gradient, at the clean input: an attack that tak
 first gradient at x itself does not move (plain FGSM); the label-free attacks start at
 a random point of the ball.
 
-Args:
-    task: the head type; only ``"embedding"``.
-    distance: ``"cosine"`` (1 - cos, default) or ``"l2"``.
-    threshold: the deviation that counts as success (and the level set of the feature
-        DeepFool); default 0.5 for cosine, half the mean reference norm for L2.
-    reference: the clean embeddings (B, D) of the batch, row i for sample i; default:
-        computed by the attack from the clean inputs.
-
 Example:
     >>> ref = torch.eye(2)
     >>> FeatureDeviation(reference=ref).loss(torch.tensor([[0.0, 1.0], [0.0, 1.0]]), torch.tensor([0, 1]))
@@ -43,7 +35,7 @@ from torch import nn
 
 from medsec.errors import InputError
 from medsec.objectives.base import Objective
-from medsec.registries import OBJECTIVES
+from medsec.registry import OBJECTIVES
 from medsec.types import InputSpec
 
 DISTANCES = ("cosine", "l2")
@@ -51,16 +43,28 @@ DISTANCES = ("cosine", "l2")
 
 def deviation(z: torch.Tensor, ref: torch.Tensor, distance: str = "cosine") -> torch.Tensor:
     """Per-row 1 - cos(z, ref) or ||z - ref||_2."""
+    d: torch.Tensor
     if distance == "cosine":
-        return 1.0 - torch.nn.functional.cosine_similarity(z, ref, dim=1, eps=1e-8)
+        d = 1.0 - torch.nn.functional.cosine_similarity(z, ref, dim=1, eps=1e-8)
+        return d
     if distance == "l2":
-        return (z - ref).flatten(1).norm(dim=1)
+        d = (z - ref).flatten(1).norm(dim=1)
+        return d
     raise InputError(f"distance must be one of {', '.join(DISTANCES)}, got {distance!r}")
 
 
 @OBJECTIVES.register("feature_deviation")
 class FeatureDeviation(Objective):
-    """1 - cosine (or L2) distance of the embedding to the clean embedding of the same input."""
+    """1 - cosine (or L2) distance of the embedding to the clean embedding of the same input.
+
+    Args:
+        task: the head type; only ``"embedding"``.
+        distance: ``"cosine"`` (1 - cos, default) or ``"l2"``.
+        threshold: the deviation that counts as success (and the level set of the feature
+            DeepFool); default 0.5 for cosine, half the mean reference norm for L2.
+        reference: the clean embeddings (B, D) of the batch, row i for sample i; default:
+            computed by the attack from the clean inputs.
+    """
 
     name = "feature_deviation"
     tasks = ("embedding",)
@@ -76,9 +80,10 @@ class FeatureDeviation(Objective):
         self.threshold = None if threshold is None else float(threshold)
         self.reference: torch.Tensor | None = None
         if reference is not None:
-            self._bind(reference)
+            self.bind(reference)
 
-    def _bind(self, reference: torch.Tensor) -> None:
+    def bind(self, reference: torch.Tensor) -> None:
+        """Bind this objective to the clean embeddings ``reference`` (B, D), in place."""
         if not isinstance(reference, torch.Tensor) or reference.dim() != 2 or not torch.isfinite(reference).all():
             raise InputError("reference must be a finite (B, D) tensor of clean embeddings")
         self.reference = reference.detach()
@@ -96,7 +101,7 @@ class FeatureDeviation(Objective):
         with torch.no_grad():
             ref = model(x)
         bound = copy.copy(self)
-        bound._bind(ref.flatten(1))
+        bound.bind(ref.flatten(1))
         return bound
 
     def _ref(self) -> torch.Tensor:
@@ -111,7 +116,9 @@ class FeatureDeviation(Objective):
         return deviation(logits.flatten(1), self._ref().to(logits.device, logits.dtype)[y.long()], self.distance)
 
     def success(self, logits: torch.Tensor, y: torch.Tensor, targeted: bool = False) -> torch.Tensor:
-        return self.loss(logits.detach(), y) > self.threshold
+        value = self.loss(logits.detach(), y)
+        assert self.threshold is not None  # bind() sets it with the reference that loss() needs
+        return value > self.threshold
 
     def __repr__(self) -> str:
         threshold = "auto" if self.threshold is None else f"{self.threshold:g}"
@@ -143,4 +150,5 @@ class EmbeddingAsLogits(nn.Module):
         self.train(encoder.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
+        embedding: torch.Tensor = self.encoder(x)
+        return embedding

@@ -16,16 +16,21 @@ from __future__ import annotations
 import torch
 
 from medsec.objectives.base import Objective, signed_margins
-from medsec.registries import OBJECTIVES
+from medsec.registry import OBJECTIVES
 
 
 @OBJECTIVES.register("margin")
 class Margin(Objective):
-    """C&W margin loss, capped at ``kappa`` (the confidence)."""
+    """C&W margin loss, capped at ``kappa`` (the confidence).
+
+    Args:
+        task: the head type, ``"multiclass"``, ``"binary"`` or ``"multilabel"``.
+        kappa: the cap of the loss (default inf: no cap).
+    """
 
     name = "margin"
 
-    def __init__(self, task: str = "multiclass", kappa: float = float("inf")) -> None:
+    def __init__(self, task: str = "multiclass", *, kappa: float = float("inf")) -> None:
         super().__init__(task)
         self.kappa = float(kappa)
 

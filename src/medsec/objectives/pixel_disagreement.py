@@ -23,18 +23,24 @@ import torch
 
 from medsec.errors import InputError
 from medsec.objectives.base import Objective
-from medsec.objectives.dice_ce import predict_mask
-from medsec.registries import OBJECTIVES
+from medsec.registry import OBJECTIVES
+from medsec.tasks import predict_mask
 
 
 @OBJECTIVES.register("pixel_disagreement")
 class PixelDisagreement(Objective):
-    """Soft fraction of pixels whose class differs from the reference mask; fooled above ``threshold``."""
+    """Soft fraction of pixels whose class differs from the reference mask; fooled above ``threshold``.
+
+    Args:
+        task: the head type; only ``"segmentation"``.
+        threshold: the fraction of changed pixels above which an image is fooled, in
+            [0, 1) (default 0.2).
+    """
 
     name = "pixel_disagreement"
     tasks = ("segmentation",)
 
-    def __init__(self, task: str = "segmentation", threshold: float = 0.2) -> None:
+    def __init__(self, task: str = "segmentation", *, threshold: float = 0.2) -> None:
         super().__init__(task)
         if not 0.0 <= float(threshold) < 1.0:
             raise InputError(f"threshold (the fraction of changed pixels) must lie in [0, 1), got {threshold}")

@@ -4,11 +4,10 @@ The frame every kind fills is :mod:`medsec.report.frame`; each kind renders its 
 (``medsec/experiments/<kind>/report.py``), found through the ``KINDS`` registry by the
 results' ``kind``.
 
-Example:
-    >>> from medsec.report import write_report
-    >>> paths = write_report("runs/demo/results.json")  # doctest: +SKIP
-    >>> sorted(paths)  # doctest: +SKIP
-    ['html', 'md']
+Usage (re-render a finished run's report from its ``results.json``)::
+
+    from medsec.report import write_report
+    paths = write_report("runs/demo/results.json")   # {"html": .../report.html, "md": .../report.md}
 """
 
 from __future__ import annotations
@@ -53,7 +52,8 @@ def write_report(results: Mapping[str, Any] | str | Path, out_dir: str | Path | 
         if out_dir is None:
             raise ConfigError("write_report needs out_dir when given a results dict instead of a results.json path")
     out = Path(out_dir)
-    html, md = KINDS.get(data["kind"]).render(data, out)
+    kind: Any = KINDS.get(data["kind"])  # a medsec.runs.kind.Kind
+    html, md = kind.render(data, out)
     paths = {
         "html": atomic_write_text(out / "report.html", html),
         "md": atomic_write_text(out / "report.md", md),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 MISSING = "–"
 INFINITY = {"inf": "∞", "+inf": "∞", "infinity": "∞", "-inf": "−∞", "-infinity": "−∞"}
@@ -48,7 +48,7 @@ def _special(value: Any) -> str | None:
     return None
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

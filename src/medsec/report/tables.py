@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -144,6 +145,10 @@ def attack_columns() -> list[Column]:
     ]
 
 
+def _get(rec: Mapping[str, Any], key: str) -> Any:
+    return rec.get(key)
+
+
 def history_columns(history: list[Mapping[str, Any]]) -> list[Column]:
     """Columns for a training history: one per key seen in any epoch record, epoch first."""
     keys: list[str] = []
@@ -156,13 +161,14 @@ def history_columns(history: list[Mapping[str, Any]]) -> list[Column]:
         keys.insert(0, "epoch")
     cols = []
     for k in keys:
+        fmt: Callable[[Any], str]
         if "acc" in k:
             fmt = fmt_pct
         elif k == "epoch":
             fmt = fmt_text
         else:
             fmt = fmt_float(".4g")
-        cols.append(Column(k.replace("_", " "), lambda rec, k=k: rec.get(k), fmt, "right"))
+        cols.append(Column(k.replace("_", " "), functools.partial(_get, key=k), fmt, "right"))
     return cols
 
 

@@ -27,7 +27,12 @@ Example:
     >>> adv = AdversarialTraining("trades", eps=4 / 255, steps=5, beta=6.0)
     >>> adv.method, round(adv.alpha * 255, 3)
     ('trades', 2.0)
-    >>> # train_classifier(model, train_ds, epochs=5, adversarial=adv)  # doctest: +SKIP
+    >>> import medsec.data, medsec.models
+    >>> from medsec.training import train_classifier
+    >>> model = medsec.models.create("small_cnn", num_classes=2, width=8)
+    >>> train_ds = medsec.data.create("synthetic_he", n=16, size=16)
+    >>> train_classifier(model, train_ds, epochs=1, batch_size=8, adversarial=adv).history[0]["epoch"]
+    1
 """
 
 from __future__ import annotations
@@ -124,7 +129,7 @@ class AdversarialTraining:
                 return F.binary_cross_entropy_with_logits(logits, y.to(logits.dtype))
 
             start = x + random_init(x, self.norm, self.eps, _cpu(generator))
-            x_adv = self.perturb(model, x, task_loss, start, bounds)  # type: ignore[arg-type]
+            x_adv = self.perturb(model, x, task_loss, start, bounds)
             return task_loss(model(x_adv))
         if task != "multiclass":
             raise InputError(f"TRADES is defined here for multiclass (softmax) heads; this model's task is {task!r}. "
@@ -139,7 +144,7 @@ class AdversarialTraining:
         def kl_to_clean(logits: torch.Tensor) -> torch.Tensor:
             return F.kl_div(F.log_softmax(logits, dim=1), p_clean, reduction="sum")
 
-        x_adv = self.perturb(model, x, kl_to_clean, x + 0.001 * noise, bounds)  # type: ignore[arg-type]
+        x_adv = self.perturb(model, x, kl_to_clean, x + 0.001 * noise, bounds)
         logits_clean = model(x)
         robust = F.kl_div(F.log_softmax(model(x_adv), dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean")
         return F.cross_entropy(logits_clean, y.long()) + float(self.beta) * robust
@@ -159,7 +164,7 @@ class AdversarialTraining:
         bounds = tuple(getattr(getattr(model, "spec", None), "bounds", (0.0, 1.0)))
         if self.method == "pgd_at":
             start = x + random_init(x, self.norm, self.eps, _cpu(generator))
-            x_adv = self.perturb(model, x, lambda out: loss_fn(out, mask), start, bounds)  # type: ignore[arg-type]
+            x_adv = self.perturb(model, x, lambda out: loss_fn(out, mask), start, bounds)
             return loss_fn(model(x_adv), mask)
         with torch.no_grad():
             was = model.training
@@ -167,7 +172,7 @@ class AdversarialTraining:
             clean_eval = model(x)
             model.train(was)
         noise = torch.randn(x.shape, generator=_cpu(generator), dtype=x.dtype).to(x.device)
-        x_adv = self.perturb(model, x, lambda out: pixel_kl(clean_eval, out).sum(), x + 0.001 * noise,  # type: ignore[arg-type]
+        x_adv = self.perturb(model, x, lambda out: pixel_kl(clean_eval, out).sum(), x + 0.001 * noise,
                              bounds)
         logits_clean = model(x)
         robust = pixel_kl(logits_clean, model(x_adv)).mean()

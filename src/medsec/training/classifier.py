@@ -5,8 +5,13 @@ AdamW with a one-cycle learning-rate schedule, optional flip augmentation, cross
 ``torch.Generator`` seed on CPU.
 
 Example:
-    >>> result = train_classifier(model, train_ds, val_ds, epochs=5)  # doctest: +SKIP
-    >>> result.history[-1]["val_accuracy"]                            # doctest: +SKIP
+    >>> import medsec.data, medsec.models
+    >>> model = medsec.models.create("small_cnn", num_classes=2, width=8)
+    >>> train_ds = medsec.data.create("synthetic_he", n=16, size=16)
+    >>> val_ds = medsec.data.create("synthetic_he", n=8, size=16, split="test")
+    >>> result = train_classifier(model, train_ds, val_ds, epochs=2, batch_size=8)
+    >>> 0.0 <= result.history[-1]["val_accuracy"] <= 1.0
+    True
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from medsec.metrics.accuracy import correct
-from medsec.models.classifier import Classifier, predict_from_logits
+from medsec.models.classifier import Classifier
+from medsec.tasks import predict_from_logits
 from medsec.training.loop import TrainResult, TrainTask, dataset_tensors, fit
 
 if TYPE_CHECKING:
@@ -47,13 +53,13 @@ def predict(model: Classifier, images: torch.Tensor, batch_size: int = 512, devi
     return torch.cat(out)
 
 
-def evaluate(model: Classifier, ds: Dataset, batch_size: int = 512, device: str | torch.device = "cpu") -> float:
+def evaluate(model: Classifier, ds: Dataset[Any], batch_size: int = 512, device: str | torch.device = "cpu") -> float:
     """Accuracy of ``model`` on a dataset."""
     images, labels = dataset_tensors(ds)
     return float(correct(predict(model, images, batch_size, device), labels).float().mean())
 
 
-def classification_task() -> TrainTask:
+def classification_task() -> TrainTask[Classifier]:
     """The :func:`~medsec.training.loop.fit` hooks of classifier training (loss, PGD-AT/TRADES
     loss, ``val_accuracy``)."""
     return TrainTask(
@@ -65,8 +71,8 @@ def classification_task() -> TrainTask:
 
 def train_classifier(
     model: Classifier,
-    train: Dataset,
-    val: Dataset | None = None,
+    train: Dataset[Any],
+    val: Dataset[Any] | None = None,
     *,
     epochs: int = 5,
     lr: float = 3e-3,

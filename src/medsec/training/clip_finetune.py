@@ -13,8 +13,13 @@ learning rate (5e-5); the optimiser, the head initialisation and the schedule ar
 choices, stated here and in docs/baple.md.
 
 Example:
-    >>> ft = ClipFinetuned(clip, text_features)       # doctest: +SKIP
-    >>> train_finetune(ft, images, labels, epochs=50)  # doctest: +SKIP
+    >>> from medsec.models.clip import SMALL_CONFIGS, open_clip_model
+    >>> clip = open_clip_model(config=SMALL_CONFIGS["ViT-B-32"], image_size=32)
+    >>> text_features = clip.encode_text(clip.tokenize(["a basophil", "an eosinophil"]), normalize=True)
+    >>> ft = ClipFinetuned(clip, text_features)
+    >>> record = train_finetune(ft, torch.rand(8, 3, 32, 32), torch.tensor([0, 1] * 4), epochs=1)
+    >>> ft.predict(torch.rand(2, 3, 32, 32)).shape
+    torch.Size([2])
 """
 
 from __future__ import annotations
@@ -58,7 +63,8 @@ class ClipFinetuned(nn.Module):
         return [*self.clip.image_parameters(), *self.head.parameters()]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.clip.encode_image(x, normalize=True))
+        logits: torch.Tensor = self.head(self.clip.encode_image(x, normalize=True))
+        return logits
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:

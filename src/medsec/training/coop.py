@@ -18,8 +18,13 @@ check that both give the same prompt. Augmentation is off in both (a cached feat
 that of the un-augmented image); BAPLe's code uses random resized crops and flips.
 
 Example:
+    >>> from medsec.models.clip import SMALL_CONFIGS, open_clip_model
+    >>> clip = open_clip_model(config=SMALL_CONFIGS["ViT-B-32"], image_size=32)
     >>> prompt = PromptLearner(clip, ["basophil", "eosinophil"], generator=torch.Generator().manual_seed(0))
-    >>> train_coop(clip, prompt, images, labels, epochs=5)   # doctest: +SKIP
+    >>> images, labels = torch.rand(8, 3, 32, 32), torch.tensor([0, 1] * 4)
+    >>> result = train_coop(clip, prompt, images, labels, epochs=2, batch_size=4)
+    >>> predict_prompt(clip, prompt, images).shape
+    torch.Size([8])
 """
 
 from __future__ import annotations
@@ -27,9 +32,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +57,10 @@ class PromptLearner(nn.Module):
             (e.g. the context of a clean CoOp run, as BAPLe's code does).
         generator: draws the random initialisation.
     """
+
+    tokens: torch.Tensor  # (C, L) token ids of the class prompts (buffer)
+    prefix: torch.Tensor  # (C, 1, width) start-token embeddings (buffer)
+    suffix: torch.Tensor  # (C, L - 1 - n_ctx, width) class-name and end embeddings (buffer)
 
     def __init__(self, clip: ClipModel, class_names: Sequence[str], n_ctx: int = 16,
                  init: str | torch.Tensor = "random", generator: torch.Generator | None = None) -> None:
@@ -104,6 +113,15 @@ class PromptLearner(nn.Module):
         return self.clip[0].logit_scale.detach() * image_features @ self.text_features().T
 
 
+class LearnableTrigger(Protocol):
+    """What :func:`train_coop` takes as the trigger of ``learnable``: images in, images out,
+    and a ``step()`` that updates its parameters from their gradient (BAPLe's noise)."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def step(self) -> None: ...
+
+
 @dataclass
 class CoopResult:
     """History (one dict per epoch), wall time and the count of image encodings."""
@@ -127,7 +145,8 @@ def encode_images(clip: ClipModel, images: torch.Tensor, batch_size: int = 512) 
     return torch.cat(out)
 
 
-def _schedule(epochs: int, steps_per_epoch: int, lr: float, warmup_epochs: int, warmup_lr: float):
+def _schedule(epochs: int, steps_per_epoch: int, lr: float, warmup_epochs: int,
+              warmup_lr: float) -> Callable[[int], float]:
     warm = warmup_epochs * steps_per_epoch
     total = max(1, epochs * steps_per_epoch - warm)
 
@@ -142,7 +161,7 @@ def _schedule(epochs: int, steps_per_epoch: int, lr: float, warmup_epochs: int, 
 def train_coop(clip: ClipModel, prompt: PromptLearner, images: torch.Tensor, labels: torch.Tensor, *,
                epochs: int = 50, batch_size: int = 16, lr: float = 0.02, momentum: float = 0.9,
                weight_decay: float = 5e-4, warmup_epochs: int = 1, warmup_lr: float = 1e-5,
-               learnable: tuple[torch.Tensor, nn.Module] | None = None, cache: bool = True,
+               learnable: tuple[torch.Tensor, LearnableTrigger] | None = None, cache: bool = True,
                generator: torch.Generator | None = None) -> CoopResult:
     """Learn the prompt context by SGD on CE over ``images`` (N, C, H, W) and ``labels`` (N,).
 
@@ -166,7 +185,7 @@ def train_coop(clip: ClipModel, prompt: PromptLearner, images: torch.Tensor, lab
     freeze(clip)
     n = len(labels)
     is_learnt = torch.zeros(n, dtype=torch.bool)
-    trigger = None
+    trigger: LearnableTrigger | None = None
     if learnable is not None:
         idx, trigger = learnable
         is_learnt[idx] = True
@@ -191,13 +210,13 @@ def train_coop(clip: ClipModel, prompt: PromptLearner, images: torch.Tensor, lab
             learnt = is_learnt[idx]
             if feats is not None:
                 f = feats[idx]
-                if learnt.any():
+                if trigger is not None and learnt.any():  # (images are learnt only with a trigger)
                     f = f.clone()
                     f[learnt] = clip.encode_image(trigger(images[idx[learnt]]), normalize=True)
                     encoded += int(learnt.sum())
             else:
                 x = images[idx].float()
-                if learnt.any():
+                if trigger is not None and learnt.any():
                     x = x.clone()
                     x[learnt] = trigger(x[learnt])
                 f = clip.encode_image(x, normalize=True)

@@ -14,8 +14,13 @@ warm-up over ``warmup_epochs`` then cosine down to 0.01 x lr, the schedule of Bu
 Dhakal, arXiv 2505.02971).
 
 Example:
+    >>> import medsec.data, medsec.models
     >>> from medsec.training.classifier import classification_task
-    >>> result = fit(model, train_ds, task=classification_task(), epochs=2)  # doctest: +SKIP
+    >>> model = medsec.models.create("small_cnn", num_classes=2, width=8)
+    >>> train_ds = medsec.data.create("synthetic_he", n=16, size=16)
+    >>> result = fit(model, train_ds, task=classification_task(), epochs=2, batch_size=8)
+    >>> [record["epoch"] for record in result.history]
+    [1, 2]
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -39,6 +44,8 @@ log = logging.getLogger(__name__)
 
 SCHEDULES = ("one_cycle", "warmup_cosine")
 
+ModelT = TypeVar("ModelT", bound=nn.Module)
+
 
 @dataclass
 class TrainResult:
@@ -49,7 +56,7 @@ class TrainResult:
 
 
 @dataclass(frozen=True)
-class TrainTask:
+class TrainTask(Generic[ModelT]):
     """The task hooks of :func:`fit`.
 
     Args:
@@ -61,11 +68,11 @@ class TrainTask:
         validate: ``(model, val, device) -> {name: value}`` added to each epoch's record.
     """
 
-    loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+    loss: Callable[[ModelT, torch.Tensor, torch.Tensor], torch.Tensor]
     adversarial_loss: Callable[..., torch.Tensor] | None = None
     targets: Callable[[torch.Tensor], torch.Tensor] | None = None
     spatial_targets: bool = False
-    validate: Callable[[nn.Module, Any, Any], dict[str, float]] | None = None
+    validate: Callable[[ModelT, Any, Any], dict[str, float]] | None = None
 
 
 def dataset_tensors(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,11 +105,11 @@ def make_schedule(name: str, opt: torch.optim.Optimizer, lr: float, total_steps:
 
 
 def fit(
-    model: nn.Module,
+    model: ModelT,
     train: Any,
     val: Any | None = None,
     *,
-    task: TrainTask,
+    task: TrainTask[ModelT],
     epochs: int = 5,
     lr: float = 3e-3,
     batch_size: int = 128,
@@ -163,8 +170,8 @@ def fit(
                 if task.spatial_targets:
                     yb = torch.where(flip_h, yb.flip(3), yb)
                     yb = torch.where(flip_v, yb.flip(2), yb)
-            if adversarial is not None:
-                loss = task.adversarial_loss(adversarial, model, xb, yb, gen)  # type: ignore[misc]
+            if adversarial is not None and task.adversarial_loss is not None:  # (raised above if it had none)
+                loss = task.adversarial_loss(adversarial, model, xb, yb, gen)
             else:
                 loss = task.loss(model, xb, yb)
             opt.zero_grad(set_to_none=True)

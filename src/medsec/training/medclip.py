@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from medsec.data.medclip_text import SentenceBank
 from medsec.errors import InputError
 from medsec.models.medclip import MedCLIP
 
@@ -52,22 +51,6 @@ def soft_clip_loss(logits: torch.Tensor, img_labels: torch.Tensor, txt_labels: t
     img_loss = -(F.softmax(sim, 1) * F.log_softmax(logits, 1)).sum() / logits.shape[0]
     txt_loss = -(F.softmax(sim.t(), 1) * F.log_softmax(logits.t(), 1)).sum() / logits.shape[1]
     return (img_loss + txt_loss) / 2
-
-
-@dataclass
-class SentenceBank:
-    """Sentences with their label vectors (S, K), sampled independently of the images."""
-
-    sentences: list[str]
-    labels: torch.Tensor
-
-    def __post_init__(self) -> None:
-        self.labels = torch.as_tensor(self.labels, dtype=torch.float32)
-        if not self.sentences or self.labels.dim() != 2 or self.labels.shape[0] != len(self.sentences):
-            raise InputError(f"a sentence bank needs one label vector per sentence: {len(self.sentences)} sentences, "
-                             f"labels {tuple(self.labels.shape)}")
-        if not bool(torch.isfinite(self.labels).all()):
-            raise InputError("sentence label vectors contain NaN/Inf")
 
 
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -151,23 +134,3 @@ def train_medclip(model: MedCLIP, images: torch.Tensor, image_labels: torch.Tens
             max(1, len(losses[-20:]))) if losses else None}
 
 
-def label_sentences(templates: Sequence[str], classes: Sequence[str], multi: Sequence[str] = (),
-                    pairs: int = 0, generator: torch.Generator | None = None) -> SentenceBank:
-    """A sentence bank from templates: every single-class template for every class, plus
-    ``pairs`` two-class sentences from ``multi`` templates (label vector with two ones).
-
-    Templates use ``{c}`` (single) or ``{a}`` and ``{b}`` (two classes).
-    """
-    k = len(classes)
-    sents, labs = [], []
-    for t in templates:
-        for i, c in enumerate(classes):
-            sents.append(t.format(c=c))
-            labs.append(one_hot(torch.tensor(i), k))
-    if multi and pairs:
-        for _ in range(int(pairs)):
-            a, b = torch.randperm(k, generator=generator)[:2].tolist()
-            t = multi[int(torch.randint(0, len(multi), (1,), generator=generator))]
-            sents.append(t.format(a=classes[a], b=classes[b]))
-            labs.append(one_hot(torch.tensor(a), k) + one_hot(torch.tensor(b), k))
-    return SentenceBank(sents, torch.stack(labs))

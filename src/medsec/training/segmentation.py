@@ -11,8 +11,12 @@ Deterministic given ``seed`` on CPU. The paper's 16-bit mixed precision and 352 
 inputs are left to the caller (medsec validates on CPU at 96-128 px).
 
 Example:
-    >>> res = train_segmenter(seg, train_ds, epochs=8)  # doctest: +SKIP
-    >>> evaluate_segmenter(seg, test_ds)["dice"]        # doctest: +SKIP
+    >>> import medsec.data, medsec.models
+    >>> seg = medsec.models.create("monai_unet", channels=[8, 16], strides=[2])
+    >>> train_ds = medsec.data.create("kvasir_seg", size=32, limit=16)
+    >>> res = train_segmenter(seg, train_ds, epochs=1, batch_size=8)
+    >>> 0.0 <= evaluate_segmenter(seg, train_ds)["dice"] <= 1.0
+    True
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ if TYPE_CHECKING:
 def predict_masks(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 64,
                   device: str | torch.device = "cpu") -> torch.Tensor:
     """Predicted class masks (N, H, W) in eval mode (mode restored)."""
-    from medsec.objectives.dice_ce import predict_mask
+    from medsec.tasks import predict_mask
 
     was = model.training
     model.eval()
@@ -57,14 +61,14 @@ def evaluate_segmenter(model: torch.nn.Module, ds: Any, batch_size: int = 64,
 def dice_ce_loss(num_classes: int = 2) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """MONAI ``DiceCELoss(lambda_dice=1.5, lambda_ce=1.0)`` on mask logits: sigmoid for a binary
     (one-logit) head, softmax over one-hot targets otherwise."""
-    from monai.losses import DiceCELoss
+    from monai.losses.dice import DiceCELoss
 
     if num_classes == 2:
         return DiceCELoss(sigmoid=True, lambda_dice=1.5, lambda_ce=1.0)
     return DiceCELoss(softmax=True, to_onehot_y=True, lambda_dice=1.5, lambda_ce=1.0)
 
 
-def segmentation_task(num_classes: int = 2) -> TrainTask:
+def segmentation_task(num_classes: int = 2) -> TrainTask[torch.nn.Module]:
     """The :func:`~medsec.training.loop.fit` hooks of segmenter training: masks as (B, 1, H, W)
     float targets flipped with the images, Dice+CE (:func:`dice_ce_loss`), the PGD-AT/TRADES
     segmentation loss, ``val_dice``."""

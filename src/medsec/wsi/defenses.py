@@ -23,13 +23,16 @@ adversarial training of the aggregator on attacked features).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch import nn
 
 from medsec.defenses.embedding_outlier import EmbeddingOutlierDetector
 from medsec.errors import InputError
+
+if TYPE_CHECKING:
+    from medsec.models.mil.base import MILHead
 
 __all__ = ["EmbeddingOutlierDetector", "adversarial_finetune", "drop_flagged"]
 
@@ -40,9 +43,9 @@ def drop_flagged(bag: torch.Tensor, flagged: np.ndarray) -> torch.Tensor:
     return bag[keep] if bool(keep.any()) else bag
 
 
-def adversarial_finetune(head: nn.Module, clean: Sequence[torch.Tensor], attacked: Sequence[torch.Tensor],
+def adversarial_finetune(head: MILHead, clean: Sequence[torch.Tensor], attacked: Sequence[torch.Tensor],
                          labels: Sequence[int] | torch.Tensor, epochs: int = 5, lr: float = 1e-4,
-                         generator: torch.Generator | None = None) -> nn.Module:
+                         generator: torch.Generator | None = None) -> MILHead:
     """Fine-tune ``head`` in place on the union of clean and attacked bags (same labels)."""
     from medsec.wsi.mil.train import train_mil
 

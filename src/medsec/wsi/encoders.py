@@ -21,27 +21,31 @@ Names (``medsec.wsi.create_encoder(name, ...)``):
 * ``resnet50_trunc``: the CLAM baseline, ImageNet ResNet50 truncated after layer3 with
   global average pooling (1024-d; Lu et al., Nature BME 2021);
 * ``medsec_bloodmnist``: the penultimate features (128-d) of medsec's BloodMNIST small
-  CNN recipe (:func:`medsec.training.recipes.bloodmnist_classifier`), the offline FM.
+  CNN recipe (:func:`medsec.recipes.builtin.bloodmnist_classifier`), the offline FM.
 
 Threat model: not applicable (victim models).
 
 Example:
-    >>> enc = create_encoder("uni", pretrained=False, overrides={"depth": 1, "img_size": 32})  # doctest: +SKIP
-    >>> enc(torch.rand(2, 3, 32, 32)).shape  # doctest: +SKIP
+    >>> enc = create_encoder("uni", pretrained=False, overrides={"depth": 1, "img_size": 32})
+    >>> enc(torch.rand(2, 3, 32, 32)).shape
     torch.Size([2, 1024])
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 from medsec.errors import ConfigError, InputError
-from medsec.registries import ENCODERS
+from medsec.registry import ENCODERS
 from medsec.types import InputSpec
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -61,6 +65,9 @@ class TileEncoder(nn.Module):
         num_prefix_tokens: tokens before the patch tokens (CLS + registers).
     """
 
+    _mean: torch.Tensor  # (1, C, 1, 1) normalisation buffers
+    _std: torch.Tensor
+
     def __init__(self, net: nn.Module, spec: InputSpec, dim: int, *, pool: str = "none", name: str = "",
                  num_prefix_tokens: int = 1) -> None:
         super().__init__()
@@ -78,7 +85,7 @@ class TileEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.spec.channels:
             raise InputError(f"tiles must have shape (B, {self.spec.channels}, H, W), got {tuple(x.shape)}")
-        z = self.net((x - self._mean.to(x.dtype)) / self._std.to(x.dtype))
+        z: torch.Tensor = self.net((x - self._mean.to(x.dtype)) / self._std.to(x.dtype))
         if self.pool == "cls+mean":
             z = torch.cat([z[:, 0], z[:, self.num_prefix_tokens:].mean(1)], dim=1)
         return z.flatten(1)
@@ -98,6 +105,11 @@ def _infer_dim(net: nn.Module, spec: InputSpec, pool: str, prefix: int = 1) -> i
         return int(probe(torch.rand(1, spec.channels, *size)).shape[1])
 
 
+def _hw(size: Iterable[Any]) -> tuple[int, int]:
+    """A timm image size, an (H, W) pair, as ints."""
+    return cast("tuple[int, int]", tuple(int(s) for s in size))
+
+
 def _timm_spec(net: nn.Module) -> InputSpec:
     cfg = getattr(net, "pretrained_cfg", None) or {}
     mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
@@ -105,7 +117,7 @@ def _timm_spec(net: nn.Module) -> InputSpec:
     img = getattr(getattr(net, "patch_embed", None), "img_size", None)
     if img is not None:
         size = tuple(img)
-    return InputSpec(channels=3, mean=tuple(mean), std=tuple(std), size=tuple(int(s) for s in size))
+    return InputSpec(channels=3, mean=tuple(mean), std=tuple(std), size=_hw(size))
 
 
 def _timm(arch: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
@@ -150,7 +162,7 @@ def _resolve_layers(kwargs: dict[str, Any]) -> dict[str, Any]:
     if out.get("act_layer") == "silu":
         out["act_layer"] = nn.SiLU
     if out.get("mlp_layer") == "swiglu_packed":
-        from timm.layers import SwiGLUPacked
+        from timm.layers.mlp import SwiGLUPacked
 
         out["mlp_layer"] = SwiGLUPacked
     return out
@@ -161,8 +173,8 @@ def _preset(name: str) -> Any:
         p = PRESETS[name]
         kwargs = _resolve_layers({**p["kwargs"], **(overrides or {})})
         net = _timm(p["hub"] if pretrained else p["arch"], pretrained, kwargs)
-        spec = InputSpec(channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                         size=tuple(int(s) for s in net.patch_embed.img_size))
+        vit = cast("VisionTransformer", net)  # every preset is a timm ViT
+        spec = InputSpec(channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD, size=_hw(vit.patch_embed.img_size))
         prefix = int(getattr(net, "num_prefix_tokens", 1))
         dim = _infer_dim(net, spec, p["pool"], prefix)
         return TileEncoder(net, spec, dim, pool=p["pool"], name=name, num_prefix_tokens=prefix)
@@ -194,12 +206,13 @@ def open_clip_encoder(arch: str, pretrained: str | None = None, model_kwargs: di
 class _ResNetTrunc(nn.Module):
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
-        self.stem = nn.Sequential(net.conv1, net.bn1, net.act1, net.maxpool)
-        self.layers = nn.Sequential(net.layer1, net.layer2, net.layer3)
+        self.stem = nn.Sequential(*(net.get_submodule(n) for n in ("conv1", "bn1", "act1", "maxpool")))
+        self.layers = nn.Sequential(*(net.get_submodule(n) for n in ("layer1", "layer2", "layer3")))
         self.pool = nn.AdaptiveAvgPool2d(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.layers(self.stem(x))).flatten(1)
+        pooled: torch.Tensor = self.pool(self.layers(self.stem(x)))
+        return pooled.flatten(1)
 
 
 @ENCODERS.register("resnet50_trunc")
@@ -218,10 +231,11 @@ class _Penultimate(nn.Module):
         if not hasattr(net, "features") or not hasattr(net, "head"):
             raise InputError("the classifier network must have .features and .head (medsec small_cnn)")
         self.stem = getattr(net, "stem", nn.Identity())
-        self.features = net.features
+        self.features = net.get_submodule("features")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(self.stem(x))
+        feats: torch.Tensor = self.features(self.stem(x))
+        return feats
 
 
 def from_classifier(clf: Any, name: str = "classifier") -> TileEncoder:
@@ -237,7 +251,7 @@ def from_classifier(clf: Any, name: str = "classifier") -> TileEncoder:
 def medsec_bloodmnist(root: str | None = None, cache_dir: str | None = None) -> TileEncoder:
     """medsec's BloodMNIST small CNN (cached recipe) without its head: the offline FM."""
     from medsec.data import data_root
-    from medsec.training.recipes import bloodmnist_classifier
+    from medsec.recipes.builtin import bloodmnist_classifier
 
     root_p = Path(root) if root else data_root() / "bloodmnist"
     cache = Path(cache_dir) if cache_dir else Path(".medsec-cache")
@@ -250,7 +264,8 @@ def create_encoder(name: str, **params: Any) -> TileEncoder:
     from medsec.models.names import resolve
 
     key, params = resolve(name, params, registry=ENCODERS)
-    return ENCODERS.create(key, **params)
+    encoder: TileEncoder = ENCODERS.create(key, **params)
+    return encoder
 
 
 def list_encoders() -> list[str]:

@@ -11,9 +11,18 @@ a reader never sees a half-written ``.h5``.
 Threat model: not applicable (caching).
 
 Example:
-    >>> bag = extract_features(encoder, SlideTiles(slide, grid), grid.coords, "feats/slide.h5")  # doctest: +SKIP
-    >>> bag.features.shape  # doctest: +SKIP
-    (188, 1024)
+    >>> import tempfile
+    >>> from medsec.data import data_root
+    >>> from medsec.types import InputSpec
+    >>> from medsec.wsi import Slide, SlideTiles, TileEncoder, tile_grid
+    >>> slide = Slide(data_root() / "he-samples" / "cmu_small_region.svs")
+    >>> grid = tile_grid(slide, tile_size=224, level=0)
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 16, stride=16), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    >>> encoder = TileEncoder(net, InputSpec(channels=3), 16)  # a toy encoder (a foundation model in practice)
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     bag = extract_features(encoder, SlideTiles(slide, grid), grid.coords, Path(tmp) / "slide.h5")
+    >>> bag.features.shape
+    torch.Size([41, 16])
 """
 
 from __future__ import annotations

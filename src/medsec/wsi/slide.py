@@ -8,8 +8,9 @@ whole-slide images", Nature BME 2021).
 Threat model: not applicable (data access).
 
 Example:
-    >>> slide = Slide("../shared/data/he-samples/cmu_small_region.svs")  # doctest: +SKIP
-    >>> slide.dimensions, slide.mpp  # doctest: +SKIP
+    >>> from medsec.data import data_root
+    >>> slide = Slide(data_root() / "he-samples" / "cmu_small_region.svs")
+    >>> slide.dimensions, slide.mpp
     ((2220, 2967), 0.499)
 """
 
@@ -102,7 +103,8 @@ class Slide:
         level = self.check_level(level)
         img = np.asarray(self._osr.read_region((int(x), int(y)), level, (int(size[0]), int(size[1]))))
         rgb, alpha = img[..., :3].astype(np.float32), img[..., 3:4].astype(np.float32) / 255.0
-        return (rgb * alpha + 255.0 * (1.0 - alpha)).round().astype(np.uint8)
+        out: np.ndarray = (rgb * alpha + 255.0 * (1.0 - alpha)).round().astype(np.uint8)
+        return out
 
     def thumbnail(self, max_size: int = 1024) -> tuple[np.ndarray, float]:
         """(H, W, 3) uint8 thumbnail no larger than ``max_size`` and its downsample

@@ -11,16 +11,20 @@ through the encoder) and re-encoded. (``vulnerability`` ranking is the exception
 spends one forward+backward pass on every tile.)
 
 Example:
-    >>> res = attack_slide(encoder, SlideTiles(slide, grid), bag.features, WSIBudget(0.001, 8 / 255),
-    ...                    generator=torch.Generator().manual_seed(0))  # doctest: +SKIP
-    >>> res.features_adv[res.indices] - bag.features[res.indices]  # doctest: +SKIP
+    >>> from medsec.wsi import TensorTiles, create_encoder
+    >>> encoder = create_encoder("uni", pretrained=False, overrides={"depth": 1, "img_size": 32})
+    >>> tiles = torch.rand(200, 3, 32, 32)  # a "slide" of 200 tiles, with their cached features
+    >>> res = attack_slide(encoder, TensorTiles(tiles), encoder.encode(tiles), WSIBudget(0.01, 8 / 255),
+    ...                    generator=torch.Generator().manual_seed(0))
+    >>> res.indices.shape, res.features_adv.shape  # k = 2 tiles attacked, their rows replaced
+    (torch.Size([2]), torch.Size([200, 1024]))
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -29,6 +33,9 @@ from medsec.errors import InputError
 from medsec.objectives.feature_deviation import deviation
 from medsec.wsi.attacks.feature_attack import feature_attack
 from medsec.wsi.budget import WSIBudget, select_tiles
+
+if TYPE_CHECKING:
+    from medsec.models.mil.base import MILHead
 
 
 @dataclass
@@ -59,7 +66,7 @@ def attack_slide(
     budget: WSIBudget,
     attack: str = "pgd",
     strategy: str = "random",
-    head: nn.Module | None = None,
+    head: MILHead | None = None,
     generator: torch.Generator | None = None,
     distance: str = "cosine",
     indices: torch.Tensor | None = None,

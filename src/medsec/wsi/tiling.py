@@ -14,9 +14,12 @@ and resizes it to ``tile_size`` (antialiased), so a tile always covers
 ``tile_size * mpp`` microns.
 
 Example:
-    >>> grid = tile_grid(slide, tile_size=224, level=0)  # doctest: +SKIP
-    >>> grid.coords.shape  # doctest: +SKIP
-    (96, 2)
+    >>> from medsec.data import data_root
+    >>> from medsec.wsi import Slide
+    >>> slide = Slide(data_root() / "he-samples" / "cmu_small_region.svs")
+    >>> grid = tile_grid(slide, tile_size=224, level=0)
+    >>> grid.coords.shape
+    (41, 2)
 """
 
 from __future__ import annotations

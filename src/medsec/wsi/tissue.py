@@ -9,7 +9,7 @@ Threat model: not applicable (preprocessing).
 
 Example:
     >>> rgb = np.full((64, 64, 3), 240, np.uint8); rgb[16:48, 16:48] = (180, 60, 140)
-    >>> tissue_mask(rgb).mean()
+    >>> float(tissue_mask(rgb).mean())
     0.25
 """
 
@@ -46,7 +46,7 @@ def tissue_mask(rgb: np.ndarray, min_saturation: float = 0.05, min_size: int = 1
     if float(sat.max() - sat.min()) < 1e-6:
         return np.zeros(sat.shape, dtype=bool) if sat.max() < min_saturation else np.ones(sat.shape, dtype=bool)
     thr = max(float(threshold_otsu(sat)), float(min_saturation))
-    mask = sat > thr
+    mask: np.ndarray = sat > thr
     if min_size > 0:
         mask = remove_small_objects(mask, max_size=min_size)
         mask = remove_small_holes(mask, max_size=min_size)

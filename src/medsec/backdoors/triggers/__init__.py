@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 from medsec.backdoors.triggers import badnets, blended, fiba, noise, text, wanet  # noqa: F401  (registration)
@@ -22,15 +23,16 @@ from medsec.backdoors.triggers.fiba import FIBA
 from medsec.backdoors.triggers.noise import NoiseTrigger
 from medsec.backdoors.triggers.text import TextTrigger
 from medsec.backdoors.triggers.wanet import WaNet
-from medsec.registries import TRIGGERS
+from medsec.registry import TRIGGERS
 
 
 def create(name: str, **params: Any) -> Trigger:
     """A registered trigger by name (``medsec ls triggers`` lists them)."""
-    return TRIGGERS.create(name, **params)
+    trigger: Trigger = TRIGGERS.create(name, **params)
+    return trigger
 
 
-def list() -> list[str]:  # noqa: A001  (mirrors medsec.attacks.list)
+def list() -> builtins.list[str]:  # noqa: A001  (mirrors medsec.attacks.list)
     return TRIGGERS.list()
 
 

@@ -11,11 +11,13 @@ an image tensor (C, size, size) given as ``pattern``.
 
 Example:
     >>> import torch
-    >>> t = BadNets(size=3, position="bottom-right")
+    >>> t = BadNets(size=3, position="bottom-right", pattern="white")
     >>> x = torch.zeros(2, 3, 28, 28)
     >>> p = t.sample_params(x.shape)
-    >>> t.apply(x, p)[:, :, -4:-1, -4:-1].min().item()
+    >>> t.apply(x, p)[:, :, -4:-1, -4:-1].min().item()  # the patch, one pixel from the corner
     1.0
+    >>> t.mask(x.shape, p).sum().item()  # it replaces 3 x 3 pixels
+    9
 """
 
 from __future__ import annotations
@@ -24,19 +26,20 @@ import torch
 
 from medsec.backdoors.triggers.base import Params, Trigger, image_shape
 from medsec.errors import InputError
-from medsec.registries import TRIGGERS
+from medsec.registry import TRIGGERS
 
 POSITIONS = ("top-left", "top", "top-right", "left", "center", "right", "bottom-left", "bottom", "bottom-right",
              "random")
 PATTERNS = ("white", "checkerboard", "random")
-_PLACES = {"top-left": ("top", "left"), "top": ("top", "center"), "top-right": ("top", "right"),
-           "left": ("center", "left"), "center": ("center", "center"), "right": ("center", "right"),
-           "bottom-left": ("bottom", "left"), "bottom": ("bottom", "center"), "bottom-right": ("bottom", "right")}
+#: the nine named positions as (vertical, horizontal) places, for :func:`place`
+PLACES = {"top-left": ("top", "left"), "top": ("top", "center"), "top-right": ("top", "right"),
+          "left": ("center", "left"), "center": ("center", "center"), "right": ("center", "right"),
+          "bottom-left": ("bottom", "left"), "bottom": ("bottom", "center"), "bottom-right": ("bottom", "right")}
 
 
 def place(position: str, h: int, w: int, ph: int, pw: int, margin: int) -> tuple[int, int]:
     """(top, left) of a ph x pw patch at one of the nine named positions of an h x w image."""
-    v, hz = _PLACES[position]
+    v, hz = PLACES[position]
     top = {"top": margin, "center": (h - ph) // 2, "bottom": h - ph - margin}[v]
     left = {"left": margin, "center": (w - pw) // 2, "right": w - pw - margin}[hz]
     return top, left
@@ -44,14 +47,25 @@ def place(position: str, h: int, w: int, ph: int, pw: int, margin: int) -> tuple
 
 @TRIGGERS.register("badnets")
 class BadNets(Trigger):
-    """A square patch at one of nine positions (or random), replacing the pixels there."""
+    """A square patch at one of nine positions (or random), replacing the pixels there.
+
+    Args:
+        size: side of the square patch in pixels (default 3).
+        position: one of the nine named positions (``"top-left"``, ``"top"``, ...,
+            ``"bottom-right"``; default ``"bottom-right"``) or ``"random"`` (drawn once in
+            :meth:`sample_params`).
+        pattern: ``"white"``, ``"checkerboard"`` (default, the paper's), ``"random"``
+            (uniform noise drawn once) or an image tensor (C, size, size).
+        margin: distance of the patch from the image border in pixels (default 1).
+        bounds: the valid pixel range of the images (default (0, 1)).
+    """
 
     name = "badnets"
     param_keys = ("patch", "top", "left")
 
-    def __init__(self, size: int = 3, position: str = "bottom-right", pattern: str | torch.Tensor = "checkerboard",
+    def __init__(self, *, size: int = 3, position: str = "bottom-right", pattern: str | torch.Tensor = "checkerboard",
                  margin: int = 1, bounds: tuple[float, float] = (0.0, 1.0)) -> None:
-        super().__init__(bounds)
+        super().__init__(bounds=bounds)
         if int(size) < 1:
             raise InputError(f"size must be >= 1 pixel, got {size}")
         if position not in POSITIONS:

@@ -28,7 +28,7 @@ def image_shape(shape: tuple[int, ...] | torch.Size) -> tuple[int, int, int]:
     shape = tuple(int(s) for s in shape)
     if len(shape) not in (3, 4) or any(s < 1 for s in shape):
         raise InputError(f"a trigger needs an image shape (C, H, W) or (B, C, H, W), got {shape}")
-    return shape[-3], shape[-2], shape[-1]  # type: ignore[return-value]
+    return shape[-3], shape[-2], shape[-1]
 
 
 class Trigger:
@@ -39,12 +39,14 @@ class Trigger:
 
     Args:
         bounds: the valid pixel range of the images (default [0, 1]).
+
+    The parameters are keyword-only, here and in every trigger.
     """
 
     name: ClassVar[str] = "trigger"
     param_keys: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, bounds: tuple[float, float] = (0.0, 1.0)) -> None:
+    def __init__(self, *, bounds: tuple[float, float] = (0.0, 1.0)) -> None:
         lo, hi = (float(b) for b in bounds)
         if not lo < hi:
             raise InputError(f"bounds must satisfy low < high, got {bounds}")

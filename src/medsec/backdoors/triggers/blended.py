@@ -22,19 +22,26 @@ import torch.nn.functional as F
 
 from medsec.backdoors.triggers.base import Params, Trigger
 from medsec.errors import InputError
-from medsec.registries import TRIGGERS
+from medsec.registry import TRIGGERS
 
 
 @TRIGGERS.register("blended")
 class Blended(Trigger):
-    """Alpha blend with a fixed noise or image pattern."""
+    """Alpha blend with a fixed noise or image pattern.
+
+    Args:
+        alpha: the blend weight of the pattern, in (0, 1] (default 0.2).
+        pattern: ``"random"`` (uniform noise drawn once from the generator, default) or an
+            image tensor (C, H, W), resized to the input size.
+        bounds: the valid pixel range of the images (default (0, 1)).
+    """
 
     name = "blended"
     param_keys = ("pattern",)
 
-    def __init__(self, alpha: float = 0.2, pattern: str | torch.Tensor = "random",
+    def __init__(self, *, alpha: float = 0.2, pattern: str | torch.Tensor = "random",
                  bounds: tuple[float, float] = (0.0, 1.0)) -> None:
-        super().__init__(bounds)
+        super().__init__(bounds=bounds)
         if not 0.0 < float(alpha) <= 1.0:
             raise InputError(f"alpha must be in (0, 1], got {alpha}")
         if isinstance(pattern, str) and pattern != "random":

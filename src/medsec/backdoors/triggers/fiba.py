@@ -28,19 +28,28 @@ import torch.nn.functional as F
 
 from medsec.backdoors.triggers.base import Params, Trigger
 from medsec.errors import InputError
-from medsec.registries import TRIGGERS
+from medsec.registry import TRIGGERS
 
 
 @TRIGGERS.register("fiba")
 class FIBA(Trigger):
-    """Low-frequency amplitude blending with a trigger image; phase kept."""
+    """Low-frequency amplitude blending with a trigger image; phase kept.
+
+    Args:
+        beta: half-size of the centred low-frequency window as a fraction of min(H, W),
+            in (0, 0.5] (default 0.1, the paper's).
+        alpha: the amplitude mixing ratio, in (0, 1] (default 0.15, the paper's).
+        pattern: ``"random"`` (a uniform-noise trigger image drawn once from the generator,
+            default) or a trigger image tensor (C, H, W), resized to the input size.
+        bounds: the valid pixel range of the images (default (0, 1)).
+    """
 
     name = "fiba"
     param_keys = ("trigger_amplitude", "window")
 
-    def __init__(self, beta: float = 0.1, alpha: float = 0.15, pattern: str | torch.Tensor = "random",
+    def __init__(self, *, beta: float = 0.1, alpha: float = 0.15, pattern: str | torch.Tensor = "random",
                  bounds: tuple[float, float] = (0.0, 1.0)) -> None:
-        super().__init__(bounds)
+        super().__init__(bounds=bounds)
         if not 0.0 < float(beta) <= 0.5:
             raise InputError(f"beta (window size as a fraction of the image) must be in (0, 0.5], got {beta}")
         if not 0.0 < float(alpha) <= 1.0:
@@ -84,4 +93,5 @@ class FIBA(Trigger):
         amp = amp.clone()
         amp[win] = (1 - self.alpha) * amp[win] + self.alpha * amp_t[None][win]
         out = torch.fft.ifft2(torch.fft.ifftshift(torch.polar(amp, phase), dim=(-2, -1)))
-        return out.real
+        real: torch.Tensor = out.real
+        return real

@@ -23,18 +23,24 @@ import torch
 
 from medsec.backdoors.triggers.base import Params, Trigger
 from medsec.errors import InputError
-from medsec.registries import TRIGGERS
+from medsec.registry import TRIGGERS
 
 
 @TRIGGERS.register("noise")
 class NoiseTrigger(Trigger):
-    """x + delta with ||delta||_inf <= eps, delta shared by all triggered images."""
+    """x + delta with ||delta||_inf <= eps, delta shared by all triggered images.
+
+    Args:
+        eps: the L-inf bound of delta, in input units (default 8/255).
+        init: the drawn delta, ``"zeros"`` (default) or ``"uniform"`` in [-eps, eps].
+        bounds: the valid pixel range of the images (default (0, 1)).
+    """
 
     name = "noise"
     param_keys = ("delta",)
 
-    def __init__(self, eps: float = 8 / 255, init: str = "zeros", bounds: tuple[float, float] = (0.0, 1.0)) -> None:
-        super().__init__(bounds)
+    def __init__(self, *, eps: float = 8 / 255, init: str = "zeros", bounds: tuple[float, float] = (0.0, 1.0)) -> None:
+        super().__init__(bounds=bounds)
         if not 0.0 <= float(eps) <= self.bounds[1] - self.bounds[0]:
             raise InputError(f"eps must be in [0, {self.bounds[1] - self.bounds[0]:g}], got {eps}")
         if init not in ("zeros", "uniform"):

@@ -21,10 +21,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medsec.backdoors.triggers.badnets import _PLACES, place
+from medsec.backdoors.triggers.badnets import PLACES, place
 from medsec.backdoors.triggers.base import Params, Trigger
 from medsec.errors import InputError
-from medsec.registries import TRIGGERS
+from medsec.registry import TRIGGERS
 
 
 def render_text(text: str, size: int) -> np.ndarray:
@@ -35,28 +35,39 @@ def render_text(text: str, size: int) -> np.ndarray:
         font = ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1: fixed-size bitmap font
         font = ImageFont.load_default()
-    left, top, right, bottom = font.getbbox(text)
-    img = Image.new("L", (max(1, right - left), max(1, bottom - top)), 0)
+    left, top, right, bottom = font.getbbox(text)  # whole pixels (typed as floats)
+    img = Image.new("L", (max(1, int(right - left)), max(1, int(bottom - top))), 0)
     ImageDraw.Draw(img).text((-left, -top), text, fill=255, font=font)
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
 @TRIGGERS.register("text")
 class TextTrigger(Trigger):
-    """A word rendered with Pillow's built-in font, pasted at a fixed position."""
+    """A word rendered with Pillow's built-in font, pasted at a fixed position.
+
+    Args:
+        text: the word (default ``"R"``).
+        size: the font size in pixels, >= 4 (default 10).
+        position: one of the nine BadNets positions (default ``"top-left"``).
+        color: the grey level of the glyphs (default 1.0).
+        background: the grey level of the box behind the word (default 0.0); None: no box,
+            only the glyph pixels change.
+        margin: distance of the box from the image border in pixels (default 1).
+        bounds: the valid pixel range of the images (default (0, 1)).
+    """
 
     name = "text"
     param_keys = ("patch", "alpha", "top", "left")
 
-    def __init__(self, text: str = "R", size: int = 10, position: str = "top-left", color: float = 1.0,
+    def __init__(self, *, text: str = "R", size: int = 10, position: str = "top-left", color: float = 1.0,
                  background: float | None = 0.0, margin: int = 1, bounds: tuple[float, float] = (0.0, 1.0)) -> None:
-        super().__init__(bounds)
+        super().__init__(bounds=bounds)
         if not isinstance(text, str) or not text.strip():
             raise InputError("text must be a non-empty string")
         if int(size) < 4:
             raise InputError(f"size must be >= 4 pixels, got {size}")
-        if position not in _PLACES:
-            raise InputError(f"position must be one of {', '.join(_PLACES)}, got {position!r}")
+        if position not in PLACES:
+            raise InputError(f"position must be one of {', '.join(PLACES)}, got {position!r}")
         self.text, self.size, self.position, self.margin = text, int(size), position, int(margin)
         self.color = float(color)
         self.background = None if background is None else float(background)

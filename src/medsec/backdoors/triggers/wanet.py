@@ -28,19 +28,26 @@ import torch.nn.functional as F
 
 from medsec.backdoors.triggers.base import Params, Trigger
 from medsec.errors import InputError
-from medsec.registries import TRIGGERS
+from medsec.registry import TRIGGERS
 
 
 @TRIGGERS.register("wanet")
 class WaNet(Trigger):
-    """Smooth random warp of strength ``strength`` on a ``k`` x ``k`` control grid."""
+    """Smooth random warp of strength ``strength`` on a ``k`` x ``k`` control grid.
+
+    Args:
+        k: the side of the control grid of random offsets, >= 2 (default 4, the paper's).
+        strength: the warp strength s (default 0.5, the paper's).
+        grid_rescale: the factor applied to the warped grid before clamping (default 1).
+        bounds: the valid pixel range of the images (default (0, 1)).
+    """
 
     name = "wanet"
     param_keys = ("field",)
 
-    def __init__(self, k: int = 4, strength: float = 0.5, grid_rescale: float = 1.0,
+    def __init__(self, *, k: int = 4, strength: float = 0.5, grid_rescale: float = 1.0,
                  bounds: tuple[float, float] = (0.0, 1.0)) -> None:
-        super().__init__(bounds)
+        super().__init__(bounds=bounds)
         if int(k) < 2:
             raise InputError(f"k (control grid size) must be >= 2, got {k}")
         if not float(strength) >= 0:

@@ -183,7 +183,7 @@ def _run_detector(d: Any, model: Any, poisoned: Any, test: Any, clean: Any, cfg:
     truth[poisoned.poison_indices] = True
     det.fit(model, x, y)
     scores = det.score(x, y)
-    m = detection_metrics(scores, truth)
+    m: dict[str, Any] = dict(detection_metrics(scores, truth))
     if target is not None:
         sel = y == target
         if truth[sel].any() and (~truth[sel]).any():

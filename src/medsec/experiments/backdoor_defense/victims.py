@@ -14,8 +14,8 @@ metric code expects from a backdoored image classifier:
 
 The attacks are run through their own public APIs (BAPLe: :class:`~medsec.backdoors.
 prompt_harness.Harness` on the medsec-pretrained BloodMNIST CLIP of
-:func:`medsec.training.recipes.bloodmnist_clip`; BadMatch: the pretrained and BadDist
-encoders of :func:`medsec.training.medclip_recipes.badmatch_bloodmnist`, the
+:func:`medsec.recipes.builtin.bloodmnist_clip`; BadMatch: the pretrained and BadDist
+encoders of :func:`medsec.experiments.badmatch.recipe.badmatch_bloodmnist`, the
 :class:`~medsec.backdoors.badmatch.BadMatch` poisoning and
 :func:`medsec.training.medclip.train_medclip`), both at 28 px on BloodMNIST.
 
@@ -32,7 +32,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -67,6 +67,15 @@ class VictimData:
     def test_targets(self, y: torch.Tensor) -> torch.Tensor:
         return torch.full_like(y, self.target)
 
+
+def _encode(model: Any, x: torch.Tensor) -> torch.Tensor:
+    """A CLIP-style model's image embedding (as the model returns it)."""
+    return cast(torch.Tensor, model.encode_image(x))
+
+
+def _encode_normalized(model: Any, x: torch.Tensor) -> torch.Tensor:
+    """A CLIP-style model's L2-normalised image embedding."""
+    return cast(torch.Tensor, model.encode_image(x, normalize=True))
 
 def bloodmnist_root(cfg: Any) -> Path:
     """The BloodMNIST folder of a backdoor_defense config whose data is medmnist/bloodmnist."""
@@ -103,8 +112,8 @@ def baple_victim(cfg: Any, b: Any, train: Any, test: Any, cache: Path) -> tuple[
     from medsec.backdoors.baple import BapleSettings
     from medsec.backdoors.prompt_harness import Harness, few_shot
     from medsec.defenses.clip_classifier import EncodeImage, TextHeadClassifier
+    from medsec.recipes.builtin import bloodmnist_clip
     from medsec.training.clip_pretrain import BLOOD_CLASS_NAMES
-    from medsec.training.recipes import bloodmnist_clip
 
     clip, meta = bloodmnist_clip(bloodmnist_root(cfg), cache)
     settings = BapleSettings.paper(**{**b.params, "rate": b.rate})
@@ -116,7 +125,7 @@ def baple_victim(cfg: Any, b: Any, train: Any, test: Any, cache: Path) -> tuple[
     prompt, trig, poisoned = out["prompt"], out["trigger"], out["poisoned"]
     with torch.no_grad():
         text = prompt.text_features().detach()
-    model = TextHeadClassifier(EncodeImage(clip, lambda m, x: m.encode_image(x, normalize=True)), text,
+    model = TextHeadClassifier(EncodeImage(clip, _encode_normalized), text,
                                float(clip.logit_scale.detach()), classes=list(BLOOD_CLASS_NAMES)).eval()
     images = poisoned.dataset.images.clone()
     idx = poisoned.poison_indices
@@ -132,10 +141,10 @@ def badmatch_victim(cfg: Any, b: Any, cache: Path) -> tuple[Any, VictimData, dic
     """BadMatch (BadDist-assisted by default) on the BloodMNIST MedCLIP recipe; zero-shot head."""
     from medsec.data.medclip_text import class_prompts
     from medsec.defenses.clip_classifier import EncodeImage, TextHeadClassifier
+    from medsec.experiments.badmatch.recipe import badmatch_bloodmnist, poisoned_finetune, poisoned_set, recipe_config
     from medsec.models.medclip import LOGIT_SCALE_MAX, load_medclip
     from medsec.models.medclip_prompts import PromptClassifier
-    from medsec.training.medclip_recipes import badmatch_bloodmnist, poisoned_finetune, poisoned_set, recipe_config
-    from medsec.training.shipped import read_record
+    from medsec.recipes.shipped import read_record
 
     root = bloodmnist_root(cfg)
     method = b.params.get("method", "baddist+badmatch")
@@ -154,7 +163,7 @@ def badmatch_victim(cfg: Any, b: Any, cache: Path) -> tuple[Any, VictimData, dic
     prompts = class_prompts(rcfg.data.dataset)
     head = PromptClassifier(model, prompts, rcfg.eval.n_prompts, torch.Generator().manual_seed(cfg.seed))
     scale = float(model.logit_scale.detach().clamp(0.0, LOGIT_SCALE_MAX).exp())
-    clf = TextHeadClassifier(EncodeImage(model, lambda m, x: m.encode_image(x)), head.weights, scale,
+    clf = TextHeadClassifier(EncodeImage(model, _encode), head.weights, scale,
                              classes=list(prompts), normalize_text=False).eval()
     data = VictimData(poisoned.images, poisoned.image_labels.argmax(1), poisoned.indices, int(b.target),
                       lambda x: trig.apply(x, params))

@@ -8,7 +8,8 @@ from pydantic import Field, field_validator, model_validator
 
 from medsec.config.schema import RunConfig, StrictModel
 
-METHODS = ("badmatch", "baddist+badmatch")
+Method = Literal["badmatch", "baddist+badmatch"]
+METHODS: tuple[Method, ...] = ("badmatch", "baddist+badmatch")
 
 
 class DataSection(StrictModel):
@@ -108,7 +109,7 @@ class BadMatchConfig(RunConfig):
         TriggerSpec(label="square", name="badnets", params={"size_fraction": 32 / 224, "color": 0.0}),
         TriggerSpec(label="fourier", name="fiba", params={"beta": 0.2, "alpha": 0.1})])
     poison: PoisonSection = Field(default_factory=PoisonSection)
-    methods: list[Literal["badmatch", "baddist+badmatch"]] = Field(default_factory=lambda: list(METHODS))
+    methods: list[Method] = Field(default_factory=lambda: list(METHODS))
     eval: EvalSection = Field(default_factory=EvalSection)
 
     @model_validator(mode="after")

@@ -98,7 +98,9 @@ def render(results: dict[str, Any], out_dir: Path) -> tuple[str, str]:
 
 def summary(results: dict[str, Any], out_dir: Path) -> list[str]:
     """What ``medsec run`` prints: CA / ASR per (backbone, trigger, method, rate)."""
-    f = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+    def f(v: float | None) -> str:
+        return "–" if v is None else f"{v:.3f}"
+
     lines = [f"{'backbone':<10} {'trigger':<10} {'method':<18} {'rate':>7} {'CA':>6} {'ASR':>6} {'ASR all':>8}"]
     for r in table_rows(results):
         lines.append(f"{r['backbone']:<10} {r['trigger']:<10} {r['method']:<18} {100 * r['rate']:>6g}% "

@@ -93,7 +93,7 @@ def _build(cfg: BadMatchConfig, backbone: Backbone) -> Any:
     from medsec.models.medclip import medclip
 
     m = cfg.model
-    from medsec.training.recipes import seeded_init
+    from medsec.recipes.builtin import seeded_init
 
     with seeded_init(cfg.seed):  # initial weights from the config's seed, not from the global RNG
         return medclip(vision=backbone.vision, text=m.text, pretrained=m.pretrained, embed_dim=m.embed_dim,
@@ -120,7 +120,7 @@ def evaluate(model: Any, prompts: dict[str, list[str]], test: Any, target: int, 
     x, y = test.images, test.labels
     sets = [x] if trigger is None else [x, trigger.apply(x, params)]
     preds = zero_shot_predictions(model, prompts, sets, n_prompts=n_prompts, n_samplings=n_samplings, seed=seed)
-    runs = []
+    runs: list[dict[str, Any]] = []
     for p in preds:
         if trigger is None:
             runs.append({"clean_accuracy": float((p[0] == y).float().mean())})
@@ -229,7 +229,7 @@ def run(ctx: RunContext) -> None:
             store.save()
         for tspec in cfg.triggers:
             trig, params = trig_objs[tspec.label], trig_params[tspec.label]
-            bd_vision = None
+            bd_vision: Any = None
             if "baddist+badmatch" in cfg.methods:
                 bd_path = models_dir / f"{bb.label}-{tspec.label}-baddist.safetensors"
                 key = f"baddist_{tspec.label}"

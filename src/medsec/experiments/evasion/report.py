@@ -6,6 +6,7 @@ table ``medsec run`` prints.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -162,12 +163,12 @@ def _examples(results: Mapping[str, Any], evaluations: list[Mapping[str, Any]], 
             parts.append(note(why or "no examples"))
             continue
         if t.get("norm") == "patch":
-            parts.append(safe_figure(lambda a=arrays, ti=title: patch_figures.patch_grid(a, classes, ti),
+            parts.append(safe_figure(functools.partial(patch_figures.patch_grid, arrays, classes, title),
                                      f"examples {ev.get('id')}",
                                      "Left: clean image (true label / clean prediction). Middle: the patch mask "
                                      "outlined on the clean image. Right: attacked image (prediction red when changed)."))
             continue
-        parts.append(safe_figure(lambda a=arrays, ti=title: figures.example_grid(a, classes, ti),
+        parts.append(safe_figure(functools.partial(figures.example_grid, arrays, classes, title),
                                  f"examples {ev.get('id')}",
                                  "Left: clean image (true label / clean prediction). Middle: adversarial image "
                                  "(prediction red when changed). Right: perturbation, amplified to full range."))

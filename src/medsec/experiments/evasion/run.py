@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -196,7 +196,7 @@ def prepare(cfg: EvasionConfig, ctx: RunContext) -> Prepared:
         prior = (ctx.store.results.get("model") or {}).get("train")
         if prior and ckpt.is_file():
             log.info("resuming: reusing the model trained by the previous run (%s)", ckpt)
-            model = load_checkpoint(ckpt)
+            model = cast(Classifier, load_checkpoint(ckpt))
             train_info = prior
         else:
             t = cfg.train

@@ -77,13 +77,13 @@ def _load(cfg: PromptBackdoorConfig) -> tuple[Any, Any, Any, list[str], dict[str
     cache = Path(cfg.model.cache_dir) if cfg.model.cache_dir else Path(__file__).resolve().parents[4] / ".medsec-cache"
     model_info: dict[str, Any]
     if cfg.model.recipe == "medical_clip":
-        from medsec.training.clip_recipes import MEDICAL_CLIP_RECIPE, medical_clip
+        from medsec.recipes.clip import MEDICAL_CLIP_RECIPE, medical_clip
 
         clip, meta = medical_clip(cache)
         names = list(train.classes) if cfg.data.name == "busi" else _blood_names()
         model_info = {**meta, "recipe": "medical_clip", "recipe_params": MEDICAL_CLIP_RECIPE}
     elif cfg.model.recipe == "bloodmnist_clip":
-        from medsec.training.recipes import BLOODMNIST_CLIP_RECIPE, bloodmnist_clip
+        from medsec.recipes.builtin import BLOODMNIST_CLIP_RECIPE, bloodmnist_clip
 
         clip, meta = bloodmnist_clip(root, cache)
         names = _blood_names()

@@ -19,14 +19,20 @@ against a real ``save_image`` round trip). The paper's PGD is ``pgd`` with
 ``steps=40, step_size=2/255, random_start=False`` (its step size is in normalised units
 too, so with eps = 0.5 the cap 40 * 2/255 = 0.31 binds first).
 
-Example:
-    >>> pgd = medsec.attacks.create("pgd", steps=40, step_size=2 / 255, random_start=False)
-    >>> x_adv = paper_attack(pgd, seg, x, masks, eps=0.03)  # doctest: +SKIP
+Example (a small U-Net with random weights; the paper's PGD with 3 steps):
+    >>> import medsec
+    >>> seg = medsec.models.create("monai_unet", num_classes=2, channels=[4, 8], strides=[2]).eval()
+    >>> x, masks = torch.rand(2, 3, 32, 32), torch.zeros(2, 32, 32, dtype=torch.long)
+    >>> pgd = medsec.attacks.create("pgd", steps=3, step_size=2 / 255, random_start=False)
+    >>> x_adv = paper_attack(pgd, seg, x, masks, eps=0.03)
+    >>> x_adv.shape, bool(((x_adv * 255).round() == x_adv * 255).all())  # 8-bit pixels
+    (torch.Size([2, 3, 32, 32]), True)
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -48,22 +54,22 @@ class NormalizedInput(nn.Module):
 
     def __init__(self, segmenter: nn.Module) -> None:
         super().__init__()
-        if not hasattr(segmenter, "forward_normalized"):
+        if not all(hasattr(segmenter, a) for a in ("forward_normalized", "normalize", "denormalize")):
             raise InputError("paper mode needs a medsec Segmenter (normalisation inside the wrapper)")
-        self.segmenter = segmenter
-        self.task = getattr(segmenter, "task", "segmentation")
-        self.num_classes = getattr(segmenter, "num_classes", 2)
-        self.spec = InputSpec(channels=segmenter.spec.channels, bounds=(-math.inf, math.inf))
+        seg: Any = segmenter
+        self.segmenter: Any = seg
+        self.task = getattr(seg, "task", "segmentation")
+        self.num_classes = getattr(seg, "num_classes", 2)
+        self.spec = InputSpec(channels=seg.spec.channels, bounds=(-math.inf, math.inf))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.segmenter.forward_normalized(z)
+        return cast(torch.Tensor, self.segmenter.forward_normalized(z))
 
     def to_input(self, x: torch.Tensor) -> torch.Tensor:
-        return self.segmenter.normalize(x)
+        return cast(torch.Tensor, self.segmenter.normalize(x))
 
     def to_pixels(self, z: torch.Tensor) -> torch.Tensor:
-        seg = self.segmenter
-        return z * seg._std.to(z.dtype) + seg._mean.to(z.dtype)
+        return cast(torch.Tensor, self.segmenter.denormalize(z))
 
 
 def paper_attack(attack: object, segmenter: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,

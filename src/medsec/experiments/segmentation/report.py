@@ -2,8 +2,9 @@
 (image, ground truth, clean prediction, adversarial prediction), in the report frame
 (:mod:`medsec.report.frame`), plus the table ``medsec run`` prints.
 
-Example:
-    >>> html, md = render(results, run_dir)  # doctest: +SKIP
+Usage::
+
+    html, md = render(results, run_dir)   # what medsec.report.write_report calls for this kind
 """
 
 from __future__ import annotations

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from medsec.config.loader import model_key
 from medsec.errors import ConfigError
 from medsec.experiments.evasion.run import Cell, plan_cells
 from medsec.experiments.segmentation.config import SegmentationConfig, SegmentationSection
@@ -33,8 +32,8 @@ from medsec.metrics.image_quality import psnr_per_sample
 from medsec.metrics.perturbation import perturbation_norms
 from medsec.metrics.segmentation import dice, segmentation_summary
 from medsec.progress import task
-from medsec.registry import ATTACKS, MODELS
-from medsec.runs.components import eval_subset, load_splits, takes
+from medsec.registry import ATTACKS
+from medsec.runs.components import build_model, eval_subset, load_splits, takes
 from medsec.runs.context import RunContext
 from medsec.types import ThreatModel
 
@@ -46,24 +45,11 @@ SEG_TRAIN_DEFAULTS = {"lr": 1e-3, "weight_decay": 1e-3, "batch_size": 16}
 
 def build_segmenter(cfg: SegmentationConfig, train_ds: Any) -> Any:
     """The config's segmenter (built, or loaded from ``model.checkpoint``), with its prompt set."""
-    from medsec.models.checkpoint import load_checkpoint
 
     seg_cfg = cfg.segmentation
     from medsec.models.segmenter import Segmenter
 
-    if cfg.model.checkpoint is not None:
-        model = load_checkpoint(cfg.model.checkpoint)
-    else:
-        key, extra = model_key(cfg.model.name)
-        factory = MODELS.get(key)
-        params = {**dict(cfg.model.params), **extra}
-        defaults = {"num_classes": getattr(train_ds, "num_classes", 2), "in_channels": train_ds.image_shape[0]}
-        for k, v in defaults.items():
-            if k not in params and takes(factory, k):
-                params[k] = v
-        if seg_cfg.prompt is not None and "prompt" not in params and takes(factory, "prompt"):
-            params["prompt"] = seg_cfg.prompt
-        model = MODELS.create(key, **params)
+    model = build_model(cfg.model, train_ds, **({"prompt": seg_cfg.prompt} if seg_cfg.prompt is not None else {}))
     if not isinstance(model, Segmenter):
         raise ConfigError(f"model {cfg.model.name!r} is not a segmenter; use monai_unet, clipseg or another Segmenter "
                           "(classifiers run with kind: evasion)")
@@ -101,7 +87,7 @@ def prepare(cfg: SegmentationConfig, ctx: RunContext) -> dict[str, Any]:
             train_info = prior
         else:
             t = cfg.train
-            hp = {k: (getattr(t, k) if k in t.model_fields_set else v) for k, v in SEG_TRAIN_DEFAULTS.items()}
+            hp: dict[str, Any] = {k: (getattr(t, k) if k in t.model_fields_set else v) for k, v in SEG_TRAIN_DEFAULTS.items()}
             tr = train_ds
             if t.limit is not None and t.limit < len(tr):
                 tr = tr.subset(torch.randperm(len(tr), generator=torch.Generator().manual_seed(cfg.seed))[: t.limit])
@@ -168,8 +154,8 @@ def _attack(cell: Any, attack: Any, prep: dict[str, Any], cfg: SegmentationConfi
         fit.update({"fit_size": n, "fit_fooling_rate": attack.fooling_rate_,
                     "delta_linf": float(delta.abs().max())})
         if mode == "paper":
-            mean, std = model._mean.cpu(), model._std.cpu()
-            return quantize_8bit(((x - mean) / std + delta) * std + mean)
+            dev = next(model.parameters()).device
+            return quantize_8bit(model.denormalize(model.normalize(x.to(dev)) + delta.to(dev)).cpu())
         x_adv = (x + delta).clamp(*model.spec.bounds)
         return quantize_8bit(x_adv) if seg_cfg.quantize else x_adv
     out = torch.empty_like(x)

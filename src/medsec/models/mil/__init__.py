@@ -1,6 +1,6 @@
 """MIL heads over bags of tile features: gated attention (ABMIL), TransMIL, mean/max pooling.
 
-Registered in ``medsec.registries.MIL_HEADS``; :func:`create_head` builds one by name.
+Registered in ``medsec.registry.MIL_HEADS``; :func:`create_head` builds one by name.
 Training and evaluation on bags live in :mod:`medsec.training.mil`; the WSI package
 (:mod:`medsec.wsi.mil`) re-exports both.
 
@@ -21,12 +21,13 @@ from medsec.models.mil.abmil import GatedAttentionMIL
 from medsec.models.mil.base import MILHead, check_bag
 from medsec.models.mil.pooling import MaxPoolMIL, MeanPoolMIL
 from medsec.models.mil.transmil import TransMIL
-from medsec.registries import MIL_HEADS
+from medsec.registry import MIL_HEADS
 
 
 def create_head(name: str, in_dim: int, num_classes: int = 2, **params: Any) -> MILHead:
     """A registered MIL head (``abmil``, ``transmil``, ``mean``, ``max``)."""
-    return MIL_HEADS.create(name, in_dim=in_dim, num_classes=num_classes, **params)
+    head: MILHead = MIL_HEADS.create(name, in_dim=in_dim, num_classes=num_classes, **params)
+    return head
 
 
 __all__ = ["MILHead", "GatedAttentionMIL", "TransMIL", "MeanPoolMIL", "MaxPoolMIL", "check_bag", "create_head"]

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from medsec.models.mil.base import MILHead
-from medsec.registries import MIL_HEADS
+from medsec.registry import MIL_HEADS
 
 
 @MIL_HEADS.register("abmil")

@@ -53,6 +53,8 @@ class MILHead(nn.Module):
     """
 
     name = "mil"
+    feat_mean: torch.Tensor  # (D,) buffers: the input standardisation (set_feature_stats)
+    feat_std: torch.Tensor
 
     def __init__(self, in_dim: int, num_classes: int = 2) -> None:
         super().__init__()

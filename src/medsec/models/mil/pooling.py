@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from medsec.models.mil.base import MILHead
-from medsec.registries import MIL_HEADS
+from medsec.registry import MIL_HEADS
 
 
 class _PoolMIL(MILHead):

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from medsec.models.mil.base import MILHead
-from medsec.registries import MIL_HEADS
+from medsec.registry import MIL_HEADS
 
 
 class _TransLayer(nn.Module):

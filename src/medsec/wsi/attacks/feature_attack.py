@@ -22,9 +22,13 @@ that holds the label-free defaults that differ from a unit's own:
   Kolter, ICLR 2020); ``feature_cw``, ``feature_deepfool``: see their docstrings.
 
 Example:
+    >>> from medsec.wsi.encoders import create_encoder
+    >>> encoder = create_encoder("uni", pretrained=False, overrides={"depth": 1, "img_size": 32})
+    >>> tiles = torch.rand(4, 3, 32, 32)
     >>> res = feature_attack("pgd", encoder, tiles, ThreatModel("linf", 8 / 255),
-    ...                      generator=torch.Generator().manual_seed(0))  # doctest: +SKIP
-    >>> res.loss  # per-tile 1 - cos  # doctest: +SKIP
+    ...                      generator=torch.Generator().manual_seed(0))
+    >>> res.loss.shape  # per-tile 1 - cos
+    torch.Size([4])
 """
 
 from __future__ import annotations

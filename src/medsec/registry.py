@@ -100,6 +100,15 @@ class Registry(Generic[T]):
 
         return deco
 
+    def unregister(self, name: str) -> None:
+        """Remove a unit registered with :meth:`register` (a plugin's or a test's); the
+        built-in lazy entries cannot be removed."""
+        if name in self._lazy:
+            raise ValueError(f"{self.kind} {name!r} is built in and cannot be unregistered")
+        if name not in self._items:
+            raise RegistryError(f"{self.kind} {name!r} is not registered")
+        del self._items[name]
+
     def get(self, name: str) -> Callable[..., T]:
         """Return the factory registered under ``name``."""
         if not isinstance(name, str):

@@ -5,6 +5,7 @@ dispatch (:func:`medsec.runs.run`) on the shared run services."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -37,8 +38,14 @@ def _run_toy(ctx: RunContext) -> None:
 
 TOY = Kind(name="toy", config=_ToyConfig, run=_run_toy, plan=lambda cfg: [f"cell{i}" for i in range(cfg.size)],
            render=lambda results, out: ("<html></html>", "# toy\n"), summary=lambda results, out: ["toy"])
-if "toy" not in KINDS:
+
+
+@pytest.fixture(autouse=True, scope="module")
+def toy_kind() -> Iterator[None]:
+    """The toy kind is registered while this module's tests run, and removed afterwards."""
     KINDS.register("toy")(TOY)  # type: ignore[arg-type]
+    yield
+    KINDS.unregister("toy")
 
 
 def test_kind_config_validated_by_its_own_model() -> None:
@@ -60,6 +67,10 @@ def test_unknown_kind_suggests() -> None:
 def test_a_registered_kind_cannot_be_replaced() -> None:
     with pytest.raises(ValueError, match="already registered"):
         KINDS.register("evasion")(TOY)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="built in"):
+        KINDS.unregister("evasion")
+    with pytest.raises(ConfigError, match="not registered"):
+        KINDS.unregister("no_such_kind")
 
 
 def test_run_dispatches_through_the_registry_and_the_store(tmp_path: Path) -> None:

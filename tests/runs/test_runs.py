@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Literal
 
 import pytest
@@ -54,8 +55,14 @@ def _run(ctx: RunContext) -> None:
 
 GRID = Kind(name="grid_toy", config=_GridConfig, run=_run, plan=_plan, axes=(Axis("values"),),
             render=lambda results, out: ("<html></html>", "# grid\n"), summary=lambda results, out: [])
-if "grid_toy" not in KINDS:
+
+
+@pytest.fixture(autouse=True, scope="module")
+def grid_kind() -> Iterator[None]:
+    """The toy grid kind is registered while this module's tests run, and removed afterwards."""
     KINDS.register("grid_toy")(GRID)  # type: ignore[arg-type]
+    yield
+    KINDS.unregister("grid_toy")
 
 
 def _cfg(**over: object) -> _GridConfig:

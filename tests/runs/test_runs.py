@@ -6,8 +6,8 @@ order, and one results envelope."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Literal
 
 import pytest

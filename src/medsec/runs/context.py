@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import platform
-import random
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -29,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import torch
 
 from medsec.errors import ConfigError

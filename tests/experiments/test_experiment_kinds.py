@@ -31,8 +31,7 @@ def _run_toy(ctx: RunContext) -> None:
     for i in range(ctx.cfg.size):
         if ctx.store.done(f"cell{i}") is None:
             with ctx.cell(f"cell{i}") as gen:
-                ctx.store.put(f"cell{i}", {"draw": float(torch.rand(1, generator=gen))},
-                              seed=ctx.cell_seed(f"cell{i}"))
+                ctx.store.put(f"cell{i}", {"draw": float(torch.rand(1, generator=gen))})
     ctx.store.update(value=ctx.cfg.size * 2)
 
 

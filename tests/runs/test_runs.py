@@ -41,7 +41,7 @@ def _plan(cfg: _GridConfig) -> list[str]:
 
 def _run(ctx: RunContext) -> None:
     ids = _plan(ctx.cfg)
-    ctx.store.plan(ids, {i: ctx.cell_seed(i) for i in ids})
+    ctx.store.plan(ids)
     for n, (cid, v) in enumerate(zip(ids, ctx.cfg.values)):
         if ctx.store.done(cid) is not None:
             continue

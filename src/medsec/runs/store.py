@@ -34,6 +34,7 @@ from typing import Any
 from medsec.errors import ConfigError, DataError
 from medsec.io import atomic_write_json
 from medsec.report.loading import SCHEMA_VERSION
+from medsec.runs.grid import cell_seed
 
 log = logging.getLogger(__name__)
 
@@ -177,21 +178,19 @@ class RunStore:
         record: dict[str, Any] | None = self.results["cells"].get(cell_id)
         return record
 
-    def put(self, cell_id: str, record: dict[str, Any], seed: int | None = None) -> None:
-        """Record a finished cell (and its seed) and save at once."""
+    def put(self, cell_id: str, record: dict[str, Any]) -> None:
+        """Record a finished cell (and its seed, as :meth:`plan` does) and save at once."""
         self.results["cells"][cell_id] = record
-        if seed is not None:
-            self.results["seeds"]["cells"][cell_id] = int(seed)
+        self.results["seeds"]["cells"][cell_id] = cell_seed(self.results["seeds"]["global"], cell_id)
         self.save()
 
-    def plan(self, ids: Iterable[str], seeds: Mapping[str, int] | None = None) -> None:
+    def plan(self, ids: Iterable[str]) -> None:
         """Fix the plan: keep only the finished cells still planned, in plan order, and record
-        the cells' seeds."""
+        every planned cell's seed (:func:`medsec.runs.grid.cell_seed` of the run's seed and the id)."""
         ids = list(ids)
         cells = self.results["cells"]
         self.results["cells"] = {i: cells[i] for i in ids if i in cells}
-        if seeds is not None:
-            self.results["seeds"]["cells"] = {i: int(seeds[i]) for i in ids}
+        self.results["seeds"]["cells"] = {i: cell_seed(self.results["seeds"]["global"], i) for i in ids}
         self.save()
 
     @property

@@ -242,7 +242,7 @@ def run(ctx: RunContext) -> None:
                        "classes": list(getattr(train, "classes", []) or [])},
                  backdoors=store.results.get("backdoors") or {}, detectors=detectors, repairs=repairs)
     ids = plan(cfg)
-    store.plan(ids, {i: ctx.cell_seed(i) for i in ids})
+    store.plan(ids)
     for b, blabel in zip(cfg.backdoors, backdoors):
         attack: dict[str, Any] = {}
         if b.attack == "baple":

@@ -176,7 +176,7 @@ def run(ctx: RunContext) -> None:
                        "n_sentences": len(bank.sentences)},
                  models=store.results.get("models") or {})
     ids = plan(cfg)
-    store.plan(ids, {i: ctx.cell_seed(i) for i in ids})
+    store.plan(ids)
     ev = cfg.eval
     models_dir = out / "models"
     x_train, y_train = train.images, one_hot(train.labels, k)

@@ -474,7 +474,7 @@ def run(ctx: RunContext) -> None:
             pre_checks += model_checks(m, prep.x[:k].to(prep.device), prep.y[:k].to(prep.device),
                                        label=label or "model")
     store.update(**prep.info)
-    store.plan([c.id for c in cells], {c.id: c.seed for c in cells})
+    store.plan([c.id for c in cells])
     if store.cells:
         log.info("resuming: %d of %d cells already done", len(store.cells), len(cells))
     pending = [j for j in jobs if any(store.done(c.id) is None for c in j.cells)]

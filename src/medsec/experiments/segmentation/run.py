@@ -280,7 +280,7 @@ def run(ctx: RunContext) -> None:
     cells = plan_cells(cfg)
     prep = prepare(cfg, ctx)
     store.update(**prep["info"])
-    store.plan([c.id for c in cells], {c.id: c.seed for c in cells})
+    store.plan([c.id for c in cells])
     for cell in cells:
         if store.done(cell.id) is not None:
             continue

@@ -459,7 +459,7 @@ def run(ctx: RunContext) -> None:
     """Run a ``kind: wsi`` config into ``ctx.store`` (finished cells are skipped)."""
     cfg: WSIConfig = ctx.cfg
     st, out = ctx.store, ctx.out
-    st.plan(plan(cfg), {i: ctx.cell_seed(i) for i in plan(cfg)})
+    st.plan(plan(cfg))
     encoder = _encoder(cfg, ctx.device)
     st.update(encoder={"name": cfg.encoder.name, "dim": encoder.dim, "spec": encoder.spec.to_dict()},
               figures="figures.npz")

@@ -1,27 +1,10 @@
-"""Experiment kind ``prompt_backdoor``: the BAPLe table (Hanif et al., "BAPLe: Backdoor Attacks
-on Medical Foundational Models using Prompt Learning", MICCAI 2024, Tables 1-2) with ``medsec run``.
+"""The prompt_backdoor kind's run: one training run per (method, target) cell on the run
+services; the kind, its threat model and an example config are described in
+:mod:`medsec.experiments.prompt_backdoor`.
 
-Threat model: data poisoning of few-shot adaptation (FT and PL rows) and BAPLe's
-prompt-and-trigger learning on a frozen CLIP-style model; see
-:mod:`medsec.backdoors.prompt_harness`.
-
-A config names the CLIP-style model (a medsec-pretrained recipe: ``bloodmnist_clip``, or
-``medical_clip`` from BUSI, Kvasir-SEG and BloodMNIST captions; or an open_clip /
-transformers name), the dataset (``bloodmnist``, or ``busi`` with medsec's fixed stratified
-split, :func:`medsec.data.captioned.busi_split`), the methods and the targets; each
-(method, target) cell is one training run, written to ``results.json`` as soon as it
-finishes, so a rerun of the same config resumes (Clean PL's context, which later prompt
-runs start from, is saved beside it in ``clean_ctx.npz``). The report has the paper-layout
-table (rows = method, cells = CA / BA averaged over targets), a CA/BA bar chart and
-triggered example images.
-
-Example YAML::
-
-    kind: prompt_backdoor
-    name: bloodmnist_baple
-    model: {recipe: bloodmnist_clip}
-    data: {name: bloodmnist}
-    targets: all
+Clean PL's learnt context, which the prompt methods start from, is saved beside
+``results.json`` in ``clean_ctx.npz``; a resumed run reloads it (or learns it again when the
+file is gone), so every finished cell is kept.
 """
 
 from __future__ import annotations
@@ -152,7 +135,7 @@ def run(ctx: RunContext) -> None:
                  data={"name": cfg.data.name, "classes": names, "n_fewshot": len(fewshot), "n_test": len(test),
                        "image_shape": list(fewshot.image_shape), "shots": settings.shots, "targets": targets},
                  table=store.results.get("table") or {})
-    store.plan(ids, {i: ctx.cell_seed(i) for i in ids})
+    store.plan(ids)
     t0 = time.perf_counter()
     for method in _methods(cfg):
         for target in ([None] if method.startswith("clean") else targets):

@@ -5,7 +5,7 @@ frame's figure helpers (:mod:`medsec.report.figures`)."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -188,6 +188,44 @@ def example_grid(
     Returns:
         PNG bytes. The adversarial prediction is red when it differs from the clean one.
     """
+
+    def draw(ax: Any, clean: np.ndarray, adv: np.ndarray, vrange: tuple[float, float]) -> None:
+        pert, cmap, m = perturbation_image(clean, adv, perturbation)
+        show_image(ax, pert, (0.0, 1.0), cmap)
+        what = "|adv − clean|" if perturbation == "abs" else "adv − clean"
+        detail = f"max {255 * m / (vrange[1] - vrange[0]):.3g}/255, amplified" if m > 0 else "unchanged"
+        ax.set_title(f"{what}\n({detail})", fontsize=8)
+
+    return comparison_grid(examples, classes, title, max_rows, adv_word="adversarial", extra_col=2, draw_extra=draw)
+
+
+def comparison_grid(
+    examples: Mapping[str, np.ndarray],
+    classes: Sequence[str] | None,
+    title: str,
+    max_rows: int,
+    *,
+    adv_word: str,
+    extra_col: int,
+    draw_extra: Callable[[Any, np.ndarray, np.ndarray, tuple[float, float]], None],
+) -> bytes:
+    """One row per example: the clean image (true label, clean prediction), the attacked image
+    (its prediction red when it changed) and one more panel, in column ``extra_col`` (1 or 2),
+    drawn by ``draw_extra(ax, clean, adv, vrange)``; the frame of :func:`example_grid` and of
+    the patch figures (:func:`medsec.experiments.evasion.patch_figures.patch_grid`).
+
+    Args:
+        examples: arrays ``clean``, ``adv``, ``label``, ``pred_clean``, ``pred_adv``.
+        classes: class names (indices are shown where missing).
+        title: the figure title.
+        max_rows: at most this many examples are drawn.
+        adv_word: what the attacked panel's title calls the image.
+        extra_col: the column of the extra panel.
+        draw_extra: draws the extra panel of one example.
+
+    Returns:
+        PNG bytes.
+    """
     clean = np.asarray(examples["clean"], dtype=np.float32)
     adv = np.asarray(examples["adv"], dtype=np.float32)
     k = min(len(clean), len(adv), max_rows)
@@ -199,17 +237,15 @@ def example_grid(
     fig.suptitle(mpl_text(title, 80), fontsize=11)
     axes = fig.subplots(k, 3, squeeze=False)
     for i in range(k):
-        ax_c, ax_a, ax_p = axes[i]
+        row = list(axes[i])
+        ax_x = row.pop(extra_col)
+        ax_c, ax_a = row
         show_image(ax_c, clean[i], vrange)
         ax_c.set_title(f"true: {label_text(label[i], classes)}\nclean: {label_text(pred_clean[i], classes)}",
                        fontsize=8)
         show_image(ax_a, adv[i], vrange)
         moved = changed(pred_adv[i], pred_clean[i])
-        ax_a.set_title(f"adversarial:\n{label_text(pred_adv[i], classes)}", fontsize=8,
+        ax_a.set_title(f"{adv_word}:\n{label_text(pred_adv[i], classes)}", fontsize=8,
                        color=CHANGED_COLOR if moved else KEPT_COLOR, fontweight="bold" if moved else "normal")
-        pert, cmap, m = perturbation_image(clean[i], adv[i], perturbation)
-        show_image(ax_p, pert, (0.0, 1.0), cmap)
-        what = "|adv − clean|" if perturbation == "abs" else "adv − clean"
-        detail = f"max {255 * m / (vrange[1] - vrange[0]):.3g}/255, amplified" if m > 0 else "unchanged"
-        ax_p.set_title(f"{what}\n({detail})", fontsize=8)
+        draw_extra(ax_x, clean[i], adv[i], vrange)
     return png_bytes(fig)

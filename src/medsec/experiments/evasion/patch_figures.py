@@ -13,13 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from medsec.experiments.evasion.figures import comparison_grid
 from medsec.report.figures import (
-    CHANGED_COLOR,
-    KEPT_COLOR,
     MAX_EXAMPLES,
-    changed,
-    display_range,
-    label_text,
     message_figure,
     mpl_text,
     new_figure,
@@ -45,31 +41,15 @@ def patch_grid(examples: Mapping[str, np.ndarray], classes: Sequence[str] | None
     Returns:
         PNG bytes.
     """
-    clean = np.asarray(examples["clean"], dtype=np.float32)
-    adv = np.asarray(examples["adv"], dtype=np.float32)
-    k = min(len(clean), len(adv), max_rows)
-    if k == 0:
-        return png_bytes(message_figure(f"{title}: no examples"))
-    label, pred_clean, pred_adv = (np.asarray(examples[key]) for key in ("label", "pred_clean", "pred_adv"))
-    vrange = display_range(clean[:k], adv[:k])
-    fig = new_figure(3 * 2.25, k * 2.15 + 0.5)
-    fig.suptitle(mpl_text(title, 80), fontsize=11)
-    axes = fig.subplots(k, 3, squeeze=False)
-    for i in range(k):
-        ax_c, ax_m, ax_a = axes[i]
-        mask = np.any(clean[i] != adv[i], axis=0) if clean[i].ndim == 3 else clean[i] != adv[i]
-        show_image(ax_c, clean[i], vrange)
-        ax_c.set_title(f"true: {label_text(label[i], classes)}\nclean: {label_text(pred_clean[i], classes)}",
-                       fontsize=8)
-        show_image(ax_m, clean[i], vrange)
+
+    def draw(ax: Any, clean: np.ndarray, adv: np.ndarray, vrange: tuple[float, float]) -> None:
+        mask = np.any(clean != adv, axis=0) if clean.ndim == 3 else clean != adv
+        show_image(ax, clean, vrange)
         if mask.any():
-            ax_m.contour(mask.astype(np.float32), levels=[0.5], colors=OUTLINE_COLOR, linewidths=0.9)
-        ax_m.set_title(f"mask outline\n({100 * mask.mean():.2f}% of pixels)", fontsize=8)
-        show_image(ax_a, adv[i], vrange)
-        moved = changed(pred_adv[i], pred_clean[i])
-        ax_a.set_title(f"attacked:\n{label_text(pred_adv[i], classes)}", fontsize=8,
-                       color=CHANGED_COLOR if moved else KEPT_COLOR, fontweight="bold" if moved else "normal")
-    return png_bytes(fig)
+            ax.contour(mask.astype(np.float32), levels=[0.5], colors=OUTLINE_COLOR, linewidths=0.9)
+        ax.set_title(f"mask outline\n({100 * mask.mean():.2f}% of pixels)", fontsize=8)
+
+    return comparison_grid(examples, classes, title, max_rows, adv_word="attacked", extra_col=1, draw_extra=draw)
 
 
 def area_histograms(evaluations: Sequence[Mapping[str, Any]]) -> bytes:

@@ -192,7 +192,8 @@ def badnets_metrics(model: Classifier, poisoned: Any, test: Any) -> dict[str, An
     return {"clean_accuracy": m["clean_accuracy"], "attack_success_rate": m["attack_success_rate"]}
 
 
-# Adversarially trained BloodMNIST small CNNs (issue 9). Budgeted for the test suite: a
+# Adversarially trained BloodMNIST small CNNs (PGD-AT, Madry et al. 2018; TRADES, Zhang et al.
+# 2019). Budgeted for the test suite: a
 # 3,000-image subset, width 16, the input average-pooled 2x inside the network (stem_pool),
 # 3 epochs, and a 2-step PGD (step 2.5 * eps / 2) at eps 4/255 L-inf; TRADES at beta 3.
 PGD_AT_BLOODMNIST_RECIPE: dict[str, Any] = {"model": "small_cnn", "width": 16, "stem_pool": 2, "epochs": 3, "lr": 0.005,

@@ -17,7 +17,7 @@ that holds the label-free defaults that differ from a unit's own:
   itself goes nowhere: ``pgd`` and ``mifgsm`` start at a random point of the ball
   (``fgsm_rs``, ``feature_cw`` and ``feature_deepfool`` do by construction; plain ``fgsm``
   is not label-free).
-* ``pgd``: 10 steps of eps/4 (PAPERS.md's recommended design); ``mifgsm``: its own
+* ``pgd``: 10 steps of eps/4 (the design Liu et al., arXiv 2505.24141, recommend); ``mifgsm``: its own
   defaults (10 steps of eps/10, decay 1); ``fgsm_rs``: one step of 1.25 eps (Wong, Rice &
   Kolter, ICLR 2020); ``feature_cw``, ``feature_deepfool``: see their docstrings.
 
@@ -57,7 +57,7 @@ class PerEps:
         return self.factor * eps
 
 
-#: The label-free defaults of the revised attacks (Liu et al., arXiv 2505.24141; PAPERS.md)
+#: The label-free defaults of the revised attacks (Liu et al., arXiv 2505.24141)
 #: that differ from the units' own defaults, per registered attack name; a :class:`PerEps`
 #: value is a multiple of the threat's eps. Parameters given by the caller (or in the
 #: ``attack.params`` of a ``kind: wsi`` config) override them.

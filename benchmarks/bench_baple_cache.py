@@ -1,4 +1,4 @@
-"""BAPLe wall time with and without the frozen-encoder feature cache (issue 7, "Speed").
+"""BAPLe wall time with and without the frozen-encoder feature cache.
 
 With both encoders frozen, the image feature of a training image that no learnt parameter
 touches never changes: ``cache=True`` encodes those once and re-encodes only BAPLe's

@@ -1,4 +1,4 @@
-"""medsec against torchattacks, ART and Foolbox: time and robust accuracy, one process (issue 3).
+"""medsec against torchattacks, ART and Foolbox: time and robust accuracy, one process.
 
 On one trained model and one batch, every library runs the same attack at matched settings;
 the table gives, per attack and library, the wall time of one call, the process CPU time,

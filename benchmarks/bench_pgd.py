@@ -1,4 +1,4 @@
-"""PGD-10 wall time: medsec vs torchattacks vs the floor (issue 2).
+"""PGD-10 wall time: medsec vs torchattacks vs the floor.
 
 On one model and one batch, in one process, times (median of ``--repeats`` after one
 warm-up round; the methods take turns inside each round so load changes hit all alike):
@@ -16,7 +16,7 @@ records the process CPU time of each call and the load average: on a shared mach
 the wall-time minimum and the CPU time are steadier estimates than the wall median.
 
 Images: the first ``--batch`` BloodMNIST test images from
-``/work/shared/data/bloodmnist/bloodmnist.npz`` when present, seeded random ones
+``$MEDSEC_DATA/bloodmnist/bloodmnist.npz`` (default ``../shared/data``) when present, seeded random ones
 otherwise. Weights are random (seeded): timing does not depend on them.
 
 Example:
@@ -41,8 +41,9 @@ import torch.nn.functional as F
 import torchattacks
 
 import medsec
+from medsec.data.paths import data_root
 
-DATA = "/work/shared/data/bloodmnist/bloodmnist.npz"
+DATA = str(data_root() / "bloodmnist" / "bloodmnist.npz")
 NUM_CLASSES = 8
 
 

@@ -1,4 +1,4 @@
-"""Backdoor detectors on CLIP-style victims (issue 9, item 5): the BAPLe prompt-learned CLIP
+"""Backdoor detectors on CLIP-style victims: the BAPLe prompt-learned CLIP
 and the BadDist-assisted BadMatch MedCLIP-style model of the suite's recipes, run as
 ``attack: baple`` / ``attack: badmatch`` entries of the ``backdoor_defense`` kind.
 

@@ -1,4 +1,4 @@
-"""The attack call contract (GUIDE.md section 3), generated from the attack registry.
+"""The attack call contract (README, "Every attack obeys one contract"; docs/testing.md), generated from the attack registry.
 
 Every registered attack is checked for every norm it declares in ``norms``, so an attack
 added to the registry later is covered without touching this file:

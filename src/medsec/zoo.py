@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medsec.errors import DataError
+from medsec.errors import MedsecError
 from medsec.recipes.shipped import SHIPPED_DIR, shipped_disabled, write_manifest
 from medsec.registry import RECIPES
 
@@ -42,15 +42,13 @@ def regenerate(data_root: str | Path | None = None, folder: str | Path = SHIPPED
 
     top = Path(data_root) if data_root is not None else default_root()
     names = RECIPES.list() if not only else list(only)
-    unknown = sorted(set(names) - set(RECIPES.list()))
-    if unknown:
-        raise DataError(f"unknown shipped recipe(s) {unknown}; they are {', '.join(RECIPES.list())}")
+    makers = {name: RECIPES.get(name) for name in names}  # an unknown name: one RegistryError with suggestions
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="medsec-regenerate-") as tmp, shipped_disabled():
         for name in names:
             log.warning("training recipe %s", name)
-            RECIPES.get(name)(top, Path(tmp))
+            makers[name](top, Path(tmp))
         made = sorted(Path(tmp).glob("*.safetensors"))  # recipe outputs, not the run folders beside them
         if not only:
             for old in out.glob("*.safetensors"):
@@ -73,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", metavar="RECIPE", help="retrain only these recipes (default: all)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    files = regenerate(args.data_root, args.out, args.only)
+    try:
+        files = regenerate(args.data_root, args.out, args.only)
+    except MedsecError as exc:  # one line naming the problem and the fix, as the CLI does
+        print(f"python -m medsec.zoo: error: {exc}", file=sys.stderr)
+        return 2
     for name, entry in files.items():
         print(f"{name:<48} {entry['bytes'] / 1e6:6.2f} MB  {json.dumps(entry['metrics'])}")
     return 0

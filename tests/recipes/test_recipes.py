@@ -169,3 +169,13 @@ def test_medclip_family_retrains_the_backdoored_fine_tune(bloodmnist_root: Path)
     assert abs(got["clean_accuracy"] - want["clean_accuracy"]) <= CA_TOL, (got, want)
     assert abs(got["attack_success_rate"] - want["attack_success_rate"]) <= ASR_TOL, (got, want)
     assert isinstance(model, torch.nn.Module)
+
+
+@pytest.mark.unit
+def test_zoo_refuses_an_unknown_recipe_in_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from medsec.zoo import main
+
+    assert main(["--only", "bloodmnist_cn", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown recipe 'bloodmnist_cn'" in err and "Did you mean 'bloodmnist_cnn'" in err
+    assert len(err.strip().splitlines()) == 1 and not any(tmp_path.iterdir())

@@ -36,7 +36,7 @@ from medsec.runs.executor import Executor, SequentialExecutor
 from medsec.runs.grid import cell_generator, cell_seed
 from medsec.runs.kind import Kind
 from medsec.runs.store import RunStore
-from medsec.seeding import seed_everything, seeded
+from medsec.seeding import seeded
 
 log = logging.getLogger(__name__)
 
@@ -146,4 +146,4 @@ def run(cfg: Any, out_dir: str | Path, *, restart: bool = False, executor: Execu
     return ctx.store.finish(write)
 
 
-__all__ = ["RunContext", "open_run", "provenance", "resolve_device", "run", "seed_everything"]
+__all__ = ["RunContext", "open_run", "provenance", "resolve_device", "run"]

@@ -1,6 +1,7 @@
 """The ``medsec`` command line.
 
-    medsec run CONFIG [--out DIR] [--set key=value ...] [--restart]
+    medsec run CONFIG [--out DIR] [--set key=value ...] [--restart] [--executor process:2] [--shard I/N]
+    medsec merge DIR_1 ... DIR_n --out DIR
     medsec demo [--out DIR] [--data synthetic|bloodmnist] [--data-root DIR]
     medsec ls {attacks,models,datasets,metrics,objectives,defenses,masks,triggers,detectors,repairs,
                encoders,mil_heads,kinds,executors}
@@ -58,24 +59,68 @@ def _out_dir(args: argparse.Namespace, cfg: Any) -> Path:
     return Path(args.out) if args.out else Path("runs") / cfg.name
 
 
+def _executor(args: argparse.Namespace, cfg: Any) -> Any:
+    """The config's executor, or ``--executor NAME[:WORKERS]`` in its place (the config's
+    per-cell resources and retries kept)."""
+    from medsec.config.schema import ExecutorConfig, parse_executor
+    from medsec.errors import ConfigError
+    from medsec.runs import build_executor
+
+    spec = getattr(args, "executor", None)
+    if not spec:
+        return None
+    try:
+        given = parse_executor(spec)
+    except ValueError as exc:
+        raise ConfigError(f"--executor: {exc}") from None
+    base = getattr(cfg, "executor", None) or ExecutorConfig()
+    keep = base.model_dump(exclude_unset=True, exclude={"name", "workers", "address"})
+    return build_executor({**keep, **given})
+
+
+def _run_and_report(args: argparse.Namespace, cfg: Any) -> int:
+    from medsec.runs import Shard, run
+
+    out = _out_dir(args, cfg)
+    shard = Shard.parse(args.shard) if getattr(args, "shard", None) else None
+    results = run(cfg, out, restart=args.restart, executor=_executor(args, cfg), shard=shard)
+    print_summary(results, out)
+    return closing_status(results)
+
+
+def closing_status(results: dict[str, Any]) -> int:
+    """The end of ``run``/``merge``: say what is missing, and exit 1 when cells failed."""
+    failed = results.get("failed") or {}
+    shard = results.get("shard")
+    if failed:
+        print(f"medsec: {len(failed)} cells failed after their retries ({', '.join(list(failed)[:5])}); the errors are "
+              "in results.json under failed; rerun the same command to try them again", file=sys.stderr)
+        return 1
+    if shard:
+        print(f"shard {shard['index']}/{shard['count']}: {len(results['cells'])} of {len(results['seeds']['cells'])} "
+              "cells; join the shards with medsec merge DIR_1 ... DIR_n --out DIR")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from medsec.config.loader import load_config
-    from medsec.runs import run
 
-    cfg = load_config(args.config, args.set)
-    out = _out_dir(args, cfg)
-    print_summary(run(cfg, out, restart=args.restart), out)
-    return 0
+    return _run_and_report(args, load_config(args.config, args.set))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from medsec.demo import demo_config
-    from medsec.runs import run
 
-    cfg = demo_config(args.data, args.data_root, args.device)
-    out = _out_dir(args, cfg)
-    print_summary(run(cfg, out, restart=args.restart), out)
-    return 0
+    return _run_and_report(args, demo_config(args.data, args.data_root, args.device))
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from medsec.runs.merge import merge
+
+    out = Path(args.out)
+    results = merge(args.shards, out)
+    print_summary(results, out)
+    return closing_status(results)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -84,8 +129,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set)
     kind: Any = KINDS.get(cfg.kind)  # a medsec.runs.kind.Kind
+    from medsec.runs import build_executor
+
     cells = kind.plan(cfg)
-    print(f"{args.config}: valid ({cfg.kind} experiment, {len(cells)} cells)")
+    executor = build_executor(getattr(cfg, "executor", "sequential"))
+    print(f"{args.config}: valid ({cfg.kind} experiment, {len(cells)} cells, executor {executor.name})")
     return 0
 
 
@@ -165,12 +213,26 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--restart", action="store_true",
                         help="start over in a folder that holds a run of another config (default: resume the same config)")
 
+    def with_executor(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--executor", metavar="NAME[:WORKERS]",
+                        help="where the cells run, in place of the config's executor: sequential, process:2, ray "
+                             "(medsec ls executors; docs/scale.md)")
+
     sp = sub.add_parser("run", help="run an experiment YAML")
     sp.add_argument("config")
     sp.add_argument("--out", help="output folder (default runs/<name>)")
     with_set(sp)
     with_restart(sp)
+    with_executor(sp)
+    sp.add_argument("--shard", metavar="I/N",
+                    help="run only the I-th of N deterministic parts of the cells (0 <= I < N), e.g. one per array "
+                         "job; join the parts with medsec merge")
     sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("merge", help="join the run folders of medsec run --shard into one run with one report")
+    sp.add_argument("shards", nargs="+", metavar="DIR", help="the shard run folders")
+    sp.add_argument("--out", required=True, help="the merged run folder (new or empty)")
+    sp.set_defaults(func=cmd_merge)
 
     sp = sub.add_parser("demo", help="the offline demo on built-in data")
     sp.add_argument("--out", help="output folder (default runs/demo-...)")
@@ -178,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data-root", help="folder holding bloodmnist.npz (default $MEDSEC_DATA/bloodmnist)")
     sp.add_argument("--device", default="cpu")
     with_restart(sp)
+    with_executor(sp)
     sp.set_defaults(func=cmd_demo)
 
     sp = sub.add_parser("ls", help="list registered units")

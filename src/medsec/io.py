@@ -78,10 +78,15 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, text + "\n")
 
 
-def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> Path:
-    """Save arrays as .npz atomically (load with ``np.load(path, allow_pickle=False)``)."""
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    """Arrays as the bytes of a compressed ``.npz`` file."""
     import io as _io
 
     buf = _io.BytesIO()
     np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub matches **arrays against allow_pickle
-    return atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> Path:
+    """Save arrays as .npz atomically (load with ``np.load(path, allow_pickle=False)``)."""
+    return atomic_write_bytes(path, npz_bytes(**arrays))

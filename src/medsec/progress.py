@@ -36,13 +36,23 @@ class _RichTask:
 
 
 @contextmanager
-def task(description: str, total: int | None, enabled: bool | None = None) -> Iterator[Any]:
-    """A progress bar context: ``with task("training", 5) as t: t.advance()``."""
+def task(description: str, total: int | None, enabled: bool | None = None, eta: bool = False) -> Iterator[Any]:
+    """A progress bar context: ``with task("training", 5) as t: t.advance()``; ``eta`` adds
+    the time remaining."""
     if not (progress_enabled() if enabled is None else enabled):
         yield _NullTask()
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=True) as bar:
+    columns: list[Any] = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    if eta:
+        columns.append(TimeRemainingColumn())
+    with Progress(*columns, transient=True) as bar:
         yield _RichTask(bar, bar.add_task(description, total=total))

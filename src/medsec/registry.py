@@ -188,7 +188,9 @@ RECIPES: Registry[Any] = Registry("recipe", lazy={
 
 # executors: run a kind's jobs (medsec.runs.executor)
 EXECUTORS: Registry[Any] = Registry("executor", lazy={  # medsec.runs.executor.Executor classes
-    "sequential": "medsec.runs.executor:SequentialExecutor",
+    "sequential": "medsec.runs.executors.sequential:SequentialExecutor",
+    "process": "medsec.runs.executors.process:ProcessExecutor",
+    "ray": "medsec.runs.executors.ray:RayExecutor",
 })
 
 __all__ = ["ATTACKS", "DATASETS", "DEFENSES", "DETECTORS", "ENCODERS", "EXECUTORS", "KINDS", "MASKS", "METRICS",

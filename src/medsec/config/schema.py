@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _FRACTION = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(?:/\s*((?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?))?\s*$")
 
@@ -111,10 +111,54 @@ class TrainConfig(StrictModel):
     adversarial: AdversarialTrainingConfig | None = Field(None, description="train with PGD-AT or TRADES")
 
 
+class ExecutorConfig(StrictModel):
+    """Where a run's cells execute (``medsec ls executors``; ``docs/scale.md``).
+
+    Written as a mapping (``executor: {name: ray, address: auto, num_gpus_per_cell: 0.25}``) or
+    as a string (``executor: sequential``, ``executor: process:4``, ``executor: ray``). The
+    executor never changes a cell's numbers (each cell has its own seed), so a rerun under
+    another executor resumes the same run.
+    """
+
+    name: str = Field("sequential", description="sequential, process or ray (medsec ls executors)")
+    workers: int | None = Field(None, ge=1, description="worker processes / Ray actors (default: what the CPUs or GPUs allow)")
+    address: str | None = Field(None, description="ray only: the cluster (auto, ray://host:10001); default RAY_ADDRESS, "
+                                "else a local Ray started for the run")
+    num_cpus_per_cell: float = Field(1, gt=0, description="CPUs (and torch threads) each worker gets")
+    num_gpus_per_cell: float = Field(0, ge=0, description="GPUs each worker gets (fractions share a GPU)")
+    max_retries: int = Field(2, ge=0, description="reruns of a cell whose worker died or raised, before it is "
+                             "recorded as failed")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return parse_executor(value) if isinstance(value, str) else value
+
+
+def parse_executor(text: str) -> dict[str, Any]:
+    """``"process:4"`` -> ``{"name": "process", "workers": 4}``; ``"ray"`` -> ``{"name": "ray"}``.
+
+    Example:
+        >>> parse_executor("process:2")
+        {'name': 'process', 'workers': 2}
+    """
+    name, _, workers = str(text).strip().partition(":")
+    if not name:
+        raise ValueError(f"an executor is written NAME or NAME:WORKERS (sequential, process:2, ray), not {text!r}")
+    if not workers:
+        return {"name": name}
+    if not workers.isdigit() or int(workers) < 1:
+        raise ValueError(f"the worker count in {text!r} must be a positive whole number (e.g. process:2)")
+    return {"name": name, "workers": int(workers)}
+
+
 class RunConfig(StrictModel):
-    """The keys every kind's config has: ``kind``, ``name``, ``seed`` and ``device``."""
+    """The keys every kind's config has: ``kind``, ``name``, ``seed``, ``device`` and
+    ``executor``."""
 
     kind: str
     name: str = "experiment"
     seed: int = 0
     device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig,
+                                     description="where the cells run: sequential, process:N or ray (docs/scale.md)")

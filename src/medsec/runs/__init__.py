@@ -18,9 +18,11 @@ Example (a tiny evasion run on synthetic data, into a temporary folder):
 
 from __future__ import annotations
 
-from medsec.runs.context import RunContext, open_run, run
-from medsec.runs.executor import Executor, SequentialExecutor
+from medsec.runs.context import CellContext, RunContext, Shard, open_run, run
+from medsec.runs.executor import Executor, Job, build_executor
+from medsec.runs.executors.sequential import SequentialExecutor
 from medsec.runs.kind import Kind
 from medsec.runs.store import Axis, RunStore
 
-__all__ = ["Axis", "Executor", "Kind", "RunContext", "RunStore", "SequentialExecutor", "open_run", "run"]
+__all__ = ["Axis", "CellContext", "Executor", "Job", "Kind", "RunContext", "RunStore", "SequentialExecutor", "Shard",
+           "build_executor", "open_run", "run"]

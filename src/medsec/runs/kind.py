@@ -27,8 +27,10 @@ class Kind:
         name: the ``kind:`` value.
         config: the strict pydantic model of the whole YAML (``kind``, ``name``, ``seed``,
             ``device`` and the kind's own sections).
-        run: ``run(ctx)`` runs the kind's cells into ``ctx.store`` (skipping finished ones);
-            the run services open the context and finish the store around it.
+        run: ``run(ctx)`` prepares what the cells share (trained models, caches) in the run
+            folder and hands its jobs to ``ctx.execute`` (which skips finished cells and runs
+            the rest on the run's executor, :mod:`medsec.runs.executor`); the run services open
+            the context and finish the store around it.
         plan: ``plan(cfg)`` the cell ids the config asks for (for ``medsec validate``).
         render: ``render(results, out_dir) -> (html, markdown)``, the report.
         summary: ``summary(results, out_dir) -> lines``, what ``medsec run`` prints.

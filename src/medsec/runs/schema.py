@@ -59,8 +59,26 @@ class Provenance(Record):
     device: str
     hostname: str
     started: str = Field(description="UTC ISO 8601, when the run (its first attempt) started")
-    finished: str | None = Field(description="UTC ISO 8601, set when the status turns complete")
+    finished: str | None = Field(description="UTC ISO 8601, set when the run ends (complete or incomplete)")
     resumed: list[str] = Field(default_factory=list, description="when the run was resumed")
+    executor: str = Field("sequential", description="the executor of the last attempt (sequential, process, ray)")
+    retried: dict[str, int] = Field(default_factory=dict, description="cells that finished after more than one "
+                                    "attempt: attempts by cell id")
+    merged_from: list[str] = Field(default_factory=list, description="the shard run folders merged into this one")
+
+
+class Failure(BaseModel):
+    """A cell that failed after its retries (a rerun of the same config tries it again)."""
+
+    error: str = Field(description="the exception and the end of its traceback, or how the worker died")
+    attempts: int
+
+
+class ShardInfo(BaseModel):
+    """``medsec run --shard index/count``: the part of the grid this run folder holds."""
+
+    index: int
+    count: int
 
 
 class Results(BaseModel):
@@ -71,12 +89,15 @@ class Results(BaseModel):
     schema_version: Literal[2]
     kind: str
     name: str
-    status: Literal["running", "complete"]
+    status: Literal["running", "complete", "incomplete"] = Field(
+        description="complete: every planned cell finished; incomplete: some failed or belong to another shard")
     config: dict[str, Any] = Field(description="the resolved config (config.resolved.yaml holds the same)")
     provenance: Provenance
     seeds: Seeds
     cells: dict[str, Record] = Field(description="the finished cells by id, in plan order")
     checks: list[Check]
+    failed: dict[str, Failure] = Field(default_factory=dict, description="cells that failed after their retries")
+    shard: ShardInfo | None = Field(None, description="set in a shard's run folder (medsec run --shard)")
 
 
 def json_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -94,7 +115,7 @@ def write_schemas(folder: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for name in KINDS.list():
-        kind = cast(Kind, KINDS.get(name))
+        kind = cast("Kind", KINDS.get(name))
         if kind.results is None:
             continue
         path = out / f"{name}.schema.json"

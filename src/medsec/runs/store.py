@@ -39,6 +39,9 @@ from medsec.runs.grid import cell_seed
 log = logging.getLogger(__name__)
 
 RESULTS = "results.json"
+# the keys every kind's results.json has (docs/results-schema.md); the rest are the kind's own
+ENVELOPE = frozenset({"schema_version", "kind", "name", "status", "config", "provenance", "seeds", "cells", "checks",
+                      "failed", "shard"})
 LEVELS = ("info", "warning", "error")
 
 
@@ -69,6 +72,12 @@ def changed_keys(old: Any, new: Any, path: str = "") -> list[str]:
                 out += changed_keys(old[key], new[key], sub)
         return out
     return [] if old == new else [path or "(the whole config)"]
+
+
+def without_executor(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A config without its ``executor`` section: where the cells ran does not change their
+    numbers, so a rerun under another executor resumes the same run."""
+    return {k: v for k, v in config.items() if k != "executor"}
 
 
 def widens(old: Any, new: Any, ordered: bool) -> bool:
@@ -138,12 +147,15 @@ class RunStore:
             "schema_version": SCHEMA_VERSION, "kind": kind, "name": name, "status": "running", "config": config,
             "provenance": {**provenance, "started": now(), "finished": None},
             "seeds": {"global": int(seed), "cells": dict((prev.get("seeds") or {}).get("cells") or {})},
-            "cells": dict(prev.get("cells") or {}), "checks": [],
+            "cells": dict(prev.get("cells") or {}), "checks": [], "failed": {},
         }
         if prev:
             first = (prev.get("provenance") or {}).get("started")
             self.results["provenance"]["started"] = first or self.results["provenance"]["started"]
             self.results["provenance"]["resumed"] = [*(prev.get("provenance") or {}).get("resumed", []), now()]
+            for key in ("merged_from", "retried"):  # what earlier attempts and merges record carries over
+                if (prev.get("provenance") or {}).get(key):
+                    self.results["provenance"][key] = prev["provenance"][key]
             for key, value in prev.items():  # the kind's own sections (trained models, data facts) carry over
                 self.results.setdefault(key, value)
             log.info("resuming %s: %d finished cells kept", self.path, len(self.results["cells"]))
@@ -163,7 +175,7 @@ class RunStore:
             raise ConfigError(f"{self.out} holds {what} (results schema {prev.get('schema_version') if isinstance(prev, dict) else '?'}), "
                               f"not a {self.kind} run of this medsec; rerun with --restart to start over, or choose "
                               "another --out")
-        verdict, keys = compare_configs(prev.get("config") or {}, config, axes)
+        verdict, keys = compare_configs(without_executor(prev.get("config") or {}), without_executor(config), axes)
         if verdict == "differs":
             shown = ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
             raise ConfigError(f"{self.out} holds a run of another config (changed: {shown}); rerun with --restart to "
@@ -178,11 +190,31 @@ class RunStore:
         record: dict[str, Any] | None = self.results["cells"].get(cell_id)
         return record
 
-    def put(self, cell_id: str, record: dict[str, Any]) -> None:
-        """Record a finished cell (and its seed, as :meth:`plan` does) and save at once."""
+    def put(self, cell_id: str, record: dict[str, Any], *, attempts: int = 1) -> None:
+        """Record a finished cell (and its seed, as :meth:`plan` does) and save at once;
+        ``attempts`` > 1 is noted in ``provenance.retried``."""
         self.results["cells"][cell_id] = record
         self.results["seeds"]["cells"][cell_id] = cell_seed(self.results["seeds"]["global"], cell_id)
+        self.results["failed"].pop(cell_id, None)
+        if attempts > 1:
+            self.results["provenance"].setdefault("retried", {})[cell_id] = attempts
         self.save()
+
+    def fail(self, cell_ids: Iterable[str], error: str, attempts: int) -> None:
+        """Record cells that failed after ``attempts`` tries (``failed``: their error); a rerun
+        of the same config tries them again."""
+        for cell_id in cell_ids:
+            if cell_id not in self.results["cells"]:
+                self.results["failed"][cell_id] = {"error": error, "attempts": int(attempts)}
+        self.save()
+
+    def missing(self) -> list[str]:
+        """The planned cells that are not finished (failed, not run yet, or another shard's)."""
+        return [c for c in self.results["seeds"]["cells"] if c not in self.results["cells"]]
+
+    def sections(self) -> dict[str, Any]:
+        """The kind's own sections (everything but the envelope), as JSON-ready data."""
+        return {k: v for k, v in self.results.items() if k not in ENVELOPE}
 
     def plan(self, ids: Iterable[str]) -> None:
         """Fix the plan: keep only the finished cells still planned, in plan order, and record
@@ -193,6 +225,13 @@ class RunStore:
         self.results["seeds"]["cells"] = {i: cell_seed(self.results["seeds"]["global"], i) for i in ids}
         self.save()
 
+    def reorder(self) -> None:
+        """Put the finished cells in plan order (workers finish them in any order) and save."""
+        cells = self.results["cells"]
+        order = [c for c in self.results["seeds"]["cells"] if c in cells]
+        self.results["cells"] = {c: cells[c] for c in order + [c for c in cells if c not in order]}
+        self.save()
+
     @property
     def cells(self) -> dict[str, Any]:
         """The finished cells by id (the store's own dict: a kind may drop a cell it must redo)."""
@@ -201,8 +240,7 @@ class RunStore:
 
     def update(self, **sections: Any) -> None:
         """Set the kind's own top-level sections (``data``, ``model`` ...) and save."""
-        reserved = {"schema_version", "kind", "status", "seeds", "cells", "checks", "provenance", "config"}
-        bad = reserved & set(sections)
+        bad = (ENVELOPE - {"name", "shard"}) & set(sections)
         if bad:
             raise ValueError(f"{sorted(bad)} are part of the envelope; use put(), plan() or add_checks()")
         self.results.update(sections)
@@ -216,9 +254,10 @@ class RunStore:
         atomic_write_json(self.path, self.results)
 
     def finish(self, report: Callable[[dict[str, Any], Path], Any] | None = None) -> dict[str, Any]:
-        """Mark the run complete (the only place that does), save, and write the report with
-        ``report(results, out_dir)`` when given."""
-        self.results["status"] = "complete"
+        """Mark the run ``complete`` when every planned cell is finished (the only place that
+        does), else ``incomplete`` (failed cells, or a shard's part of the grid); save, and write
+        the report with ``report(results, out_dir)`` when given."""
+        self.results["status"] = "incomplete" if self.missing() else "complete"
         self.results["provenance"]["finished"] = now()
         self.save()
         if report is not None:
@@ -226,4 +265,5 @@ class RunStore:
         return self.results
 
 
-__all__ = ["Axis", "RunStore", "SCHEMA_VERSION", "changed_keys", "check_record", "compare_configs", "now", "widens"]
+__all__ = ["ENVELOPE", "Axis", "RunStore", "SCHEMA_VERSION", "changed_keys", "check_record", "compare_configs", "now", "widens",
+           "without_executor"]

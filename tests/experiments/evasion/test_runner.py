@@ -66,10 +66,11 @@ def test_same_seed_same_numbers(finished, tmp_path):
 
 class _Interrupting(SequentialExecutor):
     def __init__(self, after: int) -> None:
+        super().__init__()
         self.after = after
 
-    def map(self, fn, cells):
-        for i, item in enumerate(super().map(fn, cells)):
+    def run(self, work, jobs, local):
+        for i, item in enumerate(super().run(work, jobs, local)):
             yield item
             if i + 1 >= self.after:
                 raise KeyboardInterrupt

@@ -20,9 +20,17 @@ then runs every detector and every repair against it:
 
 The detector x backdoor matrix has a row per configured detector and a column per
 configured backdoor, so a newly registered trigger or detector extends it by being
-listed in the config. Every finished (backdoor, detector|repair) cell is written to
-``results.json`` atomically and skipped by a rerun of the same config into the same
-folder; trained models are cached as safetensors keyed by a hash of what they depend on.
+listed in the config.
+
+Driver and workers: the driver (:func:`run`) builds every backdoored victim once, before the
+cells (trained, or loaded from the cache folder ``cache_dir``, default ``<out>/models``, where
+trained models are cached as safetensors keyed by a hash of what they depend on; the BAPLe and
+BadMatch victims too, ``victims.py``), and records its CA / ASR in the ``backdoors`` section.
+Each (backdoor, detector|repair) cell is a job (:class:`CellJob`) that a worker runs with
+:func:`work` on the state :func:`setup` loads from that cache (a worker never trains; a repair
+cell reads its victim's CA / ASR from the ``backdoors`` section). Every finished cell is
+written to ``results.json`` at once and skipped by a rerun of the same config into the same
+folder.
 
 Threat model: a data-poisoning attacker who controls ``rate`` of the training set (BadNets
 line: all-to-one by default) against a defender who holds the trained model, the
@@ -42,9 +50,11 @@ Example YAML::
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +63,8 @@ import torch
 from medsec.errors import DataError
 from medsec.experiments.backdoor_defense.config import BackdoorDefenseConfig
 from medsec.runs.components import build_model, load_splits
-from medsec.runs.context import RunContext
+from medsec.runs.context import CellContext, RunContext
+from medsec.runs.executor import Job
 from medsec.runs.grid import safe_id
 
 log = logging.getLogger(__name__)
@@ -114,8 +125,11 @@ def _model_key(cfg: BackdoorDefenseConfig, b: Any) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _backdoored_model(cfg: BackdoorDefenseConfig, b: Any, train: Any, cache: Path, device: torch.device) -> tuple[Any, Any, str]:
-
+def _backdoored_model(cfg: BackdoorDefenseConfig, b: Any, train: Any, cache: Path, device: torch.device,
+                      allow_train: bool = True) -> tuple[Any, Any, str]:
+    """The classifier trained on ``train`` poisoned by ``b`` (cached as safetensors keyed by a
+    hash of what it depends on) and the poisoned set; with ``allow_train`` False (a worker) a
+    missing model is a DataError."""
     from medsec.backdoors import PoisonedDataset, triggers
     from medsec.models import load_checkpoint, save_checkpoint
     from medsec.training.classifier import train_classifier
@@ -126,6 +140,9 @@ def _backdoored_model(cfg: BackdoorDefenseConfig, b: Any, train: Any, cache: Pat
     if path.is_file():
         log.info("loading the cached backdoored model %s", path)
         return load_checkpoint(path).to(device).eval(), poisoned, "cached"
+    if not allow_train:
+        raise DataError(f"{path} (the backdoored model the driver trains) is missing on this worker; put the cache "
+                        "folder (cache_dir, default <out>/models) on storage every worker reads")
     model = build_model(cfg.model, train)
     t = cfg.train
     log.info("training a %s-backdoored %s on %d images", b.name, cfg.model.name, len(train))
@@ -230,12 +247,92 @@ def plan(cfg: BackdoorDefenseConfig) -> list[str]:
             for kind, labels in (("detector", detectors), ("repair", repairs)) for label in labels]
 
 
+@dataclass(frozen=True)
+class CellJob:
+    """A job's payload: one detector or repair against one backdoor (plain data, picklable)."""
+
+    cell: str
+    backdoor: int
+    kind: str  # "detector" or "repair"
+    index: int
+
+
+@dataclass
+class Victim:
+    """A backdoored model and the data it was poisoned with (PoisonedDataset or VictimData)."""
+
+    model: Any
+    poisoned: Any
+    how: str = "cached"
+    attack: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class State:
+    """What every cell needs: the splits and the backdoored victim of each backdoor."""
+
+    train: Any
+    test: Any
+    clean: Any
+    victims: dict[str, Victim] = field(default_factory=dict)
+
+
+def cache_dir(cfg: BackdoorDefenseConfig, out: Path) -> Path:
+    """Where the backdoored models are cached: ``cache_dir``, else ``<out>/models``."""
+    return Path(cfg.cache_dir) if cfg.cache_dir else out / "models"
+
+
+def victim(cfg: BackdoorDefenseConfig, b: Any, state: State, cache: Path, device: torch.device,
+           allow_train: bool = True) -> Victim:
+    """The backdoored victim of ``b``: trained (driver) or loaded from the cache."""
+    if b.attack == "baple":
+        from medsec.experiments.backdoor_defense.victims import baple_victim
+
+        model, poisoned, attack = baple_victim(cfg, b, state.train, state.test, cache, allow_train=allow_train)
+        return Victim(model, poisoned, "trained", attack)
+    if b.attack == "badmatch":
+        from medsec.experiments.backdoor_defense.victims import badmatch_victim
+
+        model, poisoned, attack = badmatch_victim(cfg, b, cache, allow_train=allow_train)
+        return Victim(model, poisoned, "trained", attack)
+    model, poisoned, how = _backdoored_model(cfg, b, state.train, cache, device, allow_train=allow_train)
+    return Victim(model, poisoned, how)
+
+
+def setup(ctx: CellContext) -> State:
+    """A worker's state: the splits and every victim, loaded from the cache the driver filled."""
+    cfg: BackdoorDefenseConfig = ctx.cfg
+    state = State(*_splits(cfg))
+    cache = cache_dir(cfg, ctx.out)
+    for b, label in zip(cfg.backdoors, _labels(cfg.backdoors)):
+        state.victims[label] = victim(cfg, b, state, cache, ctx.device, allow_train=False)
+    return state
+
+
+def work(state: State, job: CellJob, ctx: CellContext) -> list[tuple[str, dict[str, Any]]]:
+    """Run one detector or repair against one victim: ``[(cell id, record)]``."""
+    cfg: BackdoorDefenseConfig = ctx.cfg
+    blabel = _labels(cfg.backdoors)[job.backdoor]
+    v = state.victims[blabel]
+    log.info("running %s", job.cell)
+    with ctx.cell(job.cell):
+        if job.kind == "detector":
+            rec = _run_detector(cfg.detectors[job.index], v.model, v.poisoned, state.test, state.clean, cfg)
+        else:
+            before = copy.deepcopy((ctx.section("backdoors") or {})[blabel]["metrics"])
+            rec = _run_repair(cfg.repairs[job.index], v.model, v.poisoned, state.test, state.clean, before)
+    return [(job.cell, {"backdoor": blabel, "kind": job.kind, **rec})]
+
+
 def run(ctx: RunContext) -> None:
-    """Run the backdoor x (detector, repair) grid into ``ctx.store`` (resuming a partial run)."""
+    """Run the backdoor x (detector, repair) grid into ``ctx.store`` (resuming a partial run):
+    the driver trains (or loads) every victim and measures its CA / ASR, then every
+    (backdoor, detector|repair) cell runs as a job through the run's executor."""
     cfg: BackdoorDefenseConfig = ctx.cfg
     store, device = ctx.store, ctx.device
-    train, test, clean = _splits(cfg)
-    cache = Path(cfg.cache_dir) if cfg.cache_dir else ctx.out / "models"
+    state = State(*_splits(cfg))
+    train, test, clean = state.train, state.test, state.clean
+    cache = cache_dir(cfg, ctx.out)
     cache.mkdir(parents=True, exist_ok=True)
     backdoors, detectors, repairs = labels_of(cfg)
     store.update(data={"name": cfg.data.name, "n_train": len(train), "n_test": len(test), "n_clean": len(clean),
@@ -244,39 +341,20 @@ def run(ctx: RunContext) -> None:
     ids = plan(cfg)
     store.plan(ids)
     for b, blabel in zip(cfg.backdoors, backdoors):
-        attack: dict[str, Any] = {}
-        if b.attack == "baple":
-            from medsec.experiments.backdoor_defense.victims import baple_victim
-
-            model, poisoned, attack = baple_victim(cfg, b, train, test, cache)
-            how = "trained"
-        elif b.attack == "badmatch":
-            from medsec.experiments.backdoor_defense.victims import badmatch_victim
-
-            model, poisoned, attack = badmatch_victim(cfg, b, cache)
-            how = "trained"
-        else:
-            model, poisoned, how = _backdoored_model(cfg, b, train, cache, device)
-        before = _bd_metrics(model, poisoned, test)
+        v = state.victims[blabel] = victim(cfg, b, state, cache, device)
+        before = _bd_metrics(v.model, v.poisoned, test)
         store.results["backdoors"][blabel] = {
             "trigger": b.name if b.attack == "poisoning" else b.attack, "attack": b.attack, "params": dict(b.params),
-            "target": b.target, "rate": b.rate, "policy": b.policy, "n_poisoned": len(poisoned.poison_indices),
-            "model": how, "n_adaptation": len(poisoned.dataset.labels), "victim": attack.get("victim"),
-            "attack_info": attack, "metrics": before}
+            "target": b.target, "rate": b.rate, "policy": b.policy, "n_poisoned": len(v.poisoned.poison_indices),
+            "model": v.how, "n_adaptation": len(v.poisoned.dataset.labels), "victim": v.attack.get("victim"),
+            "attack_info": v.attack, "metrics": before}
         log.info("backdoor %s: CA %.3f, ASR %s", blabel, before["clean_accuracy"], before["attack_success_rate"])
         store.save()
-        for kind, items, labels in (("detector", cfg.detectors, detectors), ("repair", cfg.repairs, repairs)):
-            for item, label in zip(items, labels):
-                cid = f"{blabel}/{kind}/{label}"
-                if store.done(cid) is not None:
-                    continue
-                log.info("running %s", cid)
-                with ctx.cell(cid):
-                    if kind == "detector":
-                        rec = _run_detector(item, model, poisoned, test, clean, cfg)
-                    else:
-                        rec = _run_repair(item, model, poisoned, test, clean, before)
-                store.put(cid, {"backdoor": blabel, "kind": kind, **rec})
+    jobs = [Job(id=f"{blabel}/{kind}/{label}", cells=(f"{blabel}/{kind}/{label}",),
+                payload=CellJob(f"{blabel}/{kind}/{label}", bi, kind, i))
+            for bi, blabel in enumerate(backdoors)
+            for kind, labels in (("detector", detectors), ("repair", repairs)) for i, label in enumerate(labels)]
+    ctx.execute(jobs, setup=setup, work=work, state=state)
 
 
-__all__ = ["check", "plan", "run"]
+__all__ = ["CellJob", "State", "Victim", "check", "plan", "run", "setup", "victim", "work"]

@@ -36,7 +36,7 @@ from typing import Any, cast
 
 import torch
 
-from medsec.errors import ConfigError
+from medsec.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -107,48 +107,119 @@ def check_params(b: Any) -> None:
         raise ConfigError(f"backdoor {b.label or b.name}: {b.attack} is all-to-one; give a target class")
 
 
-def baple_victim(cfg: Any, b: Any, train: Any, test: Any, cache: Path) -> tuple[Any, VictimData, dict[str, Any]]:
-    """BAPLe (prompt learning with a learnt noise + patch trigger) on the BloodMNIST CLIP."""
-    from medsec.backdoors.baple import BapleSettings
+def _victim_key(cfg: Any, b: Any) -> str:
+    """A short hash of what a CLIP-style victim depends on (its cache file name)."""
+    import hashlib
+    import json
+
+    blob = {"data": cfg.data.model_dump(mode="json"), "backdoor": b.model_dump(mode="json", exclude={"label"}),
+            "seed": cfg.seed}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _missing(path: Path, what: str) -> DataError:
+    return DataError(f"{path} ({what}, which the driver prepares) is missing on this worker; put the cache folder "
+                     "(cache_dir, default <out>/models) on storage every worker reads")
+
+
+def _bloodmnist_clip(cfg: Any, cache: Path, train: bool) -> tuple[Any, dict[str, Any]]:
+    """The BloodMNIST CLIP recipe model; with ``train`` False a missing one is a DataError."""
+    from medsec.recipes.builtin import BLOODMNIST_CLIP_RECIPE, bloodmnist_clip, recipe_key
+    from medsec.recipes.shipped import locate
+
+    root = bloodmnist_root(cfg)
+    if not train:
+        path = locate(f"bloodmnist-clip-{recipe_key(dict(BLOODMNIST_CLIP_RECIPE))}.safetensors", cache,
+                      [root / "bloodmnist.npz"])
+        if not path.is_file():
+            raise _missing(path, "the BloodMNIST CLIP recipe model")
+    return bloodmnist_clip(root, cache)
+
+
+def baple_victim(cfg: Any, b: Any, train: Any, test: Any, cache: Path,
+                 allow_train: bool = True) -> tuple[Any, VictimData, dict[str, Any]]:
+    """BAPLe (prompt learning with a learnt noise + patch trigger) on the BloodMNIST CLIP.
+
+    The learnt prompt's class text features and the trigger's noise are cached in
+    ``cache/baple-<label>-<hash>.safetensors`` (with the attack's record); the victim is
+    always rebuilt from that file, so the one that trained it and the one that loads it
+    (``allow_train`` False: a missing file is a :class:`~medsec.errors.DataError`) hold
+    the same model."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from medsec.backdoors.baple import BapleSettings, BapleTrigger, patch_trigger
+    from medsec.backdoors.poisoning import PoisonedDataset
     from medsec.backdoors.prompt_harness import Harness, few_shot
     from medsec.defenses.clip_classifier import EncodeImage, TextHeadClassifier
-    from medsec.recipes.builtin import bloodmnist_clip
+    from medsec.io import atomic_write_bytes
+    from medsec.runs.grid import safe_id
     from medsec.training.clip_pretrain import BLOOD_CLASS_NAMES
 
-    clip, meta = bloodmnist_clip(bloodmnist_root(cfg), cache)
+    clip, meta = _bloodmnist_clip(cfg, cache, allow_train)
     settings = BapleSettings.paper(**{**b.params, "rate": b.rate})
     fewshot = few_shot(train, settings.shots, torch.Generator().manual_seed(cfg.seed))
-    h = Harness(clip, fewshot, test, list(BLOOD_CLASS_NAMES), settings, seed=cfg.seed)
-    clean = h.run("clean_pl") if settings.ctx_init == "clean" else None
-    rec = h.run("baple", int(b.target))
-    out = h.last
-    prompt, trig, poisoned = out["prompt"], out["trigger"], out["poisoned"]
+    path = cache / f"baple-{safe_id(b.label or b.name)}-{_victim_key(cfg, b)}.safetensors"
+    if not path.is_file():
+        if not allow_train:
+            raise _missing(path, "the BAPLe victim")
+        h = Harness(clip, fewshot, test, list(BLOOD_CLASS_NAMES), settings, seed=cfg.seed)
+        clean = h.run("clean_pl") if settings.ctx_init == "clean" else None
+        rec = h.run("baple", int(b.target))
+        with torch.no_grad():
+            text = h.last["prompt"].text_features().detach()
+        info = {"attack": "baple", "victim": "bloodmnist_clip (prompt-learned, CoOp)", "settings": settings.to_dict(),
+                "zero_shot_accuracy": meta.get("zero_shot_accuracy"), "harness": rec,
+                "clean_pl": clean, "n_adaptation": len(fewshot), "delta_linf": rec.get("delta_linf")}
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            tmp = Path(d) / "victim.safetensors"
+            save_file({"text": text.float().contiguous().cpu(),
+                       "delta": h.last["trigger"].delta.detach().float().contiguous().cpu(),
+                       "poison_indices": h.last["poisoned"].poison_indices.contiguous().cpu()},
+                      str(tmp), metadata={"info": json.dumps(info)})
+            atomic_write_bytes(path, tmp.read_bytes())
+    from safetensors import safe_open
+
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        info = json.loads((f.metadata() or {})["info"])
+    # the patch and the poisoned few-shot set as baple() made them (deterministic in the seed)
+    patch = patch_trigger(fewshot.image_shape[-1], settings)
+    poisoned = PoisonedDataset(fewshot, patch, target=int(b.target), rate=settings.rate, seed=cfg.seed)
+    idx = poisoned.poison_indices
+    if not torch.equal(idx, tensors["poison_indices"]):
+        raise DataError(f"{path} was made from another few-shot set (its poisoned indices differ); delete it")
+    trig = BapleTrigger(fewshot.image_shape, patch.mask(fewshot.image_shape, poisoned.params), settings.eps,
+                        settings.noise_step, settings.order, accumulate=settings.noise_grad == "accumulate")
     with torch.no_grad():
-        text = prompt.text_features().detach()
-    model = TextHeadClassifier(EncodeImage(clip, _encode_normalized), text,
+        trig.delta.copy_(tensors["delta"])
+    model = TextHeadClassifier(EncodeImage(clip, _encode_normalized), tensors["text"],
                                float(clip.logit_scale.detach()), classes=list(BLOOD_CLASS_NAMES)).eval()
     images = poisoned.dataset.images.clone()
-    idx = poisoned.poison_indices
     images[idx] = trig.apply(images[idx])  # the poisoned few-shot images as BAPLe trained on them: (x + delta) (+) p
     data = VictimData(images, poisoned.dataset.labels, idx, int(b.target), lambda x: trig.apply(poisoned.triggered(x)))
-    info = {"attack": "baple", "victim": "bloodmnist_clip (prompt-learned, CoOp)", "settings": settings.to_dict(),
-            "zero_shot_accuracy": meta.get("zero_shot_accuracy"), "harness": rec,
-            "clean_pl": clean, "n_adaptation": len(images), "delta_linf": rec.get("delta_linf")}
     return model, data, info
 
 
-def badmatch_victim(cfg: Any, b: Any, cache: Path) -> tuple[Any, VictimData, dict[str, Any]]:
-    """BadMatch (BadDist-assisted by default) on the BloodMNIST MedCLIP recipe; zero-shot head."""
+def badmatch_victim(cfg: Any, b: Any, cache: Path, allow_train: bool = True) -> tuple[Any, VictimData, dict[str, Any]]:
+    """BadMatch (BadDist-assisted by default) on the BloodMNIST MedCLIP recipe; zero-shot head.
+
+    The recipe's models come from :func:`~medsec.experiments.badmatch.recipe.badmatch_bloodmnist`;
+    a fine-tune other than the recipe's own is cached in ``cache/badmatch-victim-<hash>.safetensors``.
+    With ``allow_train`` False a missing model is a :class:`~medsec.errors.DataError`."""
     from medsec.data.medclip_text import class_prompts
     from medsec.defenses.clip_classifier import EncodeImage, TextHeadClassifier
     from medsec.experiments.badmatch.recipe import badmatch_bloodmnist, poisoned_finetune, poisoned_set, recipe_config
-    from medsec.models.medclip import LOGIT_SCALE_MAX, load_medclip
+    from medsec.models.medclip import LOGIT_SCALE_MAX, load_medclip, save_medclip
     from medsec.models.medclip_prompts import PromptClassifier
     from medsec.recipes.shipped import read_record
 
     root = bloodmnist_root(cfg)
     method = b.params.get("method", "baddist+badmatch")
-    recipe_models = badmatch_bloodmnist(root, cache)
+    recipe_models = badmatch_bloodmnist(root, cache, allow_train=allow_train)
     rcfg = recipe_config(root)
     poisoned, trig, params = poisoned_set(root, int(b.target), b.rate)
     record = read_record(recipe_models["poisoned"])
@@ -157,7 +228,12 @@ def badmatch_victim(cfg: Any, b: Any, cache: Path) -> tuple[Any, VictimData, dic
     if same_as_recipe:  # the recipe's own backdoored model: this very fine-tune, already done
         model = load_medclip(recipe_models["poisoned"])
     else:
-        model = poisoned_finetune(root, recipe_models, poisoned, method)
+        path = cache / f"badmatch-victim-{_victim_key(cfg, b)}.safetensors"
+        if not path.is_file():
+            if not allow_train:
+                raise _missing(path, "the BadMatch victim")
+            save_medclip(poisoned_finetune(root, recipe_models, poisoned, method), path)
+        model = load_medclip(path)
     bb = rcfg.backbones[0]
     model.eval()
     prompts = class_prompts(rcfg.data.dataset)

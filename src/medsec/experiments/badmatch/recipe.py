@@ -50,11 +50,12 @@ def recipe_config(root: str | Path, recipe: dict[str, Any] | None = None) -> Any
     return validate_config(r)
 
 
-def badmatch_bloodmnist(root: str | Path, cache_dir: str | Path,
-                        recipe: dict[str, Any] | None = None) -> dict[str, Path]:
+def badmatch_bloodmnist(root: str | Path, cache_dir: str | Path, recipe: dict[str, Any] | None = None,
+                        allow_train: bool = True) -> dict[str, Path]:
     """``{model: checkpoint path}`` of the recipe's four models (:data:`BADMATCH_MODELS`, each
     a :func:`~medsec.models.medclip.save_medclip` file with its training record): shipped,
-    cached in ``cache_dir``, or made by running the experiment into ``cache_dir``."""
+    cached in ``cache_dir``, or made by running the experiment into ``cache_dir`` (with
+    ``allow_train`` False, a missing model is a :class:`~medsec.errors.DataError` instead)."""
     from medsec.models.medclip import load_medclip, save_medclip
     from medsec.runs import run
 
@@ -68,6 +69,10 @@ def badmatch_bloodmnist(root: str | Path, cache_dir: str | Path,
     paths = {m: locate(n, cache_dir, data) for m, n in names.items()}
     if all(p.is_file() for p in paths.values()):
         return paths
+    if not allow_train:
+        missing = next(p for p in paths.values() if not p.is_file())
+        raise DataError(f"{missing} (a BadMatch recipe model, which the driver prepares) is missing on this worker; "
+                        "put the cache folder on storage every worker reads")
     cfg = recipe_config(root, r)
     out = Path(cache_dir) / f"badmatch-bloodmnist-{key}"
     with recipe_threads(r):  # the run seeds the global RNGs of each stage itself

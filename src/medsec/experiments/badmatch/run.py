@@ -13,10 +13,17 @@ images of the training set, all by default; the CA reference); (3) per trigger, 
 starting from the pre-trained vision tower; (4) per trigger x poison rate x method, the
 same fine-tune on the BadMatch-poisoned fine-tune set, starting from the pre-trained model
 (``badmatch``) or from it with the BadDist vision tower (``baddist+badmatch``); zero-shot
-CA and ASR (both ways) over ``n_samplings`` prompt draws. Every finished cell is saved to
-results.json at once; a rerun with the same config skips finished cells and reuses the
-saved models, and so does a rerun with a config that only widens the sweep (more rates or
-methods, backbones appended; see :func:`extends`).
+CA and ASR (both ways) over ``n_samplings`` prompt draws.
+
+Driver and workers: the driver (:func:`run`) does (1)-(3) once, before the cells, and saves
+the models under ``models/`` of the run folder (``<backbone>-pretrained.safetensors``,
+``<backbone>-<trigger>-baddist.safetensors``); each (4) is a job (:class:`CellJob`) that a
+worker runs with :func:`work` on the state :func:`setup` loads from the run folder (the data
+and those models; a worker never trains them). A cell poisons its own fine-tune set, so its
+numbers depend only on the config, its id and the prepared models. Every finished cell is
+saved to results.json at once; a rerun with the same config skips finished cells and reuses
+the saved models, and so does a rerun with a config that only widens the sweep (more rates or
+methods, backbones appended).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +39,8 @@ import torch
 
 from medsec.errors import ConfigError, DataError
 from medsec.experiments.badmatch.config import Backbone, BadMatchConfig, TrainSection
-from medsec.runs.context import RunContext
+from medsec.runs.context import CellContext, RunContext
+from medsec.runs.executor import Job
 
 log = logging.getLogger(__name__)
 
@@ -147,19 +156,48 @@ def plan(cfg: BadMatchConfig) -> list[str]:
             for rate in cfg.poison.rates for m in cfg.methods]
 
 
-def run(ctx: RunContext) -> None:
-    """Run the sweep into ``ctx.store``: per backbone the pre-training and the clean fine-tune,
-    per trigger BadDist, per cell the poisoned fine-tune; every stage runs with the global RNGs
-    seeded from its own id (:meth:`~medsec.runs.context.RunContext.cell`), so a resumed run
-    trains what an uninterrupted one would."""
-    from medsec.backdoors.baddist import baddist, embedding_shift
-    from medsec.backdoors.badmatch import BadMatch, make_trigger
-    from medsec.data.medclip_text import class_prompts, sentence_bank
-    from medsec.models.medclip import load_medclip, save_medclip
-    from medsec.training.medclip import one_hot
+@dataclass(frozen=True)
+class CellJob:
+    """A job's payload: one poisoned fine-tune (plain data, picklable)."""
 
-    cfg: BadMatchConfig = ctx.cfg
-    store, out, device = ctx.store, ctx.out, str(ctx.device)
+    cell: str
+    backbone: int
+    trigger: str
+    rate: float
+    method: str
+
+
+@dataclass
+class State:
+    """What every cell needs: the data, the sentences, the triggers and the prepared models
+    (per backbone the pre-trained model, per backbone x trigger the BadDist vision tower)."""
+
+    train: Any
+    test: Any
+    shadow: Any
+    ft_train: Any
+    bank: Any
+    prompts: dict[str, list[str]]
+    target: int
+    trig_objs: dict[str, Any]
+    trig_params: dict[str, Any]
+    pre: dict[str, Any] = field(default_factory=dict)
+    baddist: dict[tuple[str, str], Any] = field(default_factory=dict)
+
+
+def pretrained_path(out: Path, backbone: str) -> Path:
+    return out / "models" / f"{backbone}-pretrained.safetensors"
+
+
+def baddist_path(out: Path, backbone: str, trigger: str) -> Path:
+    return out / "models" / f"{backbone}-{trigger}-baddist.safetensors"
+
+
+def load_state(cfg: BadMatchConfig) -> State:
+    """The data, sentences, prompts and triggers of ``cfg`` (no models yet)."""
+    from medsec.backdoors.badmatch import make_trigger
+    from medsec.data.medclip_text import class_prompts, sentence_bank
+
     train, test, shadow = load_data(cfg)
     k = train.num_classes
     target = target_index(cfg, train.classes)
@@ -170,24 +208,60 @@ def run(ctx: RunContext) -> None:
         raise DataError(f"{cfg.data.dataset} has {k} classes but {len(prompts)} prompt classes")
     ft_train = (train.take(cfg.data.finetune_limit, torch.Generator().manual_seed(cfg.seed + 1))
                 if cfg.data.finetune_limit else train)
+    trig_objs = {t.label: make_trigger({"name": t.name, **t.params}, cfg.data.image_size) for t in cfg.triggers}
+    trig_params = {t.label: trig_objs[t.label].sample_params(train.image_shape, torch.Generator().manual_seed(cfg.seed))
+                   for t in cfg.triggers}
+    return State(train, test, shadow, ft_train, bank, prompts, target, trig_objs, trig_params)
+
+
+def load_models(cfg: BadMatchConfig, state: State, out: Path, device: str) -> State:
+    """Load the driver's models from the run folder into ``state`` (a missing one is a
+    :class:`~medsec.errors.DataError` naming it)."""
+    from medsec.models.medclip import load_medclip
+
+    for bb in cfg.backbones:
+        path = pretrained_path(out, bb.label)
+        if not path.is_file():
+            raise DataError(f"{path} (the pre-trained model the driver saves) is missing; put the run folder on "
+                            "storage every worker reads")
+        state.pre[bb.label] = load_medclip(path, device)
+        if "baddist+badmatch" in cfg.methods:
+            for t in cfg.triggers:
+                bd = baddist_path(out, bb.label, t.label)
+                if not bd.is_file():
+                    raise DataError(f"{bd} (the BadDist encoder the driver saves) is missing; put the run folder on "
+                                    "storage every worker reads")
+                state.baddist[(bb.label, t.label)] = load_medclip(bd, device).vision
+    return state
+
+
+def prepare(ctx: RunContext) -> State:
+    """The driver's preparation, before the cells: per backbone the pre-training (or the
+    given checkpoint) and the clean fine-tune, per backbone x trigger BadDist; models saved
+    under ``models/`` of the run folder, facts in the ``models`` section. A rerun reuses
+    what a previous run saved."""
+    from medsec.backdoors.baddist import baddist, embedding_shift
+    from medsec.models.medclip import load_medclip, save_medclip
+    from medsec.training.medclip import one_hot
+
+    cfg: BadMatchConfig = ctx.cfg
+    store, out, device = ctx.store, ctx.out, str(ctx.device)
+    state = load_state(cfg)
+    train, test, shadow, ft_train, bank, prompts, target = (state.train, state.test, state.shadow, state.ft_train,
+                                                            state.bank, state.prompts, state.target)
+    k = train.num_classes
     store.update(data={"dataset": cfg.data.dataset, "classes": train.classes, "target": target,
                        "target_name": train.classes[target], "n_train": len(train), "n_finetune": len(ft_train),
                        "n_test": len(test), "n_shadow": len(shadow), "image_size": cfg.data.image_size,
                        "n_sentences": len(bank.sentences)},
                  models=store.results.get("models") or {})
-    ids = plan(cfg)
-    store.plan(ids)
     ev = cfg.eval
     models_dir = out / "models"
     x_train, y_train = train.images, one_hot(train.labels, k)
     x_ft, y_ft = ft_train.images, one_hot(ft_train.labels, k)
-    trig_objs = {t.label: make_trigger({"name": t.name, **t.params}, cfg.data.image_size) for t in cfg.triggers}
-    trig_params = {t.label: trig_objs[t.label].sample_params(train.image_shape, torch.Generator().manual_seed(cfg.seed))
-                   for t in cfg.triggers}
-
     for bi, bb in enumerate(cfg.backbones):
         info = store.results["models"].setdefault(bb.label, {"vision": bb.vision})
-        pre_path = models_dir / f"{bb.label}-pretrained.safetensors"
+        pre_path = pretrained_path(out, bb.label)
         if pre_path.is_file() and "pretrain" in info:
             pre = load_medclip(pre_path, device)
         elif bb.checkpoint:
@@ -224,61 +298,102 @@ def run(ctx: RunContext) -> None:
                 if ev.save_models:
                     save_medclip(m, models_dir / f"{bb.label}-clean-finetune.safetensors")
                 info["clean_finetune"] = {t.label: evaluate(m, prompts, test, target, ev.n_prompts, ev.n_samplings,
-                                                            cfg.seed, trig_objs[t.label], trig_params[t.label])
+                                                            cfg.seed, state.trig_objs[t.label], state.trig_params[t.label])
                                           for t in cfg.triggers}
             store.save()
+        if "baddist+badmatch" not in cfg.methods:
+            continue
         for tspec in cfg.triggers:
-            trig, params = trig_objs[tspec.label], trig_params[tspec.label]
-            bd_vision: Any = None
-            if "baddist+badmatch" in cfg.methods:
-                bd_path = models_dir / f"{bb.label}-{tspec.label}-baddist.safetensors"
-                key = f"baddist_{tspec.label}"
-                if bd_path.is_file() and key in info:
-                    bd_vision = load_medclip(bd_path, device).vision
-                else:
-                    b = cfg.baddist
-                    t0 = time.time()
-                    with ctx.cell(f"{bb.label}/{tspec.label}/baddist"):
-                        bd_vision, hist = baddist(pre.vision, shadow.images, trig, params, lambda1=b.lambda1,
-                                                  lambda2=b.lambda2, epochs=b.epochs, lr=b.lr, batch_size=b.batch_size,
-                                                  optimizer=b.optimizer, generator=torch.Generator().manual_seed(cfg.seed),
-                                                  device=device)
-                    tmp = copy.deepcopy(pre)
-                    tmp.vision = bd_vision
-                    save_medclip(tmp, bd_path)
-                    info[key] = {**hist, "seconds": time.time() - t0,
-                                 "shift_on_test": embedding_shift(pre.vision, bd_vision, test.images, trig, params)}
-                    store.save()
-            for rate in cfg.poison.rates:
-                poisoned = None
-                for method in cfg.methods:
-                    cid = cell_id(bb.label, tspec.label, rate, method)
-                    if store.done(cid) is not None:
-                        continue
-                    if poisoned is None:
-                        poisoned = BadMatch(trig, target, rate=rate, mode=cfg.poison.mode, seed=cfg.seed).poison(
-                            ft_train, params=params)
-                    m = copy.deepcopy(pre)
-                    if method == "baddist+badmatch":
-                        m.vision = copy.deepcopy(bd_vision)
-                    t0 = time.time()
-                    extra = ({"text_flip": poisoned.text_flip, "text_flip_to": poisoned.target_vector}
-                             if cfg.poison.mode == "text" else {})
-                    with ctx.cell(cid):
-                        hist = _train(m, poisoned.images, poisoned.image_labels, bank, cfg.finetune,
-                                      cfg.seed + 100 + bi, device, **extra)
-                        metrics = evaluate(m, prompts, test, target, ev.n_prompts, ev.n_samplings, cfg.seed, trig,
-                                           params)
-                    if ev.save_models:
-                        save_medclip(m, models_dir / f"{cid}.safetensors")
-                    rec = {k2: v for k2, v in poisoned.record.items() if k2 != "indices"}
-                    log.info("%s: CA %.3f ASR %.3f (BA %.3f)", cid, metrics["clean_accuracy"],
-                             metrics.get("attack_success_rate") or 0.0, metrics.get("backdoor_accuracy") or 0.0)
-                    store.put(cid, {
-                        "id": cid, "backbone": bb.label, "vision": bb.vision, "trigger": tspec.label,
-                        "trigger_name": tspec.name, "rate": rate, "method": method, "n_poisoned": len(poisoned.indices),
-                        "poison_indices": poisoned.indices.tolist(), "poison": rec, "train": hist,
-                        "seconds": time.time() - t0, "metrics": metrics})
+            trig, params = state.trig_objs[tspec.label], state.trig_params[tspec.label]
+            bd_path = baddist_path(out, bb.label, tspec.label)
+            key = f"baddist_{tspec.label}"
+            if bd_path.is_file() and key in info:
+                continue
+            b = cfg.baddist
+            t0 = time.time()
+            bd_vision: Any
+            with ctx.cell(f"{bb.label}/{tspec.label}/baddist"):
+                bd_vision, hist = baddist(pre.vision, shadow.images, trig, params, lambda1=b.lambda1,
+                                          lambda2=b.lambda2, epochs=b.epochs, lr=b.lr, batch_size=b.batch_size,
+                                          optimizer=b.optimizer, generator=torch.Generator().manual_seed(cfg.seed),
+                                          device=device)
+            tmp = copy.deepcopy(pre)
+            tmp.vision = bd_vision
+            save_medclip(tmp, bd_path)
+            info[key] = {**hist, "seconds": time.time() - t0,
+                         "shift_on_test": embedding_shift(pre.vision, bd_vision, test.images, trig, params)}
+            store.save()
+    # the cells start from the saved models, on the driver as on a worker
+    return load_models(cfg, state, out, device)
 
 
-__all__ = ["cell_id", "evaluate", "load_data", "plan", "run", "target_index"]
+def setup(ctx: CellContext) -> State:
+    """A worker's state: the data and the driver's models, loaded from the run folder."""
+    return load_models(ctx.cfg, load_state(ctx.cfg), ctx.out, str(ctx.device))
+
+
+def work(state: State, job: CellJob, ctx: CellContext) -> list[tuple[str, dict[str, Any]]]:
+    """One poisoned fine-tune: poison the fine-tune set, fine-tune from the pre-trained model
+    (or with the BadDist tower), evaluate; ``[(cell id, record)]``."""
+    from medsec.backdoors.badmatch import BadMatch
+
+    cfg: BadMatchConfig = ctx.cfg
+    bi, bb = job.backbone, cfg.backbones[job.backbone]
+    tspec = next(t for t in cfg.triggers if t.label == job.trigger)
+    trig, params = state.trig_objs[tspec.label], state.trig_params[tspec.label]
+    ev, cid, device = cfg.eval, job.cell, str(ctx.device)
+    poisoned = BadMatch(trig, state.target, rate=job.rate, mode=cfg.poison.mode, seed=cfg.seed).poison(
+        state.ft_train, params=params)
+    m = copy.deepcopy(state.pre[bb.label])
+    if job.method == "baddist+badmatch":
+        m.vision = copy.deepcopy(state.baddist[(bb.label, tspec.label)])
+    t0 = time.time()
+    extra = ({"text_flip": poisoned.text_flip, "text_flip_to": poisoned.target_vector}
+             if cfg.poison.mode == "text" else {})
+    with ctx.cell(cid):
+        hist = _train(m, poisoned.images, poisoned.image_labels, state.bank, cfg.finetune, cfg.seed + 100 + bi, device,
+                      **extra)
+        metrics = evaluate(m, state.prompts, state.test, state.target, ev.n_prompts, ev.n_samplings, cfg.seed, trig,
+                           params)
+    if ev.save_models:  # through the driver, which writes the run folder
+        ctx.save_file(f"models/{cid}.safetensors", _medclip_bytes(m))
+    rec = {k2: v for k2, v in poisoned.record.items() if k2 != "indices"}
+    log.info("%s: CA %.3f ASR %.3f (BA %.3f)", cid, metrics["clean_accuracy"],
+             metrics.get("attack_success_rate") or 0.0, metrics.get("backdoor_accuracy") or 0.0)
+    return [(cid, {
+        "id": cid, "backbone": bb.label, "vision": bb.vision, "trigger": tspec.label,
+        "trigger_name": tspec.name, "rate": job.rate, "method": job.method, "n_poisoned": len(poisoned.indices),
+        "poison_indices": poisoned.indices.tolist(), "poison": rec, "train": hist,
+        "seconds": time.time() - t0, "metrics": metrics})]
+
+
+def _medclip_bytes(model: Any) -> bytes:
+    """A model as the bytes of its :func:`~medsec.models.medclip.save_medclip` file."""
+    import tempfile
+
+    from medsec.models.medclip import save_medclip
+
+    with tempfile.TemporaryDirectory() as d:
+        return save_medclip(model, Path(d) / "model.safetensors").read_bytes()
+
+
+def run(ctx: RunContext) -> None:
+    """Run the sweep into ``ctx.store``: the driver prepares the shared models (per backbone
+    the pre-training and the clean fine-tune, per trigger BadDist), then every (backbone,
+    trigger, rate, method) fine-tune runs as a job through the run's executor. Every stage
+    runs with the global RNGs seeded from its own id (:meth:`~medsec.runs.context.CellContext.cell`),
+    so a resumed or distributed run trains what an uninterrupted sequential one would."""
+    cfg: BadMatchConfig = ctx.cfg
+    ids = plan(cfg)
+    ctx.store.plan(ids)
+    state = prepare(ctx)
+    ctx.store.plan(ids)
+    jobs = [Job(id=cell_id(bb.label, t.label, rate, m), cells=(cell_id(bb.label, t.label, rate, m),),
+                payload=CellJob(cell_id(bb.label, t.label, rate, m), bi, t.label, rate, m))
+            for bi, bb in enumerate(cfg.backbones) for t in cfg.triggers for rate in cfg.poison.rates
+            for m in cfg.methods]
+    ctx.execute(jobs, setup=setup, work=work, state=state)
+
+
+__all__ = ["CellJob", "State", "cell_id", "evaluate", "load_data", "plan", "prepare", "run", "setup", "target_index",
+           "work"]

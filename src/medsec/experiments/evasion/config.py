@@ -89,7 +89,6 @@ class EvasionConfig(RunConfig):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     defenses: list[DefenseConfig] = Field(default_factory=list)
     include_undefended: bool = True
-    executor: Literal["sequential"] = "sequential"
 
     @model_validator(mode="after")
     def _model_source(self) -> EvasionConfig:

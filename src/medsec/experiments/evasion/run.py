@@ -19,10 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from medsec.errors import ConfigError
+from medsec.errors import ConfigError, DataError
 from medsec.experiments.evasion.checks import model_checks, run_checks
 from medsec.experiments.evasion.config import EvasionConfig, ThreatConfig
-from medsec.io import atomic_save_npz
 from medsec.metrics.accuracy import accuracy, correct
 from medsec.metrics.image_quality import psnr_per_sample, ssim
 from medsec.metrics.perturbation import perturbation_norms
@@ -31,7 +30,8 @@ from medsec.models.classifier import Classifier
 from medsec.progress import task
 from medsec.registry import ATTACKS
 from medsec.runs.components import build_model, eval_subset, load_splits
-from medsec.runs.context import RunContext
+from medsec.runs.context import CellContext, RunContext
+from medsec.runs.executor import Job as WorkJob
 from medsec.runs.grid import cell_seed, check_unique, safe_id, unique_labels
 from medsec.training.classifier import evaluate, predict, train_classifier
 from medsec.types import ThreatModel
@@ -183,8 +183,9 @@ def build_classifier(cfg: EvasionConfig, train_ds: Any) -> Classifier:
     return model
 
 
-def prepare(cfg: EvasionConfig, ctx: RunContext) -> Prepared:
-    """Load data, build or train or load the model, and compute clean predictions."""
+def prepare(cfg: EvasionConfig, ctx: CellContext) -> Prepared:
+    """Load data, build or train or load the model, and compute clean predictions (a worker
+    only loads: the driver trained the model into the run folder)."""
     device, out_dir = ctx.device, ctx.out
     train_ds, eval_ds, val_ds = load_splits(cfg.data, cfg.seed)
     if getattr(train_ds, "task", None) == "segmentation":
@@ -193,11 +194,14 @@ def prepare(cfg: EvasionConfig, ctx: RunContext) -> Prepared:
     ckpt = out_dir / "model.safetensors"
     train_info = None
     if cfg.train is not None:
-        prior = (ctx.store.results.get("model") or {}).get("train")
+        prior = (ctx.section("model") or {}).get("train")
         if prior and ckpt.is_file():
             log.info("resuming: reusing the model trained by the previous run (%s)", ckpt)
             model = cast(Classifier, load_checkpoint(ckpt))
             train_info = prior
+        elif ctx.on_worker:
+            raise DataError(f"{ckpt} (the model the driver trained) is missing on this worker; put the run folder "
+                            "on storage every worker reads")
         else:
             t = cfg.train
             tr = train_ds
@@ -291,7 +295,7 @@ def attack_for(cell: Cell, cfg: EvasionConfig, model: nn.Module) -> tuple[Any, n
     return attack, model
 
 
-def run_job(prep: Prepared, job: Job, cfg: EvasionConfig, ctx: RunContext) -> list[dict[str, Any]]:
+def run_job(prep: Prepared, job: Job, cfg: EvasionConfig, ctx: CellContext) -> list[dict[str, Any]]:
     """Attack the evaluation set for every cell of a job; one results.json record per cell."""
     first = job.cells[0]
     model = prep.models[first.defense]
@@ -374,7 +378,7 @@ def fit_universal(prep: Prepared, attack: Any, model: nn.Module, cell: Cell, thr
 def record_of(prep: Prepared, cell: Cell, attack: Any, model: nn.Module, pred_clean: torch.Tensor,
               target: torch.Tensor | None, idx_all: torch.Tensor, x_adv: torch.Tensor, losses: list[torch.Tensor],
               queries: list[torch.Tensor], broken_by: list[torch.Tensor], stages: list[str] | None, runtime: float,
-              cfg: EvasionConfig, ctx: RunContext, fit: dict[str, Any] | None) -> dict[str, Any]:
+              cfg: EvasionConfig, ctx: CellContext, fit: dict[str, Any] | None) -> dict[str, Any]:
     """The results.json record of one finished cell (and its example images)."""
     x, y = prep.x, prep.y
     bs = cfg.eval.batch_size
@@ -430,10 +434,9 @@ def record_of(prep: Prepared, cell: Cell, attack: Any, model: nn.Module, pred_cl
     k = min(cfg.eval.examples, n_att)
     if k:
         ex = idx_all[:k]
-        rel = f"examples/{cell.id}.npz"
-        atomic_save_npz(ctx.out / rel, clean=x[ex].numpy().astype(np.float32), adv=x_adv[ex].numpy().astype(np.float32),
-                        label=y[ex].numpy(), pred_clean=pred_clean[ex].numpy(), pred_adv=pred_adv[ex].numpy())
-        record["examples"] = rel
+        record["examples"] = ctx.save_npz(
+            f"examples/{cell.id}.npz", clean=x[ex].numpy().astype(np.float32), adv=x_adv[ex].numpy().astype(np.float32),
+            label=y[ex].numpy(), pred_clean=pred_clean[ex].numpy(), pred_adv=pred_adv[ex].numpy())
     return record
 
 
@@ -456,6 +459,20 @@ def worst_case(evaluations: list[dict[str, Any]], n: int) -> list[dict[str, Any]
 
 
 # --------------------------------------------------------------------------- driver
+def setup(ctx: CellContext) -> Prepared:
+    """A worker's state: the data and models, loaded once (:mod:`medsec.runs.executor`)."""
+    return prepare(ctx.cfg, ctx)
+
+
+def work(prep: Prepared, job: Job, ctx: CellContext) -> list[tuple[str, dict[str, Any]]]:
+    """Run one job on a prepared state: ``(cell id, record)`` per cell."""
+    records = run_job(prep, job, ctx.cfg, ctx)
+    for record in records:
+        log.info("%s: robust accuracy %.3f (%.1fs)", record["id"], record["metrics"]["robust_accuracy"],
+                 record["runtime_s"])
+    return [(r["id"], r) for r in records]
+
+
 def run(ctx: RunContext) -> None:
     """Run the evasion grid into ``ctx.store`` (resuming a partial run of the same config)."""
     from medsec.attacks.adaptive import needs_adaptive
@@ -477,12 +494,7 @@ def run(ctx: RunContext) -> None:
     store.plan([c.id for c in cells])
     if store.cells:
         log.info("resuming: %d of %d cells already done", len(store.cells), len(cells))
-    pending = [j for j in jobs if any(store.done(c.id) is None for c in j.cells)]
-    for _job, records in ctx.executor.map(lambda j: run_job(prep, j, cfg, ctx), pending):
-        for record in records:
-            log.info("%s: robust accuracy %.3f (%.1fs)", record["id"], record["metrics"]["robust_accuracy"],
-                     record["runtime_s"])
-            store.put(record["id"], record)
+    ctx.execute([WorkJob(j.id, tuple(c.id for c in j.cells), j) for j in jobs], setup=setup, work=work, state=prep)
     store.plan([c.id for c in cells])  # plan order
     evaluations = list(store.cells.values())
     store.add_checks(pre_checks + run_checks(evaluations))
@@ -491,4 +503,4 @@ def run(ctx: RunContext) -> None:
 
 
 __all__ = ["Cell", "Job", "Prepared", "build_classifier", "check", "defense_labels", "plan", "plan_cells",
-           "plan_jobs", "prepare", "run", "run_job", "worst_case"]
+           "plan_jobs", "prepare", "run", "run_job", "setup", "work", "worst_case"]

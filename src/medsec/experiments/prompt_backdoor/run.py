@@ -2,15 +2,21 @@
 services; the kind, its threat model and an example config are described in
 :mod:`medsec.experiments.prompt_backdoor`.
 
-Clean PL's learnt context, which the prompt methods start from, is saved beside
-``results.json`` in ``clean_ctx.npz``; a resumed run reloads it (or learns it again when the
-file is gone), so every finished cell is kept.
+Driver and workers (:mod:`medsec.runs.executor`): the driver (:func:`run`) loads the CLIP
+recipe (training it into the cache folder only when no checkpoint exists) and, when prompt
+methods start from Clean PL's learnt context, trains Clean PL once before the other cells and
+saves its context and record in ``clean_ctx.npz`` beside ``results.json`` (a rerun reuses the
+file). Each job is one (method, target) cell: a worker's :func:`setup` loads the model, the
+data and that file (it never trains), and :func:`work` trains and scores the cell, seeded from
+its id alone; the Clean PL cell hands back the driver's record.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +26,8 @@ import torch
 from medsec.backdoors.prompt_harness import METHODS
 from medsec.errors import ConfigError, DataError
 from medsec.experiments.prompt_backdoor.config import NUM_CLASSES, PromptBackdoorConfig
-from medsec.runs.context import RunContext
+from medsec.runs.context import CellContext, RunContext
+from medsec.runs.executor import Job
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +62,34 @@ def _load_data(cfg: PromptBackdoorConfig) -> tuple[Any, Any, Path]:
     return train, test, root
 
 
-def _load(cfg: PromptBackdoorConfig) -> tuple[Any, Any, Any, list[str], dict[str, Any]]:
+def _recipe_checkpoint(cfg: PromptBackdoorConfig, root: Path, cache: Path) -> Path:
+    """Where the config's CLIP recipe keeps its model (shipped, or in ``cache``); the recipe
+    trains into it when it does not exist."""
+    from medsec.recipes.builtin import recipe_key
+    from medsec.recipes.shipped import locate
+
+    if cfg.model.recipe == "medical_clip":
+        from medsec.data import data_root
+        from medsec.recipes.clip import MEDICAL_CLIP_RECIPE
+
+        top = data_root()
+        return locate(f"medical-clip-{recipe_key(MEDICAL_CLIP_RECIPE)}.safetensors", cache,
+                      [top / "busi-256", top / "kvasir-seg-256", top / "bloodmnist" / "bloodmnist.npz"])
+    from medsec.recipes.builtin import BLOODMNIST_CLIP_RECIPE
+
+    return locate(f"bloodmnist-clip-{recipe_key(BLOODMNIST_CLIP_RECIPE)}.safetensors", cache,
+                  [root / "bloodmnist.npz"])
+
+
+def _load(cfg: PromptBackdoorConfig, on_worker: bool = False) -> tuple[Any, Any, Any, list[str], dict[str, Any]]:
     train, test, root = _load_data(cfg)
     cache = Path(cfg.model.cache_dir) if cfg.model.cache_dir else Path(__file__).resolve().parents[4] / ".medsec-cache"
     model_info: dict[str, Any]
+    if on_worker and cfg.model.recipe is not None:
+        path = _recipe_checkpoint(cfg, root, cache)
+        if not path.is_file():
+            raise DataError(f"{path} (the {cfg.model.recipe} model the driver loaded) is missing on this worker; put "
+                            "model.cache_dir on storage every worker reads")
     if cfg.model.recipe == "medical_clip":
         from medsec.recipes.clip import MEDICAL_CLIP_RECIPE, medical_clip
 
@@ -110,52 +141,137 @@ def plan(cfg: PromptBackdoorConfig, num_classes: int | None = None) -> list[str]
     return [_cell_id(m, t) for m in _methods(cfg) for t in ([None] if m.startswith("clean") else targets)]
 
 
-def run(ctx: RunContext) -> None:
-    """Run every (method, target) cell into ``ctx.store`` (resuming a partial run)."""
-    from medsec.backdoors.baple import BapleSettings
-    from medsec.backdoors.prompt_harness import Harness, average_over_targets, few_shot
-    from medsec.io import atomic_save_npz
+@dataclass(frozen=True)
+class CellSpec:
+    """One cell: a method and its target (None for the clean methods)."""
 
-    cfg: PromptBackdoorConfig = ctx.cfg
-    store, out = ctx.store, ctx.out
-    clip, train_full, test, names, model_info = _load(cfg)
+    method: str
+    target: int | None
+
+    @property
+    def id(self) -> str:
+        return _cell_id(self.method, self.target)
+
+
+@dataclass
+class State:
+    """What every cell needs: the harness (model, few-shot and test sets) and, when prompt
+    methods start from it, Clean PL's context and record (prepared by the driver)."""
+
+    harness: Any
+    targets: list[int]
+    info: dict[str, Any] = field(default_factory=dict)
+    clean_record: dict[str, Any] | None = None
+
+
+CLEAN_CTX = "clean_ctx.npz"
+# config keys Clean PL's training does not depend on (a grid widened by methods or targets keeps it)
+NOT_CLEAN_KEYS = ("executor", "name", "methods", "targets", "finetune")
+
+
+def _clean_key(cfg: PromptBackdoorConfig) -> str:
+    """The config of Clean PL's training as text, stored with its context (a file from another
+    config is not reused)."""
+    data = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in NOT_CLEAN_KEYS}
+    return json.dumps(data, sort_keys=True)
+
+
+def _needs_clean(cfg: PromptBackdoorConfig) -> bool:
+    """Whether prompt methods start from Clean PL's context (so it is prepared before the cells)."""
+    return cfg.baple.ctx_init == "clean" and any((m.endswith("_pl") and m != "clean_pl") or m == "baple"
+                                                 for m in cfg.methods)
+
+
+def _prepare(cfg: PromptBackdoorConfig, ctx: CellContext) -> State:
+    """Load the model and the data and build the harness (no training)."""
+    from medsec.backdoors.baple import BapleSettings
+    from medsec.backdoors.prompt_harness import Harness, few_shot
+
+    clip, train_full, test, names, model_info = _load(cfg, on_worker=ctx.on_worker)
     settings = BapleSettings(**cfg.baple.model_dump())
     fewshot = few_shot(train_full, settings.shots, torch.Generator().manual_seed(cfg.seed))
     targets = _targets(cfg, train_full.num_classes)
     harness = Harness(clip, fewshot, test, names, settings, ft_lr=cfg.finetune.lr, ft_epochs=cfg.finetune.epochs,
                       ft_weight_decay=cfg.finetune.weight_decay, seed=cfg.seed, cache=cfg.cache_features)
-    ctx_path = out / "clean_ctx.npz"
-    ids = plan(cfg, train_full.num_classes)
-    if store.done("clean_pl") is not None and ctx_path.is_file():
-        with np.load(ctx_path, allow_pickle=False) as z:
-            harness.clean_ctx = torch.from_numpy(z["ctx"])
-    elif store.done("clean_pl") is not None:  # its context is lost: learn it again
-        store.cells.pop("clean_pl")
-    store.update(model=model_info, settings=settings.to_dict(),
-                 data={"name": cfg.data.name, "classes": names, "n_fewshot": len(fewshot), "n_test": len(test),
-                       "image_shape": list(fewshot.image_shape), "shots": settings.shots, "targets": targets},
-                 table=store.results.get("table") or {})
-    store.plan(ids)
-    t0 = time.perf_counter()
-    for method in _methods(cfg):
-        for target in ([None] if method.startswith("clean") else targets):
-            cid = _cell_id(method, target)
-            if store.done(cid) is not None:
-                continue
-            rec = harness.run(method, target)
-            if method == "clean_pl":
-                atomic_save_npz(ctx_path, ctx=harness.clean_ctx.numpy())  # type: ignore[union-attr]
-            if method == "baple" and target == targets[0]:
-                _save_examples(harness, out, target)
-            store.results["table"] = average_over_targets([*store.cells.values(), {**rec, "id": cid}])
-            store.put(cid, {**rec, "id": cid})
-    store.update(runtime_s=time.perf_counter() - t0)
+    info = {"model": model_info, "settings": settings.to_dict(),
+            "data": {"name": cfg.data.name, "classes": names, "n_fewshot": len(fewshot), "n_test": len(test),
+                     "image_shape": list(fewshot.image_shape), "shots": settings.shots, "targets": targets}}
+    return State(harness, targets, info)
 
 
-def _save_examples(harness: Any, out: Path, target: int) -> None:
-    """Clean, BadNets, WaNet, FIBA and BAPLe-triggered versions of a few test images (for the report)."""
+def _load_clean(state: State, path: Path, cfg: PromptBackdoorConfig) -> bool:
+    """Read Clean PL's context and record from ``path`` into ``state``; False when absent or
+    written for another config."""
+    if not path.is_file():
+        return False
+    with np.load(path, allow_pickle=False) as z:
+        if "record" not in z.files or "config" not in z.files or str(z["config"]) != _clean_key(cfg):
+            return False
+        state.harness.clean_ctx = torch.from_numpy(z["ctx"])
+        state.clean_record = json.loads(str(z["record"]))
+    return True
+
+
+def _prepare_clean(state: State, ctx: RunContext) -> None:
+    """The driver's step before the cells: Clean PL's context, from ``clean_ctx.npz`` or
+    trained once (seeded like the ``clean_pl`` cell) and saved there."""
     from medsec.io import atomic_save_npz
 
+    path = ctx.out / CLEAN_CTX
+    if _load_clean(state, path, ctx.cfg):
+        log.info("resuming: reusing Clean PL's context (%s)", path)
+        return
+    with ctx.cell("clean_pl"):
+        record = {**state.harness.run("clean_pl"), "id": "clean_pl"}
+    state.clean_record = record
+    atomic_save_npz(path, ctx=state.harness.clean_ctx.numpy(), record=np.array(json.dumps(record)),
+                    config=np.array(_clean_key(ctx.cfg)))
+
+
+def setup(ctx: CellContext) -> State:
+    """A worker's state: the model, the data and the driver's Clean PL context, loaded once."""
+    state = _prepare(ctx.cfg, ctx)
+    if _needs_clean(ctx.cfg) and not _load_clean(state, ctx.out / CLEAN_CTX, ctx.cfg):
+        raise DataError(f"{ctx.out / CLEAN_CTX} (Clean PL's context, which the driver prepares) is missing on this "
+                        "worker (or was written for another config); put the run folder on storage every worker reads")
+    return state
+
+
+def work(state: State, cell: CellSpec, ctx: CellContext) -> list[tuple[str, dict[str, Any]]]:
+    """Run one job (one cell): ``[(cell id, record)]``. The Clean PL cell of a run whose
+    prompt methods start from it is the driver's prepared record."""
+    cid = cell.id
+    if cell.method == "clean_pl" and state.clean_record is not None:
+        return [(cid, dict(state.clean_record))]
+    with ctx.cell(cid):
+        record = {**state.harness.run(cell.method, cell.target), "id": cid}
+    if cell.method == "baple" and cell.target == state.targets[0]:
+        ctx.save_npz("examples.npz", **_examples(state.harness, cell.target))
+    return [(cid, record)]
+
+
+def run(ctx: RunContext) -> None:
+    """Run every (method, target) cell into ``ctx.store`` (resuming a partial run)."""
+    from medsec.backdoors.prompt_harness import average_over_targets
+
+    cfg: PromptBackdoorConfig = ctx.cfg
+    store = ctx.store
+    t0 = time.perf_counter()
+    state = _prepare(cfg, ctx)
+    cells = [CellSpec(m, t) for m in _methods(cfg) for t in ([None] if m.startswith("clean") else state.targets)]
+    ids = [c.id for c in cells]
+    store.update(**state.info, table=store.results.get("table") or {})
+    store.plan(ids)
+    if _needs_clean(cfg) and any(store.done(i) is None for i in ids):
+        _prepare_clean(state, ctx)
+    ctx.execute([Job(c.id, (c.id,), c) for c in cells], setup=setup, work=work, state=state)
+    store.plan(ids)  # plan order
+    store.update(table=average_over_targets(list(store.cells.values())), runtime_s=time.perf_counter() - t0)
+
+
+def _examples(harness: Any, target: int) -> dict[str, Any]:
+    """Clean, BadNets, WaNet, FIBA and BAPLe-triggered versions of a few test images (for the
+    report), after the BAPLe run for ``target``."""
     k = min(4, len(harness.test))
     x = harness.test.images[:k]
     arrays = {"clean": x.numpy()}
@@ -165,7 +281,7 @@ def _save_examples(harness: Any, out: Path, target: int) -> None:
     out_b = harness.last
     arrays["baple"] = out_b["trigger"].apply(out_b["poisoned"].triggered(x)).numpy()
     arrays["delta"] = out_b["trigger"].delta.detach().numpy()
-    atomic_save_npz(out / "examples.npz", **arrays, target=np.array(target))
+    return {**arrays, "target": np.array(target)}
 
 
-__all__ = ["plan", "run"]
+__all__ = ["CellSpec", "State", "plan", "run", "setup", "work"]

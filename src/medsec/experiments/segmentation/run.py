@@ -11,8 +11,12 @@ evaluation set (transfer). Per cell: mean Dice, IoU, HD95, lesion-miss rate,
 empty-prediction rate, their drops from clean, the objective's success rate and the
 relative-drop success rate (clean Dice - adversarial Dice >= ``segmentation.drop``).
 
-Randomness and resumption through the run services (:mod:`medsec.runs`): seeded cells,
-every finished cell saved at once, a rerun of the same config resumes.
+Driver and workers (:mod:`medsec.runs.executor`): the driver (:func:`run`) loads the data
+and trains the segmenter once, into ``model.safetensors`` in the run folder (a rerun reuses
+it), records the clean masks' metrics, and hands one job per cell to the run's executor; a
+worker's :func:`setup` loads the data and that checkpoint (it never trains) and :func:`work`
+attacks for one cell, its randomness seeded from the cell id alone. Every finished cell is
+saved at once and a rerun of the same config resumes.
 """
 
 from __future__ import annotations
@@ -24,17 +28,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from medsec.errors import ConfigError
+from medsec.errors import ConfigError, DataError
 from medsec.experiments.evasion.run import Cell, plan_cells
 from medsec.experiments.segmentation.config import SegmentationConfig, SegmentationSection
-from medsec.io import atomic_save_npz
 from medsec.metrics.image_quality import psnr_per_sample
 from medsec.metrics.perturbation import perturbation_norms
 from medsec.metrics.segmentation import dice, segmentation_summary
 from medsec.progress import task
 from medsec.registry import ATTACKS
 from medsec.runs.components import build_model, eval_subset, load_splits, takes
-from medsec.runs.context import RunContext
+from medsec.runs.context import CellContext, RunContext
+from medsec.runs.executor import Job
 from medsec.types import ThreatModel
 
 log = logging.getLogger(__name__)
@@ -66,8 +70,9 @@ def _predict(model: Any, x: torch.Tensor, bs: int, device: torch.device) -> torc
     return predict_masks(model, x, bs, device)
 
 
-def prepare(cfg: SegmentationConfig, ctx: RunContext) -> dict[str, Any]:
-    """Load data, build or train or load the segmenter, and compute the clean masks."""
+def prepare(cfg: SegmentationConfig, ctx: CellContext) -> dict[str, Any]:
+    """Load data, build or train or load the segmenter, and compute the clean masks (a worker
+    only loads: the driver trained the segmenter into the run folder)."""
     from medsec.models.checkpoint import load_checkpoint, save_checkpoint
     from medsec.training.segmentation import evaluate_segmenter, train_segmenter
     from medsec.validation import check_images, check_masks
@@ -78,13 +83,16 @@ def prepare(cfg: SegmentationConfig, ctx: RunContext) -> dict[str, Any]:
     ckpt = ctx.out / "model.safetensors"
     train_info = None
     if cfg.train is not None:
-        prior = (ctx.store.results.get("model") or {}).get("train")
+        prior = (ctx.section("model") or {}).get("train")
         if prior and ckpt.is_file():
             log.info("resuming: reusing the model trained by the previous run (%s)", ckpt)
             model = load_checkpoint(ckpt)
             if model.prompted and model.prompt is None and seg_cfg.prompt:
                 model.set_prompt(seg_cfg.prompt)
             train_info = prior
+        elif ctx.on_worker:
+            raise DataError(f"{ckpt} (the segmenter the driver trained) is missing on this worker; put the run folder "
+                            "on storage every worker reads")
         else:
             t = cfg.train
             hp: dict[str, Any] = {k: (getattr(t, k) if k in t.model_fields_set else v) for k, v in SEG_TRAIN_DEFAULTS.items()}
@@ -174,7 +182,7 @@ def _attack(cell: Any, attack: Any, prep: dict[str, Any], cfg: SegmentationConfi
     return out
 
 
-def run_cell(prep: dict[str, Any], cell: Cell, cfg: SegmentationConfig, ctx: RunContext) -> dict[str, Any]:
+def run_cell(prep: dict[str, Any], cell: Cell, cfg: SegmentationConfig, ctx: CellContext) -> dict[str, Any]:
     """Attack the evaluation set for one cell and return its results.json record."""
     seg_cfg = cfg.segmentation
     model, x, y, pred_clean = prep["model"], prep["x"], prep["y"], prep["pred"]
@@ -239,12 +247,10 @@ def run_cell(prep: dict[str, Any], cell: Cell, cfg: SegmentationConfig, ctx: Run
     }
     n_ex = min(seg_cfg.overlays, len(x))
     if n_ex:
-        rel = f"examples/{cell.id}.npz"
-        atomic_save_npz(ctx.out / rel, clean=x[:n_ex].numpy().astype(np.float32),
-                        adv=x_adv[:n_ex].clamp(0, 1).numpy().astype(np.float32), mask=y[:n_ex].numpy().astype(np.uint8),
-                        pred_clean=pred_clean[:n_ex].numpy().astype(np.uint8),
-                        pred_adv=pred_adv[:n_ex].numpy().astype(np.uint8))
-        record["examples"] = rel
+        record["examples"] = ctx.save_npz(
+            f"examples/{cell.id}.npz", clean=x[:n_ex].numpy().astype(np.float32),
+            adv=x_adv[:n_ex].clamp(0, 1).numpy().astype(np.float32), mask=y[:n_ex].numpy().astype(np.uint8),
+            pred_clean=pred_clean[:n_ex].numpy().astype(np.uint8), pred_adv=pred_adv[:n_ex].numpy().astype(np.uint8))
     return record
 
 
@@ -273,6 +279,19 @@ def plan(cfg: SegmentationConfig) -> list[str]:
     return [c.id for c in plan_cells(cfg)]
 
 
+def setup(ctx: CellContext) -> dict[str, Any]:
+    """A worker's state: the data, the driver's segmenter and the clean masks, loaded once."""
+    return prepare(ctx.cfg, ctx)
+
+
+def work(prep: dict[str, Any], cell: Cell, ctx: CellContext) -> list[tuple[str, dict[str, Any]]]:
+    """Run one job (one cell) on a prepared state: ``[(cell id, record)]``."""
+    record = run_cell(prep, cell, ctx.cfg, ctx)
+    log.info("%s: Dice %.3f (clean %.3f) in %.1fs", cell.id, record["metrics"]["dice"],
+             record["metrics"]["clean_dice"], record["runtime_s"])
+    return [(cell.id, record)]
+
+
 def run(ctx: RunContext) -> None:
     """Run the segmentation grid into ``ctx.store`` (resuming a partial run of the same config)."""
     cfg: SegmentationConfig = ctx.cfg
@@ -281,13 +300,8 @@ def run(ctx: RunContext) -> None:
     prep = prepare(cfg, ctx)
     store.update(**prep["info"])
     store.plan([c.id for c in cells])
-    for cell in cells:
-        if store.done(cell.id) is not None:
-            continue
-        record = run_cell(prep, cell, cfg, ctx)
-        log.info("%s: Dice %.3f (clean %.3f) in %.1fs", cell.id, record["metrics"]["dice"],
-                 record["metrics"]["clean_dice"], record["runtime_s"])
-        store.put(cell.id, record)
+    ctx.execute([Job(c.id, (c.id,), c) for c in cells], setup=setup, work=work, state=prep)
+    store.plan([c.id for c in cells])  # plan order
     store.add_checks(segmentation_checks(list(store.cells.values())))
 
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from medsec.config.schema import Component, StrictModel, parse_number
+from medsec.config.schema import Component, ExecutorConfig, StrictModel, parse_number
 
 Strategy = Literal["random", "vulnerability", "attention"]
 STRATEGIES: tuple[Strategy, ...] = ("random", "vulnerability", "attention")
@@ -164,6 +164,8 @@ class WSIConfig(StrictModel):
     name: str = "wsi"
     seed: int = 0
     device: str = "cpu"
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig,
+                                     description="where the cells run: sequential, process:N or ray (docs/scale.md)")
     encoder: Component = Field(default_factory=lambda: Component(name="medsec_bloodmnist"))
     bags: BagsConfig | None = None
     slides: SlidesConfig | None = None

@@ -4,6 +4,7 @@ bookkeeping, shards, and the one error when Ray is missing."""
 from __future__ import annotations
 
 import sys
+from collections import deque
 
 import pytest
 
@@ -70,11 +71,14 @@ def test_shard_parse_and_partition():
 def test_attempts_retry_then_fail():
     a = Attempts(max_retries=2)
     job = Job("j", ("j",))
+    pending: deque[Job] = deque([Job("k", ("k",))])
     for _ in range(2):
         a.started(job)
-        assert a.failed(job, "boom") is None
+        assert a.failed(job, "boom", pending) is None
+        assert pending.popleft() == job  # retried next
     a.started(job)
-    out = a.failed(job, "boom")
+    out = a.failed(job, "boom", pending)
+    assert list(pending) == [Job("k", ("k",))]
     assert out is not None and out.error == "boom" and out.attempts == 3
     assert a.done(Job("k", ("k",)), JobResult([("k", {})])).records == [("k", {})]
 

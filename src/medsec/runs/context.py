@@ -191,7 +191,8 @@ class RunContext(CellContext):
         ``sequential`` executor runs on it); workers of the other executors build their own
         with ``setup`` from the config and the run folder. ``work(state, job.payload, ctx)``
         returns one ``(cell id, record)`` per cell of the job. A job that fails after its
-        retries is recorded in ``failed`` with its error; the run goes on.
+        retries is recorded in ``failed`` with its error; the run goes on. The finished cells
+        are in plan order when it returns.
         """
         jobs = list(jobs)
         if self.shard is not None:
@@ -199,8 +200,14 @@ class RunContext(CellContext):
         todo = [j for j in jobs if any(self.store.done(c) is None for c in j.cells)]
         if len(todo) < len(jobs):
             log.info("resuming: %d of %d jobs already done", len(jobs) - len(todo), len(jobs))
-        if not todo:
-            return
+        if todo:
+            self._dispatch(jobs, todo, setup, work, state)
+        self.store.reorder()
+
+    def _dispatch(self, jobs: list[Job], todo: list[Job], setup: Callable[[CellContext], Any],
+                  work: Callable[[Any, Any, CellContext], list[Record]], state: Any) -> None:
+        """Send ``todo`` to the executor and save each outcome as it comes back (progress over
+        all of ``jobs``)."""
         spec = Work(kind=self.kind.name, config=self.cfg.model_dump(mode="json"), out=str(self.out.resolve()),
                     seed=self.seed, device=str(self.device), sections=self.store.sections(), setup=setup, work=work)
 
@@ -220,7 +227,6 @@ class RunContext(CellContext):
                 for cell_id, record in outcome.records:
                     self.store.put(cell_id, record, attempts=outcome.attempts)
                 bar.advance(len(outcome.job.cells))
-        self.store.reorder()
 
 
 def open_run(cfg: Any, out_dir: str | Path, kind: Kind, *, restart: bool = False,

@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,11 +202,13 @@ class Attempts:
         """Take back the attempt of a job that never ran (its worker failed to start)."""
         self.tries[job.id] = max(0, self.tries.get(job.id, 1) - 1)
 
-    def failed(self, job: Job, error: str) -> Outcome | None:
-        """The failed :class:`Outcome` when ``job`` is out of retries, else None (retry it)."""
+    def failed(self, job: Job, error: str, pending: deque[Job]) -> Outcome | None:
+        """``job`` failed: put it back at the front of ``pending`` (None), or, when it is out of
+        retries, its failed :class:`Outcome`."""
         n = self.tries.get(job.id, 1)
         if n <= self.max_retries:
             log.warning("%s failed (%s); retrying (%d of %d)", job.id, error.splitlines()[0], n, self.max_retries)
+            pending.appendleft(job)
             return None
         return Outcome(job, error=error, attempts=n)
 
@@ -243,23 +246,21 @@ def run_local(fn: Callable[[Job], list[Record] | JobResult], jobs: Sequence[Job]
               max_retries: int) -> Iterator[Outcome]:
     """Run jobs one after another in this process, each tried up to ``1 + max_retries`` times
     (a :class:`~medsec.errors.MedsecError` is raised at once)."""
-    for job in jobs:
-        for attempt in range(1, max_retries + 2):
-            try:
-                res = fn(job)
-            except MedsecError:
-                raise
-            except Exception as exc:  # a failing cell must not lose the others
-                if attempt <= max_retries:
-                    log.warning("%s failed (%s); retrying (%d of %d)", job.id, exc, attempt, max_retries)
-                    continue
-                yield Outcome(job, error=error_text(exc), attempts=attempt)
-                break
-            if isinstance(res, JobResult):
-                yield Outcome(job, res.records, res.files, attempts=attempt)
-            else:
-                yield Outcome(job, list(res), attempts=attempt)
-            break
+    attempts = Attempts(max_retries=max_retries)
+    pending = deque(jobs)
+    while pending:
+        job = pending.popleft()
+        attempts.started(job)
+        try:
+            res = fn(job)
+        except MedsecError:
+            raise
+        except Exception as exc:  # a failing cell must not lose the others
+            outcome = attempts.failed(job, error_text(exc), pending)
+            if outcome is not None:
+                yield outcome
+            continue
+        yield attempts.done(job, res if isinstance(res, JobResult) else JobResult(list(res)))
 
 
 def build_executor(spec: Any) -> Executor:

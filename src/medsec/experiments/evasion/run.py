@@ -495,7 +495,6 @@ def run(ctx: RunContext) -> None:
     if store.cells:
         log.info("resuming: %d of %d cells already done", len(store.cells), len(cells))
     ctx.execute([WorkJob(j.id, tuple(c.id for c in j.cells), j) for j in jobs], setup=setup, work=work, state=prep)
-    store.plan([c.id for c in cells])  # plan order
     evaluations = list(store.cells.values())
     store.add_checks(pre_checks + run_checks(evaluations))
     store.update(worst_case=worst_case(evaluations, len(prep.x)))

@@ -265,7 +265,6 @@ def run(ctx: RunContext) -> None:
     if _needs_clean(cfg) and any(store.done(i) is None for i in ids):
         _prepare_clean(state, ctx)
     ctx.execute([Job(c.id, (c.id,), c) for c in cells], setup=setup, work=work, state=state)
-    store.plan(ids)  # plan order
     store.update(table=average_over_targets(list(store.cells.values())), runtime_s=time.perf_counter() - t0)
 
 

@@ -301,7 +301,6 @@ def run(ctx: RunContext) -> None:
     store.update(**prep["info"])
     store.plan([c.id for c in cells])
     ctx.execute([Job(c.id, (c.id,), c) for c in cells], setup=setup, work=work, state=prep)
-    store.plan([c.id for c in cells])  # plan order
     store.add_checks(segmentation_checks(list(store.cells.values())))
 
 

@@ -739,7 +739,6 @@ def run(ctx: RunContext) -> None:
         _prepare_slides(ctx, state)
     jobs = plan_jobs(cfg, {name: sb.encode_seconds for name, sb in state.slides.items()})
     ctx.execute([WorkJob(j.id, j.cells, j) for j in jobs], setup=setup, work=work, state=state)
-    st.plan(ids)  # plan order
     _gather_figures(ctx, ids, resumed)
     st.update(summary=summarize(st.results))
 

@@ -182,10 +182,8 @@ class ProcessExecutor:
                     attempts.unstart(job)
                     pending.appendleft(job)
             elif job is not None:
-                outcome = attempts.failed(job, error)
-                if outcome is None:
-                    pending.appendleft(job)
-                else:
+                outcome = attempts.failed(job, error, pending)
+                if outcome is not None:
                     yield outcome
             if pending:
                 log.warning("worker %d lost (%s); starting a new one", slot.index, error.splitlines()[0])
@@ -226,10 +224,8 @@ class ProcessExecutor:
                     if status == "ok":
                         yield attempts.done(job, value)
                     else:
-                        outcome = attempts.failed(job, value)
-                        if outcome is None:
-                            pending.appendleft(job)
-                        else:
+                        outcome = attempts.failed(job, value, pending)
+                        if outcome is not None:
                             yield outcome
                     assign(slot)
         finally:

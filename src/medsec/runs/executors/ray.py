@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -123,7 +124,7 @@ class RayExecutor:
         actor_class = ray.remote(RayWorker).options(num_cpus=self.num_cpus_per_cell, num_gpus=self.num_gpus_per_cell,
                                                     max_restarts=0, max_task_retries=0)
         threads = max(1, int(self.num_cpus_per_cell))
-        pending = list(jobs)[::-1]  # popped from the end
+        pending: deque[Job] = deque(jobs)
         attempts = Attempts(max_retries=self.max_retries)
         actors: dict[int, Any] = {}
         ready: set[int] = set()
@@ -137,7 +138,7 @@ class RayExecutor:
 
         def assign(slot: int) -> None:
             if pending:
-                job = pending.pop()
+                job = pending.popleft()
                 attempts.started(job)
                 inflight[actors[slot].run.remote(job)] = (slot, "run", job)
             else:
@@ -157,10 +158,8 @@ class RayExecutor:
                     if what == "setup" or slot not in ready:
                         attempts.start_failed(error)
                     elif job is not None:
-                        outcome = attempts.failed(job, error)
-                        if outcome is None:
-                            pending.append(job)
-                        else:
+                        outcome = attempts.failed(job, error, pending)
+                        if outcome is not None:
                             yield outcome
                     actors.pop(slot, None)
                     if pending:
@@ -184,10 +183,8 @@ class RayExecutor:
                 if status == "ok":
                     yield attempts.done(job, value)
                 else:
-                    outcome = attempts.failed(job, value)
-                    if outcome is None:
-                        pending.append(job)
-                    else:
+                    outcome = attempts.failed(job, value, pending)
+                    if outcome is not None:
                         yield outcome
                 assign(slot)
         finally:
